@@ -1,0 +1,39 @@
+# clipblind: `make demo` runs the pipeline offline on a generated corpus; `make test` runs the suite.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+ARCH := $(shell uname -m)
+# torch and torchvision are pinned per architecture (open_clip needs a matching torchvision).
+ifeq ($(ARCH),aarch64)
+TORCH := torch==2.9.1 torchvision==0.24.1
+else
+TORCH := torch==2.14.1 torchvision==0.29.1
+endif
+export DVC_NO_ANALYTICS := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: env demo test clean-data
+
+# pip here prints a warning per package for this machine's local index; show the log only on failure.
+PIP_QUIET = > $(VENV)/pip.log 2>&1 || { grep -v "WARNING: Location" $(VENV)/pip.log; exit 1; }
+
+$(VENV)/.installed: pyproject.toml .ci/constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q $(TORCH) $(PIP_QUIET)
+	$(PIP) install -q -c .ci/constraints.txt -e ".[pipeline,test,ray]" $(PIP_QUIET)
+	$(PY) -c "import torch, torchvision, open_clip, transformers, faiss, pyarrow, webdataset, dvc, datasets" 
+	touch $@
+
+env: $(VENV)/.installed  ## create the virtual environment and install clipblind
+
+demo: env  ## generate the sample corpus and run the pipeline through export, offline
+	@echo "clipblind demo: RANDOMLY INITIALISED encoders (no model hub offline); thresholds are the demo's own (params.yaml)."
+	PATH="$(abspath $(VENV))/bin:$$PATH" dvc repro
+	@PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pipeline.status
+
+test: env  ## install what the tests need and run the whole suite
+	$(PY) -m pytest -q
+
+clean-data:  ## remove pipeline outputs (DVC cache stays)
+	rm -rf data metrics

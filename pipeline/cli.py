@@ -1,0 +1,48 @@
+"""The `clipblind` command: one subcommand per stage, each the same `main(argv)` that
+`python -m pipeline.<stage>` runs."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Sequence
+
+# subcommand → (module, one-line help); modules load lazily so `--help` stays fast.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sample-corpus": ("pipeline.samplecorpus", "generate the deterministic demo corpus"),
+    "ingest": ("pipeline.ingest", "corpus → images table, rejects, metrics"),
+    "embed": ("pipeline.embed", "images → CLIP and DINOv2 embedding shards"),
+    "mine": ("pipeline.mine", "embeddings → CLIP-blind pairs and funnel metrics"),
+    "export": ("pipeline.export", "pairs → display images and Label Studio tasks"),
+    "status": ("pipeline.status", "what the pipeline has produced so far"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: clipblind <command> [options]", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `clipblind <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch `clipblind <command> ...` to the command's module."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if args[0] in ("-V", "--version"):
+        from pipeline import __version__
+
+        print(f"clipblind {__version__}")
+        return 0
+    if args[0] not in COMMANDS:
+        print(f"clipblind: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[args[0]][0])
+    return int(module.main(args[1:]) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

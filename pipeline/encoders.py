@@ -1,0 +1,343 @@
+"""Image encoders behind one small interface, in an explicit registry.
+
+An `Encoder` has a name, an output dim, `preprocess` (canonical RGB image → tensor) and
+`encode` (batch → L2-normalised float32 vectors), and `describe()`: everything needed to
+say exactly what produced a vector (model, weights, resolution, preprocessing, pooling,
+dtype, library versions). Two kinds are registered:
+
+* `open_clip`: `model` is an open_clip model name; `weights` a pretrained tag (e.g. `openai`),
+  a local checkpoint file, or `random`.
+* `dinov2`: `model` is a hub id (e.g. `facebook/dinov2-large`) or a local directory saved
+  with `save_pretrained`; `weights` is `pretrained` or `random`.
+
+`random` must be asked for explicitly; weights that cannot be had raise `WeightsUnavailable`
+within seconds, naming both fixes. There is no silent fallback to random weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Protocol
+
+import numpy as np
+
+EncoderKind = Literal["open_clip", "dinov2"]
+RANDOM = "random"
+HUB_HOST = "huggingface.co"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# DINOv2 architectures by hub id, so `weights: random` can build a same-sized model offline.
+DINOV2_ARCHS: dict[str, dict[str, Any]] = {
+    "facebook/dinov2-small": {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6},
+    "facebook/dinov2-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12},
+    "facebook/dinov2-large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16},
+    "facebook/dinov2-giant": {
+        "hidden_size": 1536, "num_hidden_layers": 40, "num_attention_heads": 24, "use_swiglu_ffn": True,
+    },
+}
+
+
+class WeightsUnavailable(RuntimeError):
+    """The requested weights are neither on this machine nor downloadable now."""
+
+
+@dataclass(frozen=True)
+class EncoderParams:
+    """One encoder: which model, which weights, and how to run it."""
+
+    kind: EncoderKind
+    model: str
+    weights: str
+    pooling: Literal["cls", "mean"] = "cls"  # dinov2 only
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    image_size: int = 224
+    seed: int = 0  # only used to initialise `weights: random`
+    config: dict[str, Any] = field(default_factory=dict)  # architecture overrides for `weights: random`
+
+
+class Encoder(Protocol):
+    """What the embed stage needs from an image encoder."""
+
+    name: str
+    dim: int
+    random_init: bool
+
+    def preprocess(self, image: Any) -> Any:
+        """Canonical RGB PIL image → a CHW float tensor."""
+
+    def encode(self, batch: Any) -> np.ndarray:
+        """A stacked batch of preprocessed tensors → L2-normalised float32 [n, dim]."""
+
+    def describe(self) -> dict[str, Any]:
+        """The exact model, weights, resolution, preprocessing, pooling, dtype and versions."""
+
+
+def load_encoder(name: str, params: EncoderParams) -> Encoder:
+    """Build the encoder `params` describe, from the registry."""
+    try:
+        factory = REGISTRY[params.kind]
+    except KeyError:
+        raise ValueError(f"unknown encoder kind {params.kind!r}; known: {sorted(REGISTRY)}") from None
+    return factory(name, params)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries whose code shapes an embedding."""
+    import PIL
+    import torch
+
+    versions = {"torch": torch.__version__, "pillow": PIL.__version__, "numpy": np.__version__}
+    for module in ("open_clip", "transformers", "torchvision"):
+        try:
+            versions[module] = __import__(module).__version__
+        except ImportError:
+            pass
+    return versions
+
+
+def hub_reachable(host: str = HUB_HOST, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the model hub can be opened within `timeout` seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, 443), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    # getaddrinfo has no timeout of its own: run the probe in a thread and stop waiting.
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def _unavailable(what: str, param_hint: str) -> WeightsUnavailable:
+    return WeightsUnavailable(
+        f"cannot load {what}: the model hub ({HUB_HOST}) is not reachable and the weights are not "
+        f"in the local cache. Fix: connect this machine to the network and rerun, or point "
+        f"{param_hint} at local weights. Set weights to 'random' only to test the pipeline."
+    )
+
+
+def _torch_dtype(dtype: str) -> Any:
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+
+
+def _normalise(x: Any) -> np.ndarray:
+    import torch
+
+    x = x.float()
+    x = torch.nn.functional.normalize(x, dim=-1)
+    return x.detach().cpu().numpy().astype(np.float32)
+
+
+class OpenClipEncoder:
+    """CLIP image tower from open_clip."""
+
+    def __init__(self, name: str, params: EncoderParams) -> None:
+        import open_clip
+        import torch
+
+        self.name = name
+        self.params = params
+        self.random_init = params.weights == RANDOM
+        model_name = params.model
+        if params.config:
+            model_name = _register_open_clip_config(params.model, params.config)
+        if model_name not in open_clip.list_models():
+            raise ValueError(f"unknown open_clip model {params.model!r}; see open_clip.list_models()")
+        pretrained = self._resolve_weights(open_clip, model_name)
+        torch.manual_seed(params.seed)
+        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device="cpu")
+        model.eval()
+        # On CPU, PyTorch's MHA fast path is slower for ViT-L and hides FLOPs from the counter.
+        torch.backends.mha.set_fastpath_enabled(False)
+        self.model = model.to(_torch_dtype(params.dtype))
+        self.visual_preprocess = preprocess
+        self.dim = int(model.visual.output_dim)
+        self.weights_source = pretrained or RANDOM
+
+    def _resolve_weights(self, open_clip: Any, model_name: str) -> str | None:
+        weights = self.params.weights
+        if weights == RANDOM:
+            return None
+        if Path(weights).suffix in (".pt", ".pth", ".bin", ".safetensors") or os.sep in weights:
+            if not Path(weights).is_file():
+                raise WeightsUnavailable(f"open_clip checkpoint file not found: {weights}")
+            return weights
+        tags = open_clip.list_pretrained_tags_by_model(model_name)
+        if weights not in tags:
+            raise ValueError(f"open_clip has no pretrained tag {weights!r} for {model_name}; tags: {tags}")
+        cfg = open_clip.get_pretrained_cfg(model_name, weights)
+        hub_id = cfg.get("hf_hub", "").rstrip("/")
+        if hub_id and _in_hf_cache(hub_id):
+            return weights
+        if not hub_reachable():
+            raise _unavailable(f"open_clip {model_name}/{weights}", "the encoder's `weights` param (a checkpoint file)")
+        return weights
+
+    def preprocess(self, image: Any) -> Any:
+        return self.visual_preprocess(image)
+
+    def encode(self, batch: Any) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return _normalise(self.model.encode_image(batch.to(_torch_dtype(self.params.dtype))))
+
+    def describe(self) -> dict[str, Any]:
+        cfg = dict(getattr(self.model.visual, "preprocess_cfg", {}))
+        return {
+            "name": self.name,
+            "kind": "open_clip",
+            "model": self.params.model,
+            "architecture": self.params.config or None,
+            "weights": self.weights_source,
+            "random_init": self.random_init,
+            "dim": self.dim,
+            "resolution": int(cfg.get("size", self.params.image_size) if not isinstance(cfg.get("size"), (list, tuple)) else cfg["size"][0]),
+            "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+            "pooling": "clip_projection",
+            "dtype": self.params.dtype,
+            "versions": library_versions(),
+        }
+
+
+def _register_open_clip_config(name: str, config: dict[str, Any]) -> str:
+    """Register an architecture given as data under `name` (open_clip reads configs from JSON)."""
+    import open_clip
+
+    folder = Path(tempfile.mkdtemp(prefix="clipblind-openclip-"))
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(config))
+    open_clip.add_model_config(path)
+    return name
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        return any(repo.repo_id == repo_id for repo in scan_cache_dir().repos)
+    except Exception:  # no cache directory yet
+        return False
+
+
+class Dinov2Encoder:
+    """DINOv2 from transformers, CLS or mean-of-patches pooling."""
+
+    def __init__(self, name: str, params: EncoderParams) -> None:
+        import torch
+        from transformers import Dinov2Config, Dinov2Model
+
+        self.name = name
+        self.params = params
+        self.random_init = params.weights == RANDOM
+        local = Path(params.model).is_dir()
+        if params.weights == RANDOM:
+            if local:
+                config = Dinov2Config.from_pretrained(params.model)
+            else:
+                arch = dict(DINOV2_ARCHS.get(params.model, {}))
+                arch.update(params.config)
+                if not arch:
+                    raise ValueError(
+                        f"no architecture known for {params.model!r}: give `config` (Dinov2Config fields) "
+                        f"or one of {sorted(DINOV2_ARCHS)}"
+                    )
+                config = Dinov2Config(image_size=params.image_size, **arch)
+            torch.manual_seed(params.seed)
+            model = Dinov2Model(config)
+            self.weights_source = RANDOM
+        elif params.weights == "pretrained":
+            model = self._load_pretrained(Dinov2Model, local)
+            self.weights_source = str(Path(params.model).resolve()) if local else params.model
+        else:
+            raise ValueError(f"dinov2 weights must be 'pretrained' or 'random', got {params.weights!r}")
+        model.eval()
+        model.config._attn_implementation = "sdpa"
+        self.model = model.to(_torch_dtype(params.dtype))
+        self.dim = int(model.config.hidden_size)
+        self.transform = _dinov2_transform(params.image_size)
+
+    def _load_pretrained(self, cls: Any, local: bool) -> Any:
+        model_id = self.params.model
+        if local:
+            return cls.from_pretrained(model_id, local_files_only=True)
+        try:
+            return cls.from_pretrained(model_id, local_files_only=True)
+        except OSError:
+            pass
+        if not hub_reachable():
+            raise _unavailable(f"DINOv2 {model_id}", "the encoder's `model` param (a directory saved with save_pretrained)")
+        return cls.from_pretrained(model_id)
+
+    def preprocess(self, image: Any) -> Any:
+        return self.transform(image)
+
+    def encode(self, batch: Any) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            hidden = self.model(pixel_values=batch.to(_torch_dtype(self.params.dtype))).last_hidden_state
+        pooled = hidden[:, 0] if self.params.pooling == "cls" else hidden[:, 1:].mean(dim=1)
+        return _normalise(pooled)
+
+    def describe(self) -> dict[str, Any]:
+        size = self.params.image_size
+        return {
+            "name": self.name,
+            "kind": "dinov2",
+            "model": self.params.model,
+            "architecture": {
+                k: getattr(self.model.config, k)
+                for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "patch_size", "image_size")
+            },
+            "weights": self.weights_source,
+            "random_init": self.random_init,
+            "dim": self.dim,
+            "resolution": size,
+            "preprocessing": {
+                "resize_shortest_edge": round(size * 256 / 224),
+                "interpolation": "bicubic",
+                "center_crop": size,
+                "mean": list(IMAGENET_MEAN),
+                "std": list(IMAGENET_STD),
+            },
+            "pooling": self.params.pooling,
+            "dtype": self.params.dtype,
+            "versions": library_versions(),
+        }
+
+
+def _dinov2_transform(size: int) -> Callable[[Any], Any]:
+    """DINOv2's evaluation preprocessing: resize to 256/224 of the crop, centre crop, ImageNet norm."""
+    from torchvision import transforms
+
+    return transforms.Compose(
+        [
+            transforms.Resize(round(size * 256 / 224), interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+REGISTRY: dict[str, Callable[[str, EncoderParams], Encoder]] = {
+    "open_clip": OpenClipEncoder,
+    "dinov2": Dinov2Encoder,
+}

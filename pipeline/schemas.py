@@ -1,0 +1,138 @@
+"""The tables handed from stage to stage: one pyarrow schema each, defined here only.
+
+Every table is written with `write_table` and read with `read_table`, which check the
+schema exactly (names, types, order) and the schema version stored in the file's
+metadata. Nothing downstream infers a schema.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.atomic import atomic_path
+
+SCHEMA_VERSION = "1"
+_META_KIND = b"clipblind.table"
+_META_VERSION = b"clipblind.schema_version"
+_META_EXTRA = b"clipblind.meta"
+
+
+class SchemaError(ValueError):
+    """A table on disk does not match the schema its stage expects."""
+
+
+IMAGES = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),  # sha256 hex of the file bytes
+        pa.field("source", pa.string(), nullable=False),  # which configured source it came from
+        pa.field("source_path", pa.string(), nullable=False),  # first location, relative to its root
+        pa.field("locations", pa.list_(pa.string()), nullable=False),  # every location with these bytes
+        pa.field("source_license", pa.string(), nullable=True),
+        pa.field("format", pa.string(), nullable=False),  # PIL format name of the original file
+        pa.field("width", pa.int32(), nullable=False),  # after EXIF orientation
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("n_bytes", pa.int64(), nullable=False),
+        pa.field("frame_count", pa.int32(), nullable=False),
+    ]
+)
+
+REJECTS = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("location", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),  # a code from decode.RejectReason
+        pa.field("detail", pa.string(), nullable=False),
+    ]
+)
+
+EMBEDDING_IDS = pa.schema([pa.field("image_id", pa.string(), nullable=False)])
+
+PAIRS = pa.schema(
+    [
+        pa.field("pair_id", pa.string(), nullable=False),
+        pa.field("image_a", pa.string(), nullable=False),  # image_a < image_b
+        pa.field("image_b", pa.string(), nullable=False),
+        pa.field("clip_sim", pa.float32(), nullable=False),
+        pa.field("dino_sim", pa.float32(), nullable=False),
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "images": IMAGES,
+    "rejects": REJECTS,
+    "embedding_ids": EMBEDDING_IDS,
+    "pairs": PAIRS,
+}
+
+
+def register(kind: str, schema: pa.Schema) -> pa.Schema:
+    """Add a table type defined by a later stage; a name may be registered only once."""
+    if kind in TABLES and not TABLES[kind].equals(schema):
+        raise SchemaError(f"table kind {kind!r} is already registered with another schema")
+    TABLES[kind] = schema
+    return schema
+
+
+def pair_id(image_a: str, image_b: str) -> str:
+    """Stable id of an unordered pair: the same two images give the same id in any order."""
+    a, b = sorted((image_a, image_b))
+    return hashlib.sha256(f"{a}:{b}".encode()).hexdigest()[:20]
+
+
+def empty(kind: str) -> pa.Table:
+    """A zero-row table of the given kind."""
+    return TABLES[kind].empty_table()
+
+
+def write_table(table: pa.Table, path: str | Path, kind: str, meta: Mapping[str, Any] | None = None) -> None:
+    """Check `table` against the `kind` schema and write it as parquet, atomically."""
+    schema = TABLES[kind]
+    _check(table.schema, schema, kind, str(path))
+    metadata = {_META_KIND: kind.encode(), _META_VERSION: SCHEMA_VERSION.encode()}
+    if meta:
+        metadata[_META_EXTRA] = json.dumps(dict(meta), sort_keys=True).encode()
+    table = table.cast(schema).replace_schema_metadata(metadata)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", write_statistics=False)
+
+
+def read_table(path: str | Path, kind: str) -> pa.Table:
+    """Read a parquet table written by `write_table`, refusing another kind or version."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{kind} table not found at {path}: run the stage that writes it first")
+    table = pq.read_table(path)
+    metadata = table.schema.metadata or {}
+    found_kind = metadata.get(_META_KIND, b"").decode()
+    found_version = metadata.get(_META_VERSION, b"").decode()
+    if found_kind != kind:
+        raise SchemaError(f"{path} holds a {found_kind or 'foreign'!s} table, expected {kind!r}")
+    if found_version != SCHEMA_VERSION:
+        raise SchemaError(
+            f"{path} has schema version {found_version!r}, this code reads {SCHEMA_VERSION!r}: "
+            "rerun the stage that wrote it (dvc repro)"
+        )
+    _check(table.schema, TABLES[kind], kind, str(path))
+    return table.replace_schema_metadata(None).cast(TABLES[kind])
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The extra metadata a stage stored with a table (empty when none)."""
+    metadata = pq.read_schema(path).metadata or {}
+    raw = metadata.get(_META_EXTRA)
+    return json.loads(raw) if raw else {}
+
+
+def _check(found: pa.Schema, expected: pa.Schema, kind: str, where: str) -> None:
+    found_fields = [(f.name, f.type) for f in found]
+    expected_fields = [(f.name, f.type) for f in expected]
+    if found_fields != expected_fields:
+        raise SchemaError(
+            f"{where}: {kind} table has columns {found_fields}, expected {expected_fields}"
+        )

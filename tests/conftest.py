@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny world built at test time (generated images, tiny random models)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Tiny architectures: random weights, built from configs in milliseconds.
+TINY_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 1000, "width": 64, "heads": 2, "layers": 1},
+}
+TINY_DINO_CONFIG = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "patch_size": 8, "mlp_ratio": 2}
+
+
+def tiny_params(**sections: dict) -> dict:
+    """A full params dict with tiny random encoders; `sections` override whole sections."""
+    params = {
+        "ingest": {"source": {"kind": "folder", "name": "test", "license": "CC0-1.0"}, "max_pixels": 10_000_000},
+        "embed": {
+            "clip": {"kind": "open_clip", "model": "tiny-clip", "weights": "random", "image_size": 32,
+                     "config": TINY_CLIP_CONFIG, "seed": 0},
+            "dino": {"kind": "dinov2", "model": "tiny-dino", "weights": "random", "image_size": 32,
+                     "config": TINY_DINO_CONFIG, "pooling": "cls", "seed": 0},
+            "batch_size": 8,
+            "shard_size": 16,
+        },
+        "mine": {"clip_threshold": 0.9, "dino_threshold": 0.99},
+        "export": {"url_prefix": "/data/local-files/?d=", "display_max_side": 128, "jpeg_quality": 90},
+    }
+    params.update(sections)
+    return params
+
+
+@pytest.fixture
+def params_file(tmp_path: Path) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(tiny_params()))
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pipeline.samplecorpus import generate
+
+    out = tmp_path_factory.mktemp("corpus") / "corpus"
+    generate(out, scenes=3, seed=1)
+    return out

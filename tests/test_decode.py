@@ -1,0 +1,91 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.decode import BACKGROUND, DecodeError, RejectReason, decode
+
+
+def _bytes(im: Image.Image, fmt: str, **kw) -> bytes:
+    out = io.BytesIO()
+    im.save(out, format=fmt, **kw)
+    return out.getvalue()
+
+
+def _marked(width=40, height=20) -> Image.Image:
+    """A landscape image, white with a red block in the top-left corner."""
+    im = Image.new("RGB", (width, height), (255, 255, 255))
+    im.paste((255, 0, 0), (0, 0, 10, 10))
+    return im
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_gives_upright_image(orientation):
+    upright = _marked()
+    # store the pixels the way a camera with this orientation would, so decoding must undo it
+    inverse = {
+        1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90,
+        7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_270,
+    }[orientation]
+    stored = upright if inverse is None else upright.transpose(inverse)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    decoded = decode(_bytes(stored, "PNG", exif=exif)).image
+    assert decoded.size == upright.size
+    assert np.array_equal(np.asarray(decoded), np.asarray(upright))
+
+
+def test_alpha_is_composited_on_the_documented_background():
+    im = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    decoded = decode(_bytes(im, "PNG")).image
+    assert decoded.mode == "RGB"
+    assert decoded.getpixel((0, 0)) == BACKGROUND
+
+
+def test_sixteen_bit_is_scaled_not_clipped():
+    ramp = np.linspace(0, 65535, 256 * 4).astype(np.uint16).reshape(4, 256)
+    decoded = decode(_bytes(Image.fromarray(ramp), "PNG")).image
+    assert Image.open(io.BytesIO(_bytes(Image.fromarray(ramp), "PNG"))).mode.startswith("I")
+    levels = np.unique(np.asarray(decoded)[..., 0])
+    assert len(levels) >= 250
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", RejectReason.EMPTY_FILE),
+        (b"hello, not an image", RejectReason.UNSUPPORTED_FORMAT),
+        (b"%PDF-1.4\n%...", RejectReason.UNSUPPORTED_FORMAT),
+    ],
+)
+def test_bad_bytes_raise_a_reason_code(data, reason):
+    with pytest.raises(DecodeError) as err:
+        decode(data)
+    assert err.value.reason is reason
+
+
+def test_truncated_jpeg_is_rejected():
+    data = _bytes(Image.effect_noise((64, 64), 50).convert("RGB"), "JPEG", quality=95)
+    with pytest.raises(DecodeError) as err:
+        decode(data[: len(data) // 2])
+    assert err.value.reason in (RejectReason.TRUNCATED, RejectReason.CORRUPT)
+
+
+def test_pixel_cap_is_checked_before_decoding():
+    data = _bytes(Image.new("RGB", (100, 100)), "PNG")
+    assert decode(data, max_pixels=10_000).image.size == (100, 100)
+    with pytest.raises(DecodeError) as err:
+        decode(data, max_pixels=9_999)
+    assert err.value.reason is RejectReason.TOO_MANY_PIXELS
+
+
+def test_animated_gif_gives_first_frame_and_counts_frames():
+    frames = [Image.new("RGB", (8, 8), c) for c in [(255, 0, 0), (0, 0, 255), (0, 255, 0)]]
+    out = io.BytesIO()
+    frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:])
+    decoded = decode(out.getvalue())
+    assert decoded.frame_count == 3
+    r, g, b = decoded.image.getpixel((0, 0))
+    assert r > 200 and b < 50
