@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mine": ("pipeline.mine", "embeddings → CLIP-blind pairs and funnel metrics"),
     "export": ("pipeline.export", "pairs → display images and Label Studio tasks"),
     "status": ("pipeline.status", "what the pipeline has produced so far"),
+    "bench": ("pipeline.bench", "benchmarks: speed as ratios measured in one run"),
 }
 
 

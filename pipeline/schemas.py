@@ -63,11 +63,37 @@ PAIRS = pa.schema(
     ]
 )
 
+# Accepted annotations: the hand-off from annotation (import + verification) to package.
+# One row per accepted pair; answers are "(a)" or "(b)" and differ within a row.
+ACCEPTED = pa.schema(
+    [
+        pa.field("pair_id", pa.string(), nullable=False),
+        pa.field("image_a", pa.string(), nullable=False),
+        pa.field("image_b", pa.string(), nullable=False),
+        pa.field("clip_sim", pa.float32(), nullable=False),
+        pa.field("dino_sim", pa.float32(), nullable=False),
+        pa.field("pattern", pa.string(), nullable=False),  # one of MMVP's nine visual patterns
+        pa.field("tags", pa.list_(pa.string()), nullable=False),  # optional secondary patterns
+        pa.field("question", pa.string(), nullable=False),
+        pa.field("option_a", pa.string(), nullable=False),
+        pa.field("option_b", pa.string(), nullable=False),
+        pa.field("answer_a", pa.string(), nullable=False),  # correct option for image_a: "(a)" or "(b)"
+        pa.field("answer_b", pa.string(), nullable=False),
+        pa.field("statement_a", pa.string(), nullable=True),  # a one-sentence statement true of image_a
+        pa.field("statement_b", pa.string(), nullable=True),
+        pa.field("writer", pa.string(), nullable=False),  # annotator who wrote the question
+        pa.field("verification", pa.string(), nullable=False),  # "verified" or "adjudicated"
+        pa.field("verifier_answers_a", pa.list_(pa.string()), nullable=False),
+        pa.field("verifier_answers_b", pa.list_(pa.string()), nullable=False),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "images": IMAGES,
     "rejects": REJECTS,
     "embedding_ids": EMBEDDING_IDS,
     "pairs": PAIRS,
+    "accepted": ACCEPTED,
 }
 
 
