@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import subprocess
 import tarfile
 from dataclasses import dataclass
@@ -161,13 +162,19 @@ class _LocalFiles(_Backend):
 
     def _stamp(self, location: str) -> str | None:
         try:
-            st = os.stat(self.root / location)
+            st = os.stat(os.path.join(self.root, location))
         except (OSError, ValueError):
             return None
         return f"{st.st_size}:{st.st_mtime_ns}"
 
-    def _entry(self, location: str, license_value: str | None) -> Entry:
-        return Entry(Item(location, license_value), self._stamp(location), lambda: self.read(location))
+    def _read_listed(self, location: str) -> bytes:
+        """Bytes of a file the walk found as a plain file, so no link can be on its path."""
+        try:
+            fd = os.open(os.path.join(self.root, location), os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return self.read(location)  # it changed since the listing: take the checked path
+        with open(fd, "rb") as handle:
+            return handle.read()
 
 
 class _Folder(_LocalFiles):
@@ -189,14 +196,28 @@ class _Folder(_LocalFiles):
             names = sorted([n for n in filenames if not n.startswith(".")] + escaping)
             if not names:
                 continue
-            rel = here.relative_to(self.root)
-            locations = [(rel / n).as_posix() for n in names]
-            stamps = [self._stamp(loc) for loc in locations]
+            rel = here.relative_to(self.root).as_posix()
+            listed = [self._listed(dirpath, "" if rel == "." else rel + "/", n) for n in names]
             yield Part(
-                id=rel.as_posix(),
-                fingerprint=_digest(list(zip(locations, stamps))),
-                entries=lambda locations=locations: (self._entry(loc, self.params.license) for loc in locations),
+                id=rel,
+                fingerprint=_digest([(loc, stamp) for loc, stamp, _ in listed]),
+                entries=lambda listed=listed: (
+                    Entry(Item(loc, self.params.license), stamp,
+                          (lambda loc=loc: self._read_listed(loc)) if plain else (lambda loc=loc: self.read(loc)))
+                    for loc, stamp, plain in listed
+                ),
             )
+
+    def _listed(self, dirpath: str, prefix: str, name: str) -> tuple[str, str | None, bool]:
+        """(location, stamp, whether it is a plain file) of one walked name."""
+        location = prefix + name
+        try:
+            st = os.lstat(os.path.join(dirpath, name))
+        except OSError:
+            return location, None, False
+        if stat.S_ISREG(st.st_mode):
+            return location, f"{st.st_size}:{st.st_mtime_ns}", True
+        return location, self._stamp(location), False
 
     def _inside(self, path: Path) -> bool:
         return Path(os.path.realpath(path)).is_relative_to(self.root)
@@ -223,7 +244,9 @@ class _Manifest(_LocalFiles):
             yield Part(
                 id=f"rows {start}-{end - 1}",
                 fingerprint=_digest([rows, stamps]),
-                entries=lambda rows=rows: (self._entry(loc, lic) for loc, lic in rows),
+                entries=lambda rows=rows, stamps=stamps: (
+                    Entry(Item(loc, lic), stamp, lambda loc=loc: self.read(loc)) for (loc, lic), stamp in zip(rows, stamps)
+                ),
             )
             start = end
 

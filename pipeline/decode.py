@@ -142,21 +142,9 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
     return Decoded(image=rgb, format=fmt, frame_count=frame_count)
 
 
-class _Tracked(io.BytesIO):
-    """In-memory bytes that remember whether a reader asked for more than there was."""
-
-    ran_out = False
-
-    def read(self, size: int | None = -1) -> bytes:
-        chunk = super().read(size)
-        if size is not None and size > 0 and len(chunk) < size:
-            self.ran_out = True
-        return chunk
-
-
 def _open(data: bytes, fmt: str) -> Image.Image:
     """Parse the header with the identified format's plugin only."""
-    stream = _Tracked(data)
+    stream = io.BytesIO(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -167,7 +155,7 @@ def _open(data: bytes, fmt: str) -> Image.Image:
         raise _header_error(data, fmt, stream, err) from None
     # Image.open hides why the plugin refused the header; ask the plugin itself for the cause.
     factory = Image.OPEN[fmt][0]
-    stream = _Tracked(data)
+    stream = io.BytesIO(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -177,11 +165,12 @@ def _open(data: bytes, fmt: str) -> Image.Image:
     raise DecodeError(RejectReason.CORRUPT, f"{fmt} signature but the header does not parse")
 
 
-def _header_error(data: bytes, fmt: str, stream: _Tracked, err: BaseException) -> DecodeError:
-    # A header parser that ran out of bytes saw a cut-off file; WebP is read whole, so compare
-    # its length with the size its RIFF header declares.
+def _header_error(data: bytes, fmt: str, stream: io.BytesIO, err: BaseException) -> DecodeError:
+    # A header parser that failed at the end of the bytes saw a cut-off file; WebP is read
+    # whole, so compare its length with the size its RIFF header declares.
+    ran_out = stream.tell() >= len(data)
     riff_short = fmt == "WEBP" and len(data) >= 8 and len(data) < int.from_bytes(data[4:8], "little") + 8
-    reason = RejectReason.TRUNCATED if stream.ran_out or riff_short else _classify(err)
+    reason = RejectReason.TRUNCATED if (ran_out and fmt != "WEBP") or riff_short else _classify(err)
     return DecodeError(reason, f"{fmt} header: {type(err).__name__}: {err}")
 
 

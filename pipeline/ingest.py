@@ -174,6 +174,7 @@ def ingest(
     parts_records: list[list[dict[str, Any]]] = []
     executor: Executor | None = None
     if params.workers > 1:
+        # fork: workers start in milliseconds and only run `examine` (PIL, numpy), never pyarrow.
         executor = ProcessPoolExecutor(params.workers, mp_context=get_context("fork"))
     try:
         for part in progress(corpus.parts(), desc=f"ingest {params.source.name}", unit="part"):
