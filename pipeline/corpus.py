@@ -64,6 +64,7 @@ class SourceParams:
     split: str = "train"  # hf: which split
     allow_pipe: bool = False  # webdataset: allow `pipe:` URLs (they run a shell command)
     part_size: int = 10_000  # manifest, hf: rows per part
+    max_bytes: int = 256 * 2**20  # larger files are rejected unread (`too_large`), so memory stays bounded
 
 
 @dataclass(frozen=True)
@@ -139,16 +140,20 @@ def _digest(parts: list[Any]) -> str:
 class _LocalFiles(_Backend):
     """Files below a root directory, read only when they resolve inside it."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_bytes: int) -> None:
         self.root = root.resolve()
+        self.max_bytes = max_bytes
 
     def read(self, location: str) -> bytes:
         target = self._confined(location)
         try:
+            # stat before open: opening a FIFO or a device found in a corpus would block or never end
+            st = os.stat(target)
+            if not stat.S_ISREG(st.st_mode):
+                kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a pipe, socket or device)"
+                raise DecodeError(RejectReason.UNREADABLE, f"{location}: is {kind}")
             with open(target, "rb") as handle:
-                return handle.read()
-        except IsADirectoryError:
-            raise DecodeError(RejectReason.UNREADABLE, f"{location}: is a directory") from None
+                return _read_capped(handle, location, self.max_bytes)
         except OSError as err:
             raise DecodeError(RejectReason.UNREADABLE, f"{location}: {err.strerror or err}") from None
 
@@ -174,7 +179,14 @@ class _LocalFiles(_Backend):
         except OSError:
             return self.read(location)  # it changed since the listing: take the checked path
         with open(fd, "rb") as handle:
-            return handle.read()
+            return _read_capped(handle, location, self.max_bytes)
+
+
+def _read_capped(handle: IO[bytes], location: str, max_bytes: int) -> bytes:
+    size = os.fstat(handle.fileno()).st_size
+    if size > max_bytes:
+        raise DecodeError(RejectReason.TOO_LARGE, f"{location}: {size} bytes exceeds the cap of {max_bytes}")
+    return handle.read()
 
 
 class _Folder(_LocalFiles):
@@ -183,7 +195,7 @@ class _Folder(_LocalFiles):
     def __init__(self, params: SourceParams, path: str) -> None:
         if not Path(path).is_dir():
             raise SourceUnavailable(f"corpus source '{params.name}': no folder at {path}")
-        super().__init__(Path(path))
+        super().__init__(Path(path), params.max_bytes)
         self.params = params
 
     def parts(self) -> Iterator[Part]:
@@ -232,7 +244,7 @@ class _Manifest(_LocalFiles):
             raise SourceUnavailable(f"corpus source '{params.name}': no manifest file at {path}")
         if self.manifest.suffix.lower() not in (".parquet", ".csv", ".tsv"):
             raise SourceUnavailable(f"manifest {path} must be .parquet, .csv or .tsv")
-        super().__init__(self.manifest.parent)
+        super().__init__(self.manifest.parent, params.max_bytes)
         self.params = params
 
     def parts(self) -> Iterator[Part]:
@@ -416,7 +428,7 @@ class _Shards(_Backend):
                             if key is not None:
                                 yield self._sample_entry(shard, key, members)
                             key, members = sample_key, {}
-                        data = _member_bytes(archive, info)
+                        data = _member_bytes(archive, info, self.params.max_bytes)
                         members[ext] = (info.name, data)
                         if isinstance(data, DecodeError) and data.reason is RejectReason.TRUNCATED:
                             break  # the stream ends inside this member; its sample carries the reason
@@ -489,7 +501,9 @@ class _Shards(_Backend):
         return index
 
 
-def _member_bytes(archive: tarfile.TarFile, info: tarfile.TarInfo) -> bytes | DecodeError:
+def _member_bytes(archive: tarfile.TarFile, info: tarfile.TarInfo, max_bytes: int) -> bytes | DecodeError:
+    if info.size > max_bytes:  # tarfile skips the unread data when it moves to the next member
+        return DecodeError(RejectReason.TOO_LARGE, f"member {info.name}: {info.size} bytes exceeds the cap of {max_bytes}")
     handle = archive.extractfile(info)
     if handle is None:
         return DecodeError(RejectReason.UNREADABLE, f"member {info.name} has no data")
@@ -595,13 +609,14 @@ class _HFDataset(_Backend):
 
     def _bytes(self, location: str, row: dict[str, Any]) -> bytes | DecodeError:
         cell = row[self.params.image_column]
-        if isinstance(cell, (bytes, bytearray)):
-            return bytes(cell)
-        if isinstance(cell, dict) and cell.get("bytes"):
-            return bytes(cell["bytes"])
+        data = cell if isinstance(cell, (bytes, bytearray)) else cell.get("bytes") if isinstance(cell, dict) else None
+        if data and len(data) > self.params.max_bytes:
+            return DecodeError(RejectReason.TOO_LARGE, f"row {location}: {len(data)} bytes exceeds the cap of {self.params.max_bytes}")
+        if data:
+            return bytes(data)
         if isinstance(cell, dict) and cell.get("path") and self.root is not None:
             try:
-                return _LocalFiles(self.root).read(str(cell["path"]))
+                return _LocalFiles(self.root, self.params.max_bytes).read(str(cell["path"]))
             except DecodeError as err:
                 return err
         return DecodeError(RejectReason.NO_IMAGE, f"row {location} has no image bytes in column {self.params.image_column!r}")

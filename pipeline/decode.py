@@ -55,6 +55,7 @@ class RejectReason(str, enum.Enum):
     PATH_ESCAPE = "path_escape"  # a path or tar member leads outside its declared root
     BLOCKED = "blocked"  # content hash is on the blocklist
     NO_IMAGE = "no_image"  # a webdataset sample or dataset row without image bytes
+    TOO_LARGE = "too_large"  # more bytes than the source's max_bytes; not read
 
 
 class DecodeError(Exception):

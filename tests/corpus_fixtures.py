@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-MAX_PIXELS = 1_000_000  # the cap the hostile corpus is ingested with
+MAX_PIXELS = 1_000_000  # the caps the hostile corpus is ingested with
+MAX_BYTES = 2_000_000
 OK, DUPLICATE, BLOCKED = "ok", "duplicate", "blocked"
 
 
@@ -209,6 +210,7 @@ def variants(blocked_seed: int = 7) -> list[Variant]:
     v.append(Variant("odd/notes.txt", b"just some notes\n", "unsupported_format"))
     v.append(Variant("odd/random.bin", b"\x07" + rng.bytes(999), "unsupported_format"))
     v.append(Variant("odd/empty.jpg", b"", "empty_file"))
+    v.append(Variant("odd/oversized.jpg", b"\xff\xd8\xff" + bytes(MAX_BYTES), "too_large"))
     jpeg = encode(Image.fromarray(photo).resize((256, 192)), "JPEG", quality=95)
     for cut in (3, 20, 200, len(jpeg) // 4, len(jpeg) // 2, 3 * len(jpeg) // 4, len(jpeg) - 64):
         v.append(Variant(f"truncated/jpeg_at_{cut}.jpg", jpeg[:cut], "truncated"))
@@ -249,8 +251,10 @@ def write_folder(root: Path, items: list[Variant], outside: Path) -> dict[str, s
     (links / "inside.jpg").symlink_to(root / items[1].path)
     (links / "dangling.jpg").symlink_to(root / "nowhere.jpg")
     (root / ".hidden.jpg").write_bytes(items[2].data)  # hidden entries are not inputs
+    os.mkfifo(root / "odd" / "pipe.jpg")  # opening it would block forever
     expected.update({"links/escape.jpg": "path_escape", "links/escape_dir": "path_escape",
-                     "links/inside.jpg": DUPLICATE, "links/dangling.jpg": "unreadable"})
+                     "links/inside.jpg": DUPLICATE, "links/dangling.jpg": "unreadable",
+                     "odd/pipe.jpg": "unreadable"})
     return expected
 
 

@@ -15,7 +15,7 @@ from pipeline import ingest, schemas
 from pipeline.corpus import Corpus, SourceParams
 from pipeline.ingest import IngestParams
 from tests.conftest import tiny_params
-from tests.corpus_fixtures import BLOCKED, DUPLICATE, MAX_PIXELS, OK, blocked_hashes, variants, write_folder, write_shards
+from tests.corpus_fixtures import BLOCKED, DUPLICATE, MAX_BYTES, MAX_PIXELS, OK, blocked_hashes, variants, write_folder, write_shards
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,8 @@ def _outcomes(images: list[dict], rejects: list[dict]) -> dict[str, str]:
 def _run(base: Path, kind: str, source: Path, blocklist: Path, run: str, state: bool) -> tuple[dict, list, list]:
     params = base / f"params-{kind}.yaml"
     params.write_text(yaml.safe_dump(tiny_params(
-        ingest={"source": {"kind": kind, "name": kind, "license": "CC0-1.0"}, "max_pixels": MAX_PIXELS, "batch_size": 16}
+        ingest={"source": {"kind": kind, "name": kind, "license": "CC0-1.0", "max_bytes": MAX_BYTES},
+                "max_pixels": MAX_PIXELS, "batch_size": 16}
     )))
     out = base / f"out-{kind}-{run}"
     args = ["--params", str(params), "--source", str(source), "--images", str(out / "images.parquet"),
