@@ -121,7 +121,8 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
         raise DecodeError(RejectReason.EMPTY_FILE, "zero bytes")
     fmt = sniff(data)
     if fmt not in ALLOWED_FORMATS:
-        raise DecodeError(RejectReason.UNSUPPORTED_FORMAT, f"{fmt} content; allowed: {', '.join(ALLOWED_FORMATS)}")
+        seen = f"{fmt} content" if fmt != "unknown" else f"content of no image format (starts {data[:8].hex(' ')})"
+        raise DecodeError(RejectReason.UNSUPPORTED_FORMAT, f"{seen}; allowed: {', '.join(ALLOWED_FORMATS)}")
     im = _open(data, fmt)
     width, height = im.size
     if width <= 0 or height <= 0:
@@ -171,8 +172,9 @@ def _header_error(data: bytes, fmt: str, stream: io.BytesIO, err: BaseException)
     # whole, so compare its length with the size its RIFF header declares.
     ran_out = stream.tell() >= len(data)
     riff_short = fmt == "WEBP" and len(data) >= 8 and len(data) < int.from_bytes(data[4:8], "little") + 8
-    reason = RejectReason.TRUNCATED if (ran_out and fmt != "WEBP") or riff_short else _classify(err)
-    return DecodeError(reason, f"{fmt} header: {type(err).__name__}: {err}")
+    if (ran_out and fmt != "WEBP") or riff_short:
+        return DecodeError(RejectReason.TRUNCATED, f"{fmt} data ends after {len(data)} bytes, inside the header ({err})")
+    return DecodeError(_classify(err), f"{fmt} header: {type(err).__name__}: {err}")
 
 
 def _classify(err: BaseException) -> RejectReason:

@@ -44,11 +44,11 @@ def _outcomes(images: list[dict], rejects: list[dict]) -> dict[str, str]:
     return got
 
 
-def _run(base: Path, kind: str, source: Path, blocklist: Path, run: str, state: bool) -> tuple[dict, list, list]:
-    params = base / f"params-{kind}.yaml"
+def _run(base: Path, kind: str, source: Path, blocklist: Path, run: str, state: bool, workers: int = 1) -> tuple[dict, list, list]:
+    params = base / f"params-{kind}-{run}.yaml"
     params.write_text(yaml.safe_dump(tiny_params(
         ingest={"source": {"kind": kind, "name": kind, "license": "CC0-1.0", "max_bytes": MAX_BYTES},
-                "max_pixels": MAX_PIXELS, "batch_size": 16}
+                "max_pixels": MAX_PIXELS, "batch_size": 16, "workers": workers}
     )))
     out = base / f"out-{kind}-{run}"
     args = ["--params", str(params), "--source", str(source), "--images", str(out / "images.parquet"),
@@ -84,7 +84,7 @@ def test_hostile_corpus_is_accounted_for_exactly_and_identically_twice(hostile, 
     _check(*first, expected)
     second = _run(hostile["base"], kind, source, hostile["blocklist"], "second", state=True)
     assert second[0]["parts_reused"] == second[0]["parts"] > 0 and second[0]["decoded"] == 0
-    fresh = _run(hostile["base"], kind, source, hostile["blocklist"], "fresh", state=False)
+    fresh = _run(hostile["base"], kind, source, hostile["blocklist"], "fresh", state=False, workers=2)
     assert first[1:] == second[1:] == fresh[1:]
     assert {k: v for k, v in first[0].items() if not k.startswith(("parts", "decoded", "reused"))} == \
         {k: v for k, v in second[0].items() if not k.startswith(("parts", "decoded", "reused"))}
