@@ -1,30 +1,50 @@
 """ingest: a corpus source → the images table, a rejects table and metrics.
 
-Inputs: a folder (recursive) or a parquet/CSV manifest of paths (`ingest.source` in params).
+Inputs: one source (`ingest.source` in params: a folder, webdataset shards, a parquet/CSV
+manifest or a Hugging Face dataset; see `pipeline.corpus`), an optional blocklist file of
+sha256 hashes, and an optional state folder that makes reruns incremental.
 Outputs: images table (one row per distinct content, keyed by sha256 of the bytes, sorted by
-image_id, every location of the same bytes kept), rejects table (location, reason, detail).
-Metrics: inputs, accepted, duplicates, rejected, rejected_by_reason;
-accepted + duplicates + rejected == inputs.
+image_id, every location of the same bytes kept, the first location in listing order as
+`source_path`), rejects table (one row per input not accepted: location, reason code, detail).
+Metrics: inputs, accepted, duplicates, blocked, rejected, rejected_by_reason, parts (done and
+reused), decoded; accepted + duplicates + blocked + rejected == inputs.
+
+Every input is read, hashed and, unless its hash is on the blocklist or already decoded in
+this run, decoded with the canonical decode (`pipeline.decode`); only its outcome is kept,
+so memory is bounded by `batch_size` images in flight. With a state folder each finished
+part (directory, shard, block of rows) is recorded with a completion marker: a rerun skips
+parts whose fingerprint is unchanged, and a part that changed re-reads only the items whose
+size or mtime changed, so a grown corpus ingests only its new files. Blocklist changes apply
+without re-reading anything. `workers` > 1 decodes batches in that many processes; results
+are identical to one worker.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import re
 from collections import Counter
-from dataclasses import dataclass
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from itertools import repeat
+from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
+from pipeline import decode as decode_module
 from pipeline import schemas
+from pipeline.atomic import write_json
 from pipeline.config import load_section
-from pipeline.corpus import Corpus, SourceParams
-from pipeline.decode import DEFAULT_MAX_PIXELS, DecodeError, decode
+from pipeline.corpus import Corpus, Entry, Part, SourceParams
+from pipeline.decode import DEFAULT_MAX_PIXELS, DecodeError, RejectReason, decode
 from pipeline.report import progress, summary, write_metrics
 
 STAGE = "ingest"
+OK = "ok"
 
 
 @dataclass(frozen=True)
@@ -32,7 +52,9 @@ class IngestParams:
     """Params of the ingest stage (section `ingest`)."""
 
     source: SourceParams
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int = DEFAULT_MAX_PIXELS  # width × height cap, checked from the header before decoding
+    batch_size: int = 256  # items in flight (bytes held in memory at once)
+    workers: int = 1  # decode processes; 1 decodes in this process
 
 
 @dataclass(frozen=True)
@@ -44,71 +66,281 @@ class IngestResult:
     metrics: dict[str, Any]
 
 
-def ingest(corpus: Corpus, params: IngestParams) -> IngestResult:
-    """Read, hash and decode every item of `corpus`; collapse exact duplicates."""
+# One row per input, in listing order: the state a rerun reuses (not a hand-off to another stage).
+RECORDS = schemas.register(
+    "ingest_records",
+    pa.schema(
+        [
+            pa.field("location", pa.string(), nullable=False),
+            pa.field("license", pa.string(), nullable=True),
+            pa.field("stamp", pa.string(), nullable=True),  # size:mtime of a file, when known
+            pa.field("image_id", pa.string(), nullable=True),  # sha256 of the bytes, when they could be read
+            pa.field("n_bytes", pa.int64(), nullable=True),
+            pa.field("status", pa.string(), nullable=False),  # "ok" or a RejectReason code
+            pa.field("detail", pa.string(), nullable=False),
+            pa.field("format", pa.string(), nullable=True),
+            pa.field("width", pa.int32(), nullable=True),
+            pa.field("height", pa.int32(), nullable=True),
+            pa.field("frame_count", pa.int32(), nullable=True),
+        ]
+    ),
+)
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class BlocklistError(ValueError):
+    """The blocklist file has a line that is not a sha256 hash."""
+
+
+def load_blocklist(path: str | Path | None) -> frozenset[str]:
+    """Hashes from a file of sha256 hex digests, one per line (`sha256sum` output works; `#` comments)."""
+    if path is None:
+        return frozenset()
+    hashes = set()
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        token = line.split("#", 1)[0].strip().split(maxsplit=1)
+        if not token:
+            continue
+        digest = token[0].lower()
+        if not _SHA256.match(digest):
+            raise BlocklistError(f"{path}:{number}: {token[0]!r} is not a sha256 hex digest (64 hex characters)")
+        hashes.add(digest)
+    return frozenset(hashes)
+
+
+def examine(data: bytes, max_pixels: int) -> tuple[str, str, str | None, int | None, int | None, int | None]:
+    """The decode outcome of `data`: (status, detail, format, width, height, frame_count)."""
+    try:
+        decoded = decode(data, max_pixels=max_pixels)
+    except DecodeError as err:
+        return err.reason.value, err.detail, None, None, None, None
+    return OK, "", decoded.format, decoded.image.width, decoded.image.height, decoded.frame_count
+
+
+class _State:
+    """Finished parts on disk: `<key>.parquet` (records) then `<key>.done` (fingerprints), written last."""
+
+    def __init__(self, folder: Path | None, settings: dict[str, Any]) -> None:
+        self.folder = folder
+        self.settings = hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def _paths(self, part: Part) -> tuple[Path, Path]:
+        assert self.folder is not None
+        key = hashlib.sha256(part.id.encode()).hexdigest()[:24]
+        return self.folder / f"{key}.parquet", self.folder / f"{key}.done"
+
+    def previous(self, part: Part) -> tuple[list[dict[str, Any]], bool]:
+        """The records this part had last time (decoded with the same settings) and whether it is unchanged."""
+        if self.folder is None:
+            return [], False
+        records_path, done_path = self._paths(part)
+        if not done_path.exists() or not records_path.exists():
+            return [], False
+        marker = json.loads(done_path.read_text())
+        if marker.get("settings") != self.settings or marker.get("part") != part.id:
+            return [], False
+        records = schemas.read_table(records_path, "ingest_records").to_pylist()
+        return records, part.fingerprint is not None and marker.get("fingerprint") == part.fingerprint
+
+    def finish(self, part: Part, records: list[dict[str, Any]]) -> None:
+        if self.folder is None:
+            return
+        records_path, done_path = self._paths(part)
+        done_path.unlink(missing_ok=True)
+        schemas.write_table(pa.Table.from_pylist(records, schema=RECORDS), records_path, "ingest_records")
+        write_json(done_path, {"part": part.id, "fingerprint": part.fingerprint, "settings": self.settings})
+
+
+def _settings(params: IngestParams) -> dict[str, Any]:
+    """What the recorded outcomes depend on besides the bytes: the decode rules and their params."""
+    source = {k: v for k, v in asdict(params.source).items() if k != "part_size"}
+    decode_rules = hashlib.sha256(Path(decode_module.__file__).read_bytes()).hexdigest()
+    return {"max_pixels": params.max_pixels, "source": repr(sorted(source.items())), "decode": decode_rules}
+
+
+def ingest(
+    corpus: Corpus,
+    params: IngestParams,
+    blocklist: frozenset[str] = frozenset(),
+    state_dir: str | Path | None = None,
+) -> IngestResult:
+    """Read, hash and decode every item of `corpus`; exclude blocked hashes; collapse exact duplicates."""
+    state = _State(Path(state_dir) if state_dir is not None else None, _settings(params))
+    outcomes: dict[str, tuple[str, str, str | None, int | None, int | None, int | None]] = {}
+    counts = Counter()
+    parts_records: list[list[dict[str, Any]]] = []
+    executor: Executor | None = None
+    if params.workers > 1:
+        # fork: workers start in milliseconds and only run `examine` (PIL, numpy), never pyarrow.
+        executor = ProcessPoolExecutor(params.workers, mp_context=get_context("fork"))
+    try:
+        for part in progress(corpus.parts(), desc=f"ingest {params.source.name}", unit="part"):
+            previous, unchanged = state.previous(part)
+            stale_block = any(r["status"] == RejectReason.BLOCKED.value and r["image_id"] not in blocklist for r in previous)
+            if unchanged and not stale_block:
+                counts["parts_reused"] += 1
+                parts_records.append(previous)
+                continue
+            reusable = {
+                r["location"]: r for r in previous
+                if r["stamp"] is not None and not (r["status"] == RejectReason.BLOCKED.value and r["image_id"] not in blocklist)
+            }
+            records: list[dict[str, Any]] = []
+            for batch in _batches(part.entries(), params.batch_size):
+                records.extend(_examine_batch(batch, reusable, blocklist, outcomes, params, executor, counts))
+            state.finish(part, records)
+            counts["parts_done"] += 1
+            parts_records.append(records)
+    finally:
+        if executor is not None:
+            executor.shutdown()
+    result = assemble((r for records in parts_records for r in records), params.source.name, blocklist)
+    result.metrics.update(
+        parts=counts["parts_done"] + counts["parts_reused"],
+        parts_reused=counts["parts_reused"],
+        decoded=counts["decoded"],
+        reused_items=counts["reused_items"],
+    )
+    return result
+
+
+def _batches(entries: Iterator[Entry], size: int) -> Iterator[list[Entry]]:
+    batch: list[Entry] = []
+    for entry in entries:
+        batch.append(entry)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _examine_batch(
+    batch: list[Entry],
+    reusable: dict[str, dict[str, Any]],
+    blocklist: frozenset[str],
+    outcomes: dict[str, tuple[str, str, str | None, int | None, int | None, int | None]],
+    params: IngestParams,
+    executor: Executor | None,
+    counts: Counter,
+) -> list[dict[str, Any]]:
+    """Records for a batch of entries, in entry order; each distinct new content decoded once."""
+    records: list[dict[str, Any]] = []
+    pending: dict[str, bytes] = {}  # image_id → bytes to decode, in first-seen order
+    for entry in batch:
+        item = entry.item
+        old = reusable.get(item.location)
+        if old is not None and old["stamp"] == entry.stamp:
+            counts["reused_items"] += 1
+            records.append({**old, "license": item.license})
+            continue
+        record = {"location": item.location, "license": item.license, "stamp": entry.stamp, "image_id": None,
+                  "n_bytes": None, "status": OK, "detail": "", "format": None, "width": None, "height": None,
+                  "frame_count": None}
+        try:
+            data = entry.fetch()
+        except DecodeError as err:
+            record.update(status=err.reason.value, detail=err.detail)
+            records.append(record)
+            continue
+        image_id = hashlib.sha256(data).hexdigest()
+        record.update(image_id=image_id, n_bytes=len(data))
+        if image_id in blocklist:
+            record.update(status=RejectReason.BLOCKED.value, detail="sha256 is on the blocklist; not decoded")
+        elif image_id not in outcomes:
+            pending.setdefault(image_id, data)
+        records.append(record)
+    ids = list(pending)
+    datas = [pending[i] for i in ids]
+    if executor is None:
+        results = [examine(d, params.max_pixels) for d in datas]
+    else:
+        results = list(executor.map(examine, datas, repeat(params.max_pixels), chunksize=max(1, len(datas) // (4 * params.workers))))
+    outcomes.update(zip(ids, results))
+    counts["decoded"] += len(ids)
+    for record in records:
+        if record["status"] == OK and record["format"] is None and record["image_id"] in outcomes:
+            status, detail, fmt, width, height, frames = outcomes[record["image_id"]]
+            record.update(status=status, detail=detail, format=fmt, width=width, height=height, frame_count=frames)
+    return records
+
+
+def assemble(records: Iterable[dict[str, Any]], source: str, blocklist: frozenset[str]) -> IngestResult:
+    """Images, rejects and metrics from per-input records in listing order."""
     images: dict[str, dict[str, Any]] = {}
     rejects: list[dict[str, str]] = []
-    inputs = duplicates = 0
-    source = params.source.name
-    for item in progress(corpus.items(), desc="ingest", unit="img"):
+    inputs = duplicates = blocked = 0
+    for record in records:
         inputs += 1
-        try:
-            data = corpus.read(item.location)
-            image_id = hashlib.sha256(data).hexdigest()
-            if image_id in images:
-                images[image_id]["locations"].append(item.location)
-                duplicates += 1
-                continue
-            decoded = decode(data, max_pixels=params.max_pixels)
-        except DecodeError as err:
-            rejects.append({"source": source, "location": item.location, "reason": err.reason.value, "detail": err.detail})
-            continue
-        images[image_id] = {
-            "image_id": image_id,
-            "source": source,
-            "source_path": item.location,
-            "locations": [item.location],
-            "source_license": item.license,
-            "format": decoded.format,
-            "width": decoded.image.width,
-            "height": decoded.image.height,
-            "n_bytes": len(data),
-            "frame_count": decoded.frame_count,
-        }
+        image_id = record["image_id"]
+        if image_id is not None and image_id in blocklist:
+            blocked += 1
+            rejects.append({"source": source, "location": record["location"], "reason": RejectReason.BLOCKED.value,
+                            "detail": f"sha256 {image_id} is on the blocklist"})
+        elif record["status"] != OK:
+            rejects.append({"source": source, "location": record["location"], "reason": record["status"],
+                            "detail": record["detail"]})
+        elif image_id in images:
+            images[image_id]["locations"].append(record["location"])
+            duplicates += 1
+        else:
+            images[image_id] = {
+                "image_id": image_id,
+                "source": source,
+                "source_path": record["location"],
+                "locations": [record["location"]],
+                "source_license": record["license"],
+                "format": record["format"],
+                "width": record["width"],
+                "height": record["height"],
+                "n_bytes": record["n_bytes"],
+                "frame_count": record["frame_count"],
+            }
     rows = [images[key] for key in sorted(images)]
-    images_table = pa.Table.from_pylist(rows, schema=schemas.IMAGES)
-    rejects.sort(key=lambda r: (r["source"], r["location"]))
-    rejects_table = pa.Table.from_pylist(rejects, schema=schemas.REJECTS)
-    by_reason = Counter(r["reason"] for r in rejects)
-    metrics = {
+    rejects.sort(key=lambda r: (r["source"], r["location"], r["reason"]))
+    by_reason = Counter(r["reason"] for r in rejects if r["reason"] != RejectReason.BLOCKED.value)
+    metrics: dict[str, Any] = {
+        "source": source,
         "inputs": inputs,
         "accepted": len(rows),
         "duplicates": duplicates,
-        "rejected": len(rejects),
+        "blocked": blocked,
+        "rejected": sum(by_reason.values()),
         "rejected_by_reason": dict(sorted(by_reason.items())),
     }
-    return IngestResult(images_table, rejects_table, metrics)
+    return IngestResult(
+        pa.Table.from_pylist(rows, schema=schemas.IMAGES),
+        pa.Table.from_pylist(rejects, schema=schemas.REJECTS),
+        metrics,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: `python -m pipeline.ingest --source DIR_OR_MANIFEST --images OUT ...`."""
+    """Command line: `python -m pipeline.ingest --source DIR_URL_OR_FILE --images OUT ...`."""
     parser = argparse.ArgumentParser(prog="clipblind ingest", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--source", required=True, help="corpus folder or manifest file")
+    parser.add_argument("--source", required=True, help="corpus folder, manifest, shards (dir, pattern, URL) or dataset")
     parser.add_argument("--images", required=True, help="output images table (parquet)")
     parser.add_argument("--rejects", required=True, help="output rejects table (parquet)")
     parser.add_argument("--metrics", required=True, help="output metrics JSON")
+    parser.add_argument("--blocklist", help="file of sha256 hashes to exclude (one per line)")
+    parser.add_argument("--state", help="folder of per-part records that makes reruns incremental")
     args = parser.parse_args(argv)
     params = load_section(args.params, STAGE, IngestParams)
-    result = ingest(Corpus(params.source, args.source), params)
+    blocklist = load_blocklist(args.blocklist)
+    result = ingest(Corpus(params.source, args.source), params, blocklist=blocklist, state_dir=args.state)
     schemas.write_table(result.images, args.images, "images")
     schemas.write_table(result.rejects, args.rejects, "rejects")
     write_metrics(args.metrics, result.metrics)
     m = result.metrics
     summary(
         STAGE,
-        f"{m['inputs']} inputs → {m['accepted']} images, {m['duplicates']} duplicates, "
-        f"{m['rejected']} rejected {m['rejected_by_reason'] or ''} → {args.images}",
+        f"{m['inputs']} inputs → {m['accepted']} images, {m['duplicates']} duplicates, {m['blocked']} blocked, "
+        f"{m['rejected']} rejected {m['rejected_by_reason'] or ''} ({m['parts_reused']} of {m['parts']} parts "
+        f"reused) → {args.images}",
     )
     return 0
 

@@ -89,3 +89,66 @@ def test_animated_gif_gives_first_frame_and_counts_frames():
     assert decoded.frame_count == 3
     r, g, b = decoded.image.getpixel((0, 0))
     assert r > 200 and b < 50
+
+
+# ---- pixel tests on the formats real corpora carry
+
+from tests.corpus_fixtures import cmyk_jpeg, marked, oriented_jpeg, psd_bytes, rgb16_png, ycck_jpeg  # noqa: E402
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_of_a_camera_jpeg_decodes_upright(orientation):
+    upright = marked()
+    decoded = decode(oriented_jpeg(orientation, upright)).image
+    assert decoded.size == upright.size
+    # JPEG is lossy: compare the two marker blocks, which land in the wrong corners if misapplied
+    arr = np.asarray(decoded).astype(int)
+    assert (arr[2:10, 2:10] - (255, 0, 0)).__abs__().max() < 40
+    assert (arr[-6:-2, -6:-2] - (0, 0, 255)).__abs__().max() < 40
+    assert np.abs(arr - np.asarray(upright).astype(int)).mean() < 6
+
+
+def _colourful() -> np.ndarray:
+    y, x = np.mgrid[0:64, 0:96]
+    return np.stack([x * 255 // 95, y * 255 // 63, (x + y) * 255 // 158], axis=-1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("make", [cmyk_jpeg, ycck_jpeg], ids=["cmyk", "ycck"])
+def test_cmyk_and_ycck_jpegs_keep_their_colours(make):
+    reference = _colourful()
+    data = make(reference)
+    assert Image.open(io.BytesIO(data)).mode == "CMYK"
+    decoded = np.asarray(decode(data).image).astype(float)
+    assert np.abs(decoded.mean(axis=(0, 1)) - reference.mean(axis=(0, 1))).max() < 3.0
+    assert np.abs(decoded - reference).mean() < 6.0
+
+
+def test_sixteen_bit_tiff_and_48_bit_png_keep_their_levels():
+    ramp = np.linspace(0, 65535, 256 * 4).astype(np.uint16).reshape(4, 256)
+    for data in (_bytes(Image.fromarray(ramp), "TIFF"), rgb16_png()):
+        arr = np.asarray(decode(data).image)
+        assert len(np.unique(arr[..., 0])) >= 250
+        assert arr.min() == 0 and arr.max() == 255  # scaled across the range, not clipped to 255
+
+
+def test_a_photoshop_file_pillow_could_open_is_refused_before_decoding():
+    data = psd_bytes()
+    assert Image.open(io.BytesIO(data)).format == "PSD"  # a real decoder exists; the allowlist says no
+    with pytest.raises(DecodeError) as err:
+        decode(data)
+    assert err.value.reason is RejectReason.UNSUPPORTED_FORMAT and err.value.detail.startswith("PSD")
+
+
+@pytest.mark.parametrize("fraction", [0.001, 0.02, 0.25, 0.5, 0.75, 0.97])
+def test_jpeg_cut_anywhere_is_truncated(fraction):
+    data = _bytes(Image.effect_noise((128, 96), 50).convert("RGB"), "JPEG", quality=95)
+    with pytest.raises(DecodeError) as err:
+        decode(data[: max(3, int(len(data) * fraction))])
+    assert err.value.reason is RejectReason.TRUNCATED
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "PNG"])
+def test_other_animations_give_first_frame_and_count(fmt):
+    frames = [Image.new("RGB", (8, 8), c) for c in [(255, 0, 0), (0, 0, 255)]]
+    decoded = decode(_bytes(frames[0], fmt, save_all=True, append_images=frames[1:], lossless=True))
+    assert decoded.frame_count == 2 and decoded.image.getpixel((4, 4))[0] > 200
