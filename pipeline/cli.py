@@ -16,6 +16,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("pipeline.export", "pairs → display images and Label Studio tasks"),
     "status": ("pipeline.status", "what the pipeline has produced so far"),
     "bench": ("pipeline.bench", "benchmarks: speed as ratios measured in one run"),
+    "labelstudio": ("annotation.server", "start/stop the local Label Studio; add annotator accounts"),
+    "push": ("annotation.push", "tasks → the Label Studio question-writing project"),
+    "pull": ("annotation.pull", "Label Studio project → versioned export snapshot"),
 }
 
 
