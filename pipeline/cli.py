@@ -19,6 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "labelstudio": ("annotation.server", "start/stop the local Label Studio; add annotator accounts"),
     "push": ("annotation.push", "tasks → the Label Studio question-writing project"),
     "pull": ("annotation.pull", "Label Studio project → versioned export snapshot"),
+    "validate": ("annotation.validate", "writing snapshot → annotations table with reject reasons"),
+    "verify": ("annotation.verify", "valid questions → the Label Studio verification project"),
+    "accept": ("annotation.accept", "verified questions + adjudication → accepted pairs"),
+    "adjudicate": ("annotation.adjudication", "merge disputed questions into the lead's adjudication file"),
 }
 
 

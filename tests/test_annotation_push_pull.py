@@ -121,3 +121,14 @@ def test_postgresql_needs_its_connection_settings(monkeypatch: pytest.MonkeyPatc
     for var in server.POSTGRES_ENV:
         monkeypatch.setenv(var, "x")
     assert server.database_env(server.LabelStudioParams(database="postgresql"))["DJANGO_DB"] == "postgresql"
+
+
+def test_suggestions_become_pre_annotations_in_the_writing_config_fields() -> None:
+    pred = push.prediction({"pattern": "Text", "question": "What does the sign say?", "option_a": "STOP"}, "rules-v1")
+    values = results.fields(pred["result"])
+    assert pred["model_version"] == "rules-v1"
+    assert (results.choice(values, "pattern"), results.text(values, "question"), results.text(values, "option_a")) == (
+        "Text", "What does the sign say?", "STOP")
+    config = push.WRITING_CONFIG.read_text()
+    assert all(f'name="{r["from_name"]}"' in config for r in pred["result"])
+    assert "option_b" not in values

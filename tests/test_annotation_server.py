@@ -223,3 +223,106 @@ def test_annotator_writes_a_question_in_the_browser_and_pull_returns_it(world: d
     writer_stats = metrics["annotators"][WRITER[0]]
     assert writer_stats["tasks_done"] == 1 and writer_stats["rejects"] == 0
     assert writer_stats["seconds_per_task_mean"] > 0
+
+
+VERIFIER = ("verifier@example.org", "verifier-pass-1")
+PAYLOAD = '<img src=x onerror="window.__pwned=1">=cmd|\' /C calc\'!A0'
+
+
+def _write_as_admin(client: Client, task_id: int, question: str, answers: tuple[str, str]) -> None:
+    """The writer's submission (the browser path is covered above; here the admin writes)."""
+    fields = {"pattern": ["Quantity and Count"], "answer_a": [answers[0]], "answer_b": [answers[1]]}
+    result = [{"from_name": k, "to_name": "image_a", "type": "choices", "value": {"choices": v}} for k, v in fields.items()]
+    result += [{"from_name": k, "to_name": "image_a", "type": "textarea", "value": {"text": [v]}}
+               for k, v in {"question": question, "option_a": "Two", "option_b": "Three"}.items()]
+    client.request("POST", f"/api/tasks/{task_id}/annotations/", json={"result": result, "lead_time": 12.0})
+
+
+@pytest.mark.browser
+def test_writer_verifier_round_trip_with_adjudication(world: dict[str, Any]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from annotation import accept, adjudication, validate, verify
+
+    client, ls, tasks, root, display = world["client"], world["ls"], world["tasks"], world["root"], world["display"]
+    params_file = world["params_file"]
+    params = yaml.safe_load(params_file.read_text())
+    params.update(validate={"options_ignore_case": True}, accept={"verifiers": 1})
+    params_file.write_text(yaml.safe_dump(params))
+    project_id = push.push(client, ls, tasks, display)["project_id"]
+    remote = {t["data"]["pair_id"]: t for t in client.tasks(project_id)}
+    fresh = [t["data"]["pair_id"] for t in tasks if remote[t["data"]["pair_id"]]["total_annotations"] == 0]
+    agreed, disputed = fresh[0], fresh[1]
+    labels, data, metrics = root / "labels", root / "data", root / "metrics"
+
+    def import_and_push_verification() -> dict[str, Any]:
+        assert pull.main(["writing", "--params", str(params_file), "--out", str(labels / "writing.json"),
+                          "--metrics", str(metrics / "pull_writing.json")]) == 0
+        assert validate.main(["--params", str(params_file), "--snapshot", str(labels / "writing.json"),
+                              "--pairs", str(data / "pairs.parquet"), "--annotations", str(data / "annotations.parquet"),
+                              "--metrics", str(metrics / "validate.json")]) == 0
+        assert verify.main(["--params", str(params_file), "--annotations", str(data / "annotations.parquet"),
+                            "--display", str(display), "--metrics", str(metrics / "verify.json")]) == 0
+        project = client.project_by_title(ls.verification_project)
+        return {t["data"]["pair_id"]: t for t in client.tasks(project["id"])}
+
+    # before the writer submits, no verification task exists for the pair
+    assert agreed not in import_and_push_verification()
+    _write_as_admin(client, remote[agreed]["id"], PAYLOAD, ("(a)", "(b)"))
+    _write_as_admin(client, remote[disputed]["id"], "How many dots are there?", ("(a)", "(b)"))
+    verification = import_and_push_verification()
+    assert {agreed, disputed} <= set(verification)
+    assert not {"answer_a", "answer_b", "writer"} & set(verification[agreed]["data"])  # the writer's answers stay hidden
+    assert len(import_and_push_verification()) == len(verification)  # pushing twice adds nothing
+
+    server.add_user(ls, *VERIFIER)
+    verification_project = client.project_by_title(ls.verification_project)["id"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1400})
+            login(page, ls.url, *VERIFIER)
+            for pair, (answer_a, answer_b) in ((agreed, ("(a)", "(b)")), (disputed, ("(a)", "unanswerable"))):
+                open_task(page, ls.url, verification_project, verification[pair]["id"], "#field-verify-a")
+                assert all(w > 0 for w in image_widths(page, ("panel-image-a", "panel-image-b")))
+                tick(page, "field-verify-a", answer_a)
+                tick(page, "field-verify-b", answer_b)
+                if pair == agreed:
+                    # the untrusted question is shown as text: no element injected, no handler run
+                    assert PAYLOAD in page.inner_text("#field-question")
+                    assert page.locator('#field-question img[src="x"]').count() == 0
+                    assert page.evaluate("window.__pwned") is None
+                    page.screenshot(path=str(ARTIFACTS / "verifier.png"), full_page=True)
+                with page.expect_response(lambda r: "/annotations" in r.url and r.request.method == "POST"):
+                    page.get_by_role("button", name="Submit").click()
+        finally:
+            browser.close()
+
+    assert pull.main(["verification", "--params", str(params_file), "--out", str(labels / "verification.json"),
+                      "--metrics", str(metrics / "pull_verification.json")]) == 0
+    decisions = labels / "adjudication.csv"
+    accept_args = ["--params", str(params_file), "--annotations", str(data / "annotations.parquet"),
+                   "--pairs", str(data / "pairs.parquet"), "--verification", str(labels / "verification.json"),
+                   "--decisions", str(decisions), "--accepted", str(data / "accepted.parquet"),
+                   "--outcomes", str(data / "outcomes.parquet"), "--queue", str(data / "queue.csv"),
+                   "--metrics", str(metrics / "accept.json")]
+    assert accept.main(accept_args) == 0
+    from pipeline import schemas
+
+    accepted = {r["pair_id"]: r for r in schemas.read_table(data / "accepted.parquet", "accepted").to_pylist()}
+    assert accepted[agreed]["question"] == PAYLOAD and accepted[agreed]["verification"] == "verified"
+    assert accepted[agreed]["verifier_answers_b"] == ["(b)"]
+    assert disputed not in accepted
+    # the mismatch lands in the adjudication file with every answer; the lead accepts it
+    assert adjudication.main(["--queue", str(data / "queue.csv"), "--file", str(decisions)]) == 0
+    rows = adjudication.read(decisions)
+    row = next(r for r in rows if r["pair_id"] == disputed)
+    assert row["verifier_answers_b"] == f"{VERIFIER[0]}: unanswerable" and row["writer_answer_b"] == "(b)"
+    row["decision"] = "accept"
+    decisions.write_bytes(adjudication.encode(rows))
+    assert accept.main(accept_args) == 0
+    accepted = {r["pair_id"]: r for r in schemas.read_table(data / "accepted.parquet", "accepted").to_pylist()}
+    assert accepted[disputed]["verification"] == "adjudicated"
+    result = json.loads((metrics / "accept.json").read_text())
+    assert result["accepted"] + result["rejected"] == result["inputs"]
+    assert result["human_accuracy"]["per_pair"] == 0.5 and result["human_accuracy"]["per_question"] == 0.75
