@@ -11,7 +11,11 @@ from annotation.server import LabelStudioParams, admin
 
 
 class LabelStudioError(RuntimeError):
-    """Label Studio refused a request or could not be reached."""
+    """Label Studio refused a request (`status` is its HTTP status) or could not be reached (`status` 0)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -39,8 +43,13 @@ class Client:
             raise LabelStudioError(
                 f"Label Studio is not reachable at {self.url}: start it with `clipblind labelstudio start`"
             ) from err
+        if response.status_code == 401:
+            raise LabelStudioError(
+                f"{self.url} refused the admin token: use the credentials the server was first started with "
+                "(CLIPBLIND_LS_EMAIL/PASSWORD/TOKEN or <labelstudio.data_dir>/admin.json)", 401)
         if not response.ok:
-            raise LabelStudioError(f"{method} {path} → HTTP {response.status_code}: {response.text[:500]}")
+            raise LabelStudioError(f"{method} {path} → HTTP {response.status_code}: {response.text[:500]}",
+                                   response.status_code)
         return response.json() if response.content else None
 
     def project_by_title(self, title: str) -> dict[str, Any] | None:
@@ -68,7 +77,7 @@ class Client:
             try:
                 body = self.request("GET", f"{path}{sep}page={page}&page_size=100")
             except LabelStudioError as err:
-                if "HTTP 404" in str(err) and page > 1:  # past the last page
+                if err.status == 404 and page > 1:  # past the last page
                     return
                 raise
             items = body[key] if isinstance(body, dict) else body

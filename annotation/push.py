@@ -213,6 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--metrics", default="metrics/push.json")
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    if not Path(args.tasks).exists():
+        print(f"[{STAGE}] error: no task file at {args.tasks}: run `dvc repro export` first")
+        return 1
     tasks = json.loads(Path(args.tasks).read_text())
     suggestions = json.loads(Path(args.suggestions).read_text()) if args.suggestions else {}
     try:
