@@ -13,7 +13,7 @@ endif
 export DVC_NO_ANALYTICS := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: env demo test clean-data
+.PHONY: env demo test clean-data labelstudio
 
 # pip here prints a warning per package for this machine's local index; show the log only on failure.
 PIP_QUIET = > $(VENV)/pip.log 2>&1 || { grep -v "WARNING: Location" $(VENV)/pip.log; exit 1; }
@@ -32,7 +32,18 @@ demo: env  ## generate the sample corpus and run the pipeline through export, of
 	PATH="$(abspath $(VENV))/bin:$$PATH" dvc repro
 	@PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pipeline.status
 
-test: env  ## install what the tests need and run the whole suite
+LS_VENV ?= .venv-labelstudio
+
+# Label Studio pins its own dependencies (pyarrow<25, Django 5.2): it gets a virtualenv of its own.
+$(LS_VENV)/.installed: annotation/labelstudio-requirements.txt
+	test -x $(LS_VENV)/bin/python || python3 -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q -r annotation/labelstudio-requirements.txt > $(LS_VENV)/pip.log 2>&1 || { tail -20 $(LS_VENV)/pip.log; exit 1; }
+	$(LS_VENV)/bin/python -c "import label_studio; print('label-studio', label_studio.__version__)"
+	touch $@
+
+labelstudio: $(LS_VENV)/.installed  ## build Label Studio's own virtualenv (.venv-labelstudio/)
+
+test: env labelstudio  ## install what the tests need and run the whole suite
 	$(PY) -m pytest -q
 
 clean-data:  ## remove pipeline outputs (DVC cache stays)

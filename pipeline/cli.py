@@ -16,6 +16,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("pipeline.export", "pairs → display images and Label Studio tasks"),
     "status": ("pipeline.status", "what the pipeline has produced so far"),
     "bench": ("pipeline.bench", "benchmarks: speed as ratios measured in one run"),
+    "labelstudio": ("annotation.server", "start/stop the local Label Studio; add annotator accounts"),
+    "push": ("annotation.push", "tasks → the Label Studio question-writing project"),
+    "pull": ("annotation.pull", "Label Studio project → versioned export snapshot"),
+    "validate": ("annotation.validate", "writing snapshot → annotations table with reject reasons"),
+    "verify": ("annotation.verify", "valid questions → the Label Studio verification project"),
+    "accept": ("annotation.accept", "verified questions + adjudication → accepted pairs"),
+    "adjudicate": ("annotation.adjudication", "merge disputed questions into the lead's adjudication file"),
 }
 
 

@@ -32,7 +32,9 @@ STAGE = "export"
 class ExportParams:
     """Params of the export stage (section `export`)."""
 
-    url_prefix: str = "/data/local-files/?d="  # Label Studio local-files URL; the rest is relative to the display folder
+    # Label Studio local-files URL; `d=` is relative to the document root, the display folder's parent
+    # (Label Studio refuses a storage folder equal to its document root).
+    url_prefix: str = "/data/local-files/?d=display/"
     display_max_side: int = 1024
     jpeg_quality: int = 92
 

@@ -35,6 +35,8 @@ def tiny_params(**sections: dict) -> dict:
         },
         "mine": {"clip_threshold": 0.9, "dino_threshold": 0.99},
         "export": {"url_prefix": "/data/local-files/?d=", "display_max_side": 128, "jpeg_quality": 90},
+        "validate": {"options_ignore_case": True},
+        "accept": {"verifiers": 1},
     }
     params.update(sections)
     return params

@@ -31,6 +31,8 @@ def dvc_repo(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copytree(REPO / "pipeline", repo / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    for extra in ("annotation", "labels"):  # annotation stages: their code and the committed (empty) snapshots
+        shutil.copytree(REPO / extra, repo / extra, ignore=shutil.ignore_patterns("__pycache__"))
     dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
     dvc_yaml["stages"]["sample_corpus"]["cmd"] = dvc_yaml["stages"]["sample_corpus"]["cmd"].replace("--scenes 40", "--scenes 4")
     (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
@@ -42,7 +44,7 @@ def dvc_repo(tmp_path):
 
 def test_repro_runs_every_stage_once_and_reruns_only_what_a_param_touches(dvc_repo):
     first = _run([sys.executable, "-m", "dvc", "repro"], dvc_repo)
-    assert _ran(first) == {"sample_corpus", "ingest", "embed", "mine", "export"}
+    assert _ran(first) == {"sample_corpus", "ingest", "embed", "mine", "export", "validate", "accept"}
     for path in ["data/images.parquet", "data/embeddings/clip/encoder.json", "data/embeddings/dino/encoder.json",
                  "data/pairs.parquet", "data/tasks.json", "metrics/mine.json"]:
         assert (dvc_repo / path).exists(), path
@@ -55,5 +57,5 @@ def test_repro_runs_every_stage_once_and_reruns_only_what_a_param_touches(dvc_re
     params = yaml.safe_load((dvc_repo / "params.yaml").read_text())
     params["mine"]["clip_threshold"] = 0.95
     (dvc_repo / "params.yaml").write_text(yaml.safe_dump(params))
-    assert _ran(_run([sys.executable, "-m", "dvc", "repro"], dvc_repo)) == {"mine", "export"}
+    assert _ran(_run([sys.executable, "-m", "dvc", "repro"], dvc_repo)) == {"mine", "export", "validate", "accept"}
     assert json.loads((dvc_repo / "metrics/mine.json").read_text())["clip_threshold"] == 0.95

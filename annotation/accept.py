@@ -1,0 +1,196 @@
+"""accept: valid questions + verifiers' answers + the lead's decisions → accepted pairs.
+
+Inputs: the annotations table (validate), the pairs table, the verification snapshot
+(`clipblind pull verification`, labels/verification.json), the lead's adjudication file
+(labels/adjudication.csv); params section `accept`.
+A valid question is accepted ("verified") when at least `verifiers` people other than its
+writer answered it and every one of them chose the writer's answer for both images. Any
+other answer (including "unanswerable") sends it to the adjudication queue with every
+answer; the lead's `accept` there accepts it ("adjudicated"), `reject` rejects it.
+Outputs: the accepted table (schemas.ACCEPTED, one row per pair), the outcome of every
+written question (kind `question_outcomes`), the adjudication queue CSV.
+Metrics: written, valid, verified, accepted, rejected by reason (inputs = accepted +
+rejected), human verification accuracy per question (each image answered) and per pair
+(both images right: MMVP's 95.7 % figure), and all of these per pattern.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import pyarrow as pa
+
+from annotation import adjudication, results
+from annotation.pull import read_snapshot
+from annotation.tables import INVALID_REASONS, OUTCOME_REASONS, OUTCOMES, PATTERNS
+from pipeline import schemas
+from pipeline.atomic import write_bytes
+from pipeline.config import load_section
+from pipeline.report import summary, write_metrics
+
+STAGE = "accept"
+
+
+@dataclass(frozen=True)
+class AcceptParams:
+    """Params of the accept stage (section `accept`)."""
+
+    verifiers: int = 1  # answers from people other than the writer needed per question
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One verifier's answers to one question."""
+
+    verifier: str
+    answer_a: str
+    answer_b: str
+
+
+def verifier_answers(snapshot: dict[str, Any]) -> dict[str, list[Answer]]:
+    """question_id → the verifiers' answers, in annotation order."""
+    found: dict[str, list[Answer]] = defaultdict(list)
+    for task in snapshot["tasks"]:
+        for ann in task["annotations"]:
+            values = results.fields(ann["result"])
+            found[task["data"]["question_id"]].append(
+                Answer(ann["annotator"], results.choice(values, "verify_a"), results.choice(values, "verify_b"))
+            )
+    return found
+
+
+def _accuracy(correct: int, total: int) -> float | None:
+    return round(correct / total, 4) if total else None
+
+
+def accept(
+    annotations: pa.Table,
+    pairs: pa.Table,
+    verification: dict[str, Any],
+    decided: dict[str, str],
+    params: AcceptParams,
+) -> tuple[pa.Table, pa.Table, list[dict[str, str]], dict[str, Any]]:
+    """Decide every written question; return (accepted, outcomes, adjudication queue, metrics)."""
+    pair_rows = {r["pair_id"]: r for r in pairs.to_pylist()}
+    answers = verifier_answers(verification)
+    accepted, outcomes, queue = [], [], []
+    reasons: Counter[str] = Counter()
+    accepted_pairs: set[str] = set()
+    self_answers = verified = 0
+    # per pattern: [questions answered, image answers right, image answers, pairs right, pair answers]
+    tally: dict[str, list[int]] = {p: [0, 0, 0, 0, 0] for p in ("all", *PATTERNS)}
+    for row in annotations.to_pylist():
+        mine = [a for a in answers.get(row["question_id"], []) if a.verifier != row["writer"]]
+        self_answers += len(answers.get(row["question_id"], [])) - len(mine)
+        status, reason, how = "rejected", row["reason"], None
+        if row["valid"] and row["pair_id"] not in pair_rows:
+            reason = "stale_pair"
+        elif row["valid"] and len(mine) < params.verifiers:
+            reason = "awaiting_verification"
+        elif row["valid"]:
+            verified += 1
+            right = [(a.answer_a == row["answer_a"]) + (a.answer_b == row["answer_b"]) for a in mine]
+            for key in ("all", row["pattern"]):
+                t = tally[key]
+                t[0] += 1
+                t[1] += sum(right)
+                t[2] += 2 * len(right)
+                t[3] += sum(r == 2 for r in right)
+                t[4] += len(right)
+            if all(r == 2 for r in right):
+                status, reason, how = "accepted", None, "verified"
+            else:
+                queue.append({
+                    **{k: row[k] for k in ("question_id", "pair_id", "pattern", "question", "option_a", "option_b", "writer")},
+                    "writer_answer_a": row["answer_a"], "writer_answer_b": row["answer_b"],
+                    "verifier_answers_a": "; ".join(f"{a.verifier}: {a.answer_a or '-'}" for a in mine),
+                    "verifier_answers_b": "; ".join(f"{a.verifier}: {a.answer_b or '-'}" for a in mine),
+                })
+                decision = decided.get(row["question_id"])
+                if decision == "accept":
+                    status, reason, how = "accepted", None, "adjudicated"
+                else:
+                    reason = "adjudicated_reject" if decision == "reject" else "awaiting_adjudication"
+        if status == "accepted" and row["pair_id"] in accepted_pairs:
+            status, reason, how = "rejected", "duplicate_pair", None
+        if status == "accepted":
+            accepted_pairs.add(row["pair_id"])
+            pair = pair_rows[row["pair_id"]]
+            accepted.append({
+                **{k: row[k] for k in ("pair_id", "pattern", "tags", "question", "option_a", "option_b",
+                                       "answer_a", "answer_b", "statement_a", "statement_b", "writer")},
+                "image_a": pair["image_a"], "image_b": pair["image_b"],
+                "clip_sim": pair["clip_sim"], "dino_sim": pair["dino_sim"],
+                "verification": how,
+                "verifier_answers_a": [a.answer_a for a in mine],
+                "verifier_answers_b": [a.answer_b for a in mine],
+            })
+        else:
+            reasons[reason] += 1
+        outcomes.append({
+            "question_id": row["question_id"], "pair_id": row["pair_id"], "pattern": row["pattern"],
+            "status": status, "reason": reason, "verification": how,
+            "verifiers": [a.verifier for a in mine],
+            "verifier_answers_a": [a.answer_a for a in mine], "verifier_answers_b": [a.answer_b for a in mine],
+        })
+    accepted_table = pa.Table.from_pylist(sorted(accepted, key=lambda r: r["pair_id"]), schema=schemas.ACCEPTED)
+    outcomes_table = pa.Table.from_pylist(sorted(outcomes, key=lambda r: r["question_id"]), schema=OUTCOMES)
+    per_pattern_accepted = Counter(r["pattern"] for r in accepted)
+
+    def accuracy(t: list[int]) -> dict[str, Any]:
+        return {"verified_questions": t[0], "per_question": _accuracy(t[1], t[2]), "per_pair": _accuracy(t[3], t[4])}
+
+    metrics = {
+        "inputs": annotations.num_rows,
+        "written": annotations.num_rows,
+        "valid": sum(annotations.column("valid").to_pylist()),
+        "verified": verified,
+        "accepted": len(accepted),
+        "accepted_adjudicated": sum(r["verification"] == "adjudicated" for r in accepted),
+        "rejected": sum(reasons.values()),
+        "rejected_by_reason": {r: reasons.get(r, 0) for r in (*INVALID_REASONS, *OUTCOME_REASONS)},
+        "self_verifications_ignored": self_answers,
+        "human_accuracy": accuracy(tally["all"]),
+        "per_pattern": {p: {"accepted": per_pattern_accepted.get(p, 0), **accuracy(tally[p])} for p in PATTERNS},
+    }
+    return accepted_table, outcomes_table, sorted(queue, key=lambda r: r["question_id"]), metrics
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: `python -m annotation.accept --annotations A --pairs P --verification V --decisions D ...`."""
+    parser = argparse.ArgumentParser(prog="clipblind accept", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--annotations", required=True)
+    parser.add_argument("--pairs", required=True)
+    parser.add_argument("--verification", required=True, help="verification snapshot from `clipblind pull verification`")
+    parser.add_argument("--decisions", required=True, help="the lead's adjudication file")
+    parser.add_argument("--accepted", required=True, help="output accepted table")
+    parser.add_argument("--outcomes", required=True, help="output question outcomes table")
+    parser.add_argument("--queue", required=True, help="output adjudication queue CSV")
+    parser.add_argument("--metrics", required=True)
+    args = parser.parse_args(argv)
+    params = load_section(args.params, STAGE, AcceptParams)
+    decided, problems = adjudication.decisions(adjudication.read(args.decisions))
+    for problem in problems:
+        print(f"[{STAGE}] ignored: {problem}")
+    accepted, outcomes, queue, metrics = accept(
+        schemas.read_table(args.annotations, "annotations"), schemas.read_table(args.pairs, "pairs"),
+        read_snapshot(args.verification), decided, params,
+    )
+    metrics["unreadable_decisions"] = len(problems)
+    schemas.write_table(accepted, args.accepted, "accepted")
+    schemas.write_table(outcomes, args.outcomes, "question_outcomes")
+    write_bytes(args.queue, adjudication.encode(queue))
+    write_metrics(args.metrics, metrics)
+    waiting = metrics["rejected_by_reason"]["awaiting_adjudication"]
+    summary(STAGE, f"{metrics['written']} written, {metrics['valid']} valid, {metrics['verified']} verified → "
+                   f"{metrics['accepted']} accepted; {waiting} awaiting adjudication ({args.queue}: "
+                   "`clipblind adjudicate`) → " + str(args.accepted))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""pull: a Label Studio project → a versioned export snapshot the import stages depend on.
+
+Inputs: the running server (params section `labelstudio`), which project (`writing` or
+`verification`).
+Output: a JSON snapshot (default `labels/<project>.json`, tracked by git): every task that
+has at least one submitted annotation, with its data and those annotations (annotator
+email, times, lead time, result). Skipped (cancelled) annotations are left out. The file is
+canonical JSON (sorted keys and tasks), so pulling twice writes the same bytes.
+Metrics: inputs (annotations in the export), accepted (kept), rejected (skipped), tasks,
+annotated_tasks, stale_tasks, and per annotator: tasks done, rejects, skipped, seconds per task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from annotation import results
+from annotation.client import Client, LabelStudioError
+from annotation.server import ServerError, load_params
+from pipeline.atomic import write_bytes
+from pipeline.report import summary, write_metrics
+
+STAGE = "pull"
+SNAPSHOT_VERSION = 1
+KEPT_ANNOTATION_KEYS = ("id", "created_at", "updated_at", "lead_time")
+
+
+def snapshot(export: list[dict[str, Any]], users: dict[int, str], project: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Turn a Label Studio JSON export into (snapshot, metrics)."""
+    tasks = []
+    per_annotator: dict[str, dict[str, Any]] = defaultdict(lambda: {"tasks_done": 0, "rejects": 0, "skipped": 0, "lead_times": []})
+    inputs = kept = skipped = stale = 0
+    for task in sorted(export, key=lambda t: t["id"]):
+        is_stale = bool((task.get("meta") or {}).get("stale"))
+        stale += is_stale
+        annotations = []
+        for ann in sorted(task.get("annotations", []), key=lambda a: a["id"]):
+            inputs += 1
+            who = users.get(ann.get("completed_by"), f"user-{ann.get('completed_by')}")
+            stats = per_annotator[who]
+            if ann.get("was_cancelled"):
+                skipped += 1
+                stats["skipped"] += 1
+                continue
+            kept += 1
+            stats["tasks_done"] += 1
+            values = results.fields(ann.get("result", []))
+            stats["rejects"] += bool(results.choice(values, "reject"))
+            if ann.get("lead_time") is not None:
+                stats["lead_times"].append(float(ann["lead_time"]))
+            annotations.append({
+                **{k: ann.get(k) for k in KEPT_ANNOTATION_KEYS},
+                "annotator": who,
+                "result": sorted(
+                    ({k: r.get(k) for k in ("from_name", "to_name", "type", "value")} for r in ann.get("result", [])),
+                    key=lambda r: (r["from_name"], json.dumps(r["value"], sort_keys=True)),
+                ),
+            })
+        if annotations:
+            tasks.append({"task_id": task["id"], "data": task["data"], "stale": is_stale, "annotations": annotations})
+    tasks.sort(key=lambda t: (str(t["data"].get("pair_id", t["data"].get("question_id", ""))), t["task_id"]))
+    annotators = {}
+    for who, stats in sorted(per_annotator.items()):
+        times = stats.pop("lead_times")
+        annotators[who] = {
+            **stats,
+            "seconds_per_task_mean": round(statistics.fmean(times), 2) if times else None,
+            "seconds_per_task_median": round(statistics.median(times), 2) if times else None,
+        }
+    metrics = {
+        "project": project,
+        "inputs": inputs,
+        "accepted": kept,
+        "rejected": skipped,
+        "rejected_by_reason": {"skipped": skipped},
+        "tasks": len(export),
+        "annotated_tasks": len(tasks),
+        "stale_tasks": stale,
+        "annotators": annotators,
+    }
+    return {"version": SNAPSHOT_VERSION, "project": project, "tasks": tasks}, metrics
+
+
+def encode(snap: dict[str, Any]) -> bytes:
+    """The canonical bytes of a snapshot."""
+    return (json.dumps(snap, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+def read_snapshot(path: str | Path) -> dict[str, Any]:
+    """Read a snapshot written by `pull`."""
+    snap = json.loads(Path(path).read_text())
+    if snap.get("version") != SNAPSHOT_VERSION:
+        raise ValueError(f"{path}: snapshot version {snap.get('version')!r}, expected {SNAPSHOT_VERSION}: pull again")
+    return snap
+
+
+def write_snapshot(path: str | Path, snap: dict[str, Any]) -> bool:
+    """Write the snapshot unless the file already holds the same bytes; return whether it changed."""
+    data = encode(snap)
+    path = Path(path)
+    if path.exists() and path.read_bytes() == data:
+        return False
+    write_bytes(path, data)
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: `clipblind pull [writing|verification] [--out labels/<project>.json]`."""
+    parser = argparse.ArgumentParser(prog="clipblind pull", description=__doc__.splitlines()[0])
+    parser.add_argument("project", nargs="?", default="writing", choices=("writing", "verification"))
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", help="snapshot file (default labels/<project>.json)")
+    parser.add_argument("--metrics", help="metrics file (default metrics/pull_<project>.json)")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    title = params.writing_project if args.project == "writing" else params.verification_project
+    out = Path(args.out or f"labels/{args.project}.json")
+    metrics_path = Path(args.metrics or f"metrics/pull_{args.project}.json")
+    try:
+        client = Client.from_params(params)
+        project = client.project_by_title(title)
+        if project is None:
+            raise LabelStudioError(f"no project {title!r} on {params.url}: run `clipblind push` first")
+        snap, metrics = snapshot(client.export(project["id"]), client.users(), args.project)
+    except (LabelStudioError, ServerError) as err:
+        print(f"[{STAGE}] error: {err}")
+        return 1
+    changed = write_snapshot(out, snap)
+    write_metrics(metrics_path, metrics)
+    summary(STAGE, f"{metrics['accepted']} annotations on {metrics['annotated_tasks']} tasks "
+                   f"({metrics['rejected']} skipped left out) → {out} ({'updated' if changed else 'unchanged'})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

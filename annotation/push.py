@@ -1,0 +1,234 @@
+"""push: Label Studio tasks → the question-writing project on the local server.
+
+Inputs: the task JSON the export stage writes (one task per pair), the display folder it
+fills, optionally a suggestions JSON ({pair_id: {pattern, question, option_a, option_b}})
+turned into pre-annotations; params section `labelstudio`.
+Effect: creates or updates the project (labeling config, guidelines as instructions),
+connects local-files storage to the display folder, imports tasks for pairs not yet there.
+A task is identified by its pair_id, so pushing twice adds nothing. Tasks whose pair is gone
+after re-mining are marked stale (meta.stale) when annotated and deleted when not; a stale
+task whose pair returns is marked live again.
+Metrics: inputs, accepted (pushable tasks), rejected by reason (bad image URL, missing
+display image), imported, already_present, stale_marked, stale_deleted, revived.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import parse_qs, urlsplit
+
+from annotation.client import Client, LabelStudioError
+from annotation.server import LabelStudioParams, ServerError, load_params
+from pipeline.report import summary, write_metrics
+
+STAGE = "push"
+HERE = Path(__file__).parent
+WRITING_CONFIG = HERE / "writing.xml"
+GUIDELINES = HERE / "guidelines.html"
+IMAGE_FIELDS = ("image_a", "image_b")
+LOCAL_FILES_PATH = "/data/local-files/"
+
+
+@dataclass(frozen=True)
+class PushPlan:
+    """What a push changes, computed from the wanted tasks and the project's current tasks."""
+
+    new: list[dict[str, Any]] = field(default_factory=list)
+    already_present: int = 0
+    stale_mark: list[int] = field(default_factory=list)  # task ids: annotated, pair gone
+    stale_delete: list[int] = field(default_factory=list)  # task ids: unannotated, pair gone
+    revive: list[int] = field(default_factory=list)  # task ids: marked stale, pair back
+
+
+def image_problem(url: str, display_dir: Path) -> str | None:
+    """Why Label Studio could not serve this task image URL from the display folder (None if it can)."""
+    parts = urlsplit(url)
+    rel = parse_qs(parts.query).get("d", [""])[0]
+    if parts.path != LOCAL_FILES_PATH or not rel:
+        return "bad_image_url"
+    root = display_dir.resolve().parent  # the document root the launcher gives Label Studio
+    target = (root / rel).resolve()
+    if target.parent != display_dir.resolve():
+        return "bad_image_url"
+    if not target.is_file():
+        return "missing_display_image"
+    return None
+
+
+def check_tasks(tasks: list[dict[str, Any]], display_dir: Path) -> tuple[list[dict[str, Any]], Counter[str], list[str]]:
+    """Split tasks into pushable ones and rejects; return (ok, reasons, messages naming each reject)."""
+    ok, reasons, messages = [], Counter(), []
+    for index, task in enumerate(tasks):
+        data = task.get("data", {})
+        problems = [(f, image_problem(str(data.get(f, "")), display_dir)) for f in IMAGE_FIELDS]
+        problems = [(f, p) for f, p in problems if p]
+        if not data.get("pair_id"):
+            problems.append(("pair_id", "missing_pair_id"))
+        if problems:
+            field_name, reason = problems[0]
+            reasons[reason] += 1
+            messages.append(
+                f"task {index} (pair {data.get('pair_id')!r}): {field_name}={data.get(field_name)!r} is {reason}: "
+                f"the URL must be {LOCAL_FILES_PATH}?d={display_dir.name}/<file> for a file in {display_dir} "
+                "(export.url_prefix in params.yaml; rerun `dvc repro export`)"
+            )
+        else:
+            ok.append(task)
+    return ok, reasons, messages
+
+
+def plan(wanted: list[dict[str, Any]], existing: list[dict[str, Any]], key: str = "pair_id") -> PushPlan:
+    """Compare wanted tasks with the project's tasks by the task data field `key`."""
+    present = {t["data"].get(key): t for t in existing}
+    wanted_ids = {t["data"][key] for t in wanted}
+    new = [t for t in wanted if t["data"][key] not in present]
+    stale_mark, stale_delete, revive = [], [], []
+    for pair, task in sorted(present.items(), key=lambda kv: kv[1]["id"]):
+        is_stale = bool((task.get("meta") or {}).get("stale"))
+        touched = task.get("total_annotations", 0) + task.get("cancelled_annotations", 0) > 0
+        if pair not in wanted_ids:
+            if touched and not is_stale:
+                stale_mark.append(task["id"])
+            elif not touched:
+                stale_delete.append(task["id"])
+        elif is_stale:
+            revive.append(task["id"])
+    return PushPlan(new, len(wanted) - len(new), stale_mark, stale_delete, revive)
+
+
+def prediction(suggestion: dict[str, str], model_version: str) -> dict[str, Any]:
+    """A Label Studio pre-annotation from a suggestion (pattern, question, options)."""
+    result = []
+    if suggestion.get("pattern"):
+        result.append({"from_name": "pattern", "to_name": "image_a", "type": "choices",
+                       "value": {"choices": [suggestion["pattern"]]}})
+    for name in ("question", "option_a", "option_b"):
+        if suggestion.get(name):
+            result.append({"from_name": name, "to_name": "image_a", "type": "textarea",
+                           "value": {"text": [suggestion[name]]}})
+    return {"model_version": model_version, "result": result}
+
+
+def ensure_project(client: Client, title: str, label_config: str, instructions: str, extra: dict[str, Any]) -> int:
+    """Create the project or bring its config and instructions up to date; return its id."""
+    # Label Studio stores both stripped; comparing stripped text keeps a second push from patching
+    wanted = {"title": title, "label_config": label_config.strip(), "expert_instruction": instructions.strip(),
+              "show_instruction": True, "show_skip_button": True, **extra}
+    project = client.project_by_title(title)
+    if project is None:
+        return client.request("POST", "/api/projects/", json=wanted)["id"]
+    changed = {k: v for k, v in wanted.items() if project.get(k) != v}
+    if changed:
+        client.request("PATCH", f"/api/projects/{project['id']}/", json=changed)
+    return project["id"]
+
+
+def ensure_storage(client: Client, project_id: int, display_dir: Path) -> None:
+    """Connect the display folder as the project's local-files storage (once)."""
+    path = str(display_dir.resolve())
+    storages = client.request("GET", f"/api/storages/localfiles/?project={project_id}")
+    if any(s["path"].rstrip("/") == path for s in storages):
+        return
+    client.request("POST", "/api/storages/localfiles/", json={
+        "project": project_id, "path": path, "title": "display images", "use_blob_urls": False,
+        "regex_filter": r".*\.jpg$",
+    })
+
+
+def apply(client: Client, project_id: int, todo: PushPlan, suggestions: dict[str, dict[str, str]] | None = None) -> None:
+    """Carry out a push plan."""
+    if todo.new:
+        payload = []
+        for task in todo.new:
+            item = {"data": task["data"]}
+            suggestion = (suggestions or {}).get(task["data"]["pair_id"])
+            if suggestion:
+                item["predictions"] = [prediction(suggestion, suggestion.get("model_version", "suggestions"))]
+            payload.append(item)
+        client.request("POST", f"/api/projects/{project_id}/import", json=payload)
+    for task_id in todo.stale_mark:
+        client.request("PATCH", f"/api/tasks/{task_id}/", json={"meta": {"stale": True}})
+    for task_id in todo.revive:
+        client.request("PATCH", f"/api/tasks/{task_id}/", json={"meta": {"stale": False}})
+    for task_id in todo.stale_delete:
+        client.request("DELETE", f"/api/tasks/{task_id}/")
+
+
+def sync(
+    client: Client,
+    title: str,
+    label_config: str,
+    settings: dict[str, Any],
+    tasks: list[dict[str, Any]],
+    display_dir: Path,
+    key: str = "pair_id",
+    suggestions: dict[str, dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """Bring project `title` in line with `tasks` (identified by data field `key`); return the metrics."""
+    ok, reasons, messages = check_tasks(tasks, display_dir)
+    for message in messages:
+        print(f"[{STAGE}] skipped {message}")
+    project_id = ensure_project(client, title, label_config, GUIDELINES.read_text(), settings)
+    ensure_storage(client, project_id, display_dir)
+    todo = plan(ok, client.tasks(project_id), key=key)
+    apply(client, project_id, todo, suggestions)
+    return {
+        "project_id": project_id,
+        "inputs": len(tasks),
+        "accepted": len(ok),
+        "rejected": sum(reasons.values()),
+        "rejected_by_reason": dict(sorted(reasons.items())),
+        "imported": len(todo.new),
+        "already_present": todo.already_present,
+        "stale_marked": len(todo.stale_mark),
+        "stale_deleted": len(todo.stale_delete),
+        "revived": len(todo.revive),
+    }
+
+
+def push(
+    client: Client,
+    params: LabelStudioParams,
+    tasks: list[dict[str, Any]],
+    display_dir: Path,
+    suggestions: dict[str, dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """Push tasks to the writing project; return the metrics."""
+    return sync(client, params.writing_project, WRITING_CONFIG.read_text(), {"maximum_annotations": 1}, tasks,
+                display_dir, suggestions=suggestions)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: `clipblind push [--tasks data/tasks.json] [--display data/display] [--suggestions S]`."""
+    parser = argparse.ArgumentParser(prog="clipblind push", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--tasks", default="data/tasks.json")
+    parser.add_argument("--display", default="data/display")
+    parser.add_argument("--suggestions", help="JSON {pair_id: {pattern, question, option_a, option_b}}")
+    parser.add_argument("--metrics", default="metrics/push.json")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    if not Path(args.tasks).exists():
+        print(f"[{STAGE}] error: no task file at {args.tasks}: run `dvc repro export` first")
+        return 1
+    tasks = json.loads(Path(args.tasks).read_text())
+    suggestions = json.loads(Path(args.suggestions).read_text()) if args.suggestions else {}
+    try:
+        metrics = push(Client.from_params(params), params, tasks, Path(args.display), suggestions)
+    except (LabelStudioError, ServerError) as err:
+        print(f"[{STAGE}] error: {err}")
+        return 1
+    write_metrics(args.metrics, metrics)
+    summary(STAGE, f"{metrics['imported']} imported, {metrics['already_present']} already there, "
+                   f"{metrics['stale_marked']} marked stale, {metrics['stale_deleted']} stale deleted, "
+                   f"{metrics['rejected']} skipped → {params.url}/projects/{metrics['project_id']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""validate: the writing snapshot → the annotations table, each row valid or rejected with a reason.
+
+Inputs: the writing snapshot `clipblind pull` wrote (labels/writing.json), the pairs table;
+params section `validate`.
+Output: the annotations table (kind `annotations`): one row per submitted writing
+annotation, in question_id order, the text exactly as typed, `valid` and, when not valid,
+a reason from annotation.tables.INVALID_REASONS and a detail sentence.
+Metrics: inputs (written), accepted (valid), rejected, rejected_by_reason, per pattern.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import pyarrow as pa
+
+from annotation import results
+from annotation.pull import read_snapshot
+from annotation.tables import ANNOTATIONS, INVALID_REASONS, OPTIONS, PATTERNS
+from pipeline import schemas
+from pipeline.config import load_section
+from pipeline.report import progress, summary, write_metrics
+
+STAGE = "validate"
+
+
+@dataclass(frozen=True)
+class ValidateParams:
+    """Params of the validate stage (section `validate`)."""
+
+    options_ignore_case: bool = True  # "Left" and "left " count as identical options
+
+
+def check(values: dict[str, list[str]], pair_known: bool, params: ValidateParams) -> tuple[str | None, str | None]:
+    """The first reason (and a detail) this written annotation is not a valid question, or (None, None)."""
+    option_a, option_b = results.text(values, "option_a"), results.text(values, "option_b")
+    answers = results.choice(values, "answer_a"), results.choice(values, "answer_b")
+    unknown = [p for p in [results.choice(values, "pattern"), *results.choices(values, "tags")] if p not in PATTERNS]
+    norm = (lambda s: " ".join(s.casefold().split())) if params.options_ignore_case else (lambda s: s)
+    checks = [
+        ("pair_rejected", bool(results.choice(values, "reject")),
+         f"the writer rejected the pair: {results.text(values, 'reject_reason') or 'no reason given'}"),
+        ("stale_pair", not pair_known, "the pair is not in the current pairs table (re-mined away)"),
+        ("missing_question", not results.text(values, "question"), "no question was written"),
+        ("missing_option", not option_a or not option_b, "option (a) or option (b) is empty"),
+        ("identical_options", norm(option_a) == norm(option_b), "options (a) and (b) are the same"),
+        ("unknown_pattern", bool(unknown), f"not one of MMVP's nine patterns: {unknown}"),
+        ("answer_not_an_option", any(a not in OPTIONS for a in answers),
+         f"answers must be (a) or (b), got {list(answers)}"),
+        ("same_answer", answers[0] == answers[1], f"both images have answer {answers[0]}: the answers must differ"),
+    ]
+    for reason, failed, detail in checks:
+        if failed:
+            return reason, detail
+    return None, None
+
+
+def _image_id(data: dict[str, Any], member: str) -> str:
+    return str(data.get(f"{member}_id") or "")
+
+
+def validate(snapshot: dict[str, Any], pairs: pa.Table, params: ValidateParams) -> pa.Table:
+    """One annotations-table row per submitted annotation of the writing snapshot."""
+    known = set(pairs.column("pair_id").to_pylist())
+    rows = []
+    for task in progress(snapshot["tasks"], desc="validate", unit="task"):
+        data = task["data"]
+        for ann in task["annotations"]:
+            values = results.fields(ann["result"])
+            reason, detail = check(values, data.get("pair_id") in known and not task.get("stale"), params)
+            rows.append({
+                "question_id": f"{data['pair_id']}-{ann['id']}",
+                "pair_id": data["pair_id"],
+                "task_id": task["task_id"],
+                "annotation_id": ann["id"],
+                "writer": ann["annotator"],
+                "image_a": _image_id(data, "image_a"),
+                "image_b": _image_id(data, "image_b"),
+                "image_a_url": str(data.get("image_a", "")),
+                "image_b_url": str(data.get("image_b", "")),
+                "pattern": results.choice(values, "pattern"),
+                "tags": results.choices(values, "tags"),
+                "question": results.text(values, "question"),
+                "option_a": results.text(values, "option_a"),
+                "option_b": results.text(values, "option_b"),
+                "answer_a": results.choice(values, "answer_a"),
+                "answer_b": results.choice(values, "answer_b"),
+                "statement_a": results.text(values, "statement_a") or None,
+                "statement_b": results.text(values, "statement_b") or None,
+                "lead_time_s": ann.get("lead_time"),
+                "valid": reason is None,
+                "reason": reason,
+                "detail": detail,
+            })
+    rows.sort(key=lambda r: (r["pair_id"], r["annotation_id"]))
+    return pa.Table.from_pylist(rows, schema=ANNOTATIONS)
+
+
+def metrics_of(table: pa.Table) -> dict[str, Any]:
+    """Counts of the annotations table: written, valid, rejected by reason, per pattern."""
+    rows = table.to_pylist()
+    reasons = Counter(r["reason"] for r in rows if not r["valid"])
+    patterns = Counter(r["pattern"] for r in rows if r["valid"])
+    return {
+        "inputs": len(rows),
+        "accepted": len(rows) - sum(reasons.values()),
+        "rejected": sum(reasons.values()),
+        "rejected_by_reason": {reason: reasons.get(reason, 0) for reason in INVALID_REASONS},
+        "valid_per_pattern": {p: patterns.get(p, 0) for p in PATTERNS},
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: `python -m annotation.validate --snapshot S --pairs P --annotations OUT --metrics M`."""
+    parser = argparse.ArgumentParser(prog="clipblind validate", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--snapshot", required=True, help="writing snapshot from `clipblind pull`")
+    parser.add_argument("--pairs", required=True)
+    parser.add_argument("--annotations", required=True, help="output annotations table")
+    parser.add_argument("--metrics", required=True)
+    args = parser.parse_args(argv)
+    params = load_section(args.params, STAGE, ValidateParams)
+    table = validate(read_snapshot(args.snapshot), schemas.read_table(args.pairs, "pairs"), params)
+    schemas.write_table(table, args.annotations, "annotations")
+    metrics = metrics_of(table)
+    write_metrics(args.metrics, metrics)
+    summary(STAGE, f"{metrics['inputs']} written → {metrics['accepted']} valid, {metrics['rejected']} rejected "
+                   f"{ {k: v for k, v in metrics['rejected_by_reason'].items() if v} } → {args.annotations}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

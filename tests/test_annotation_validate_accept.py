@@ -1,0 +1,223 @@
+"""validate → accept → adjudication, on hand-made snapshots: every reason, injection payloads, determinism."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import yaml
+
+from annotation import accept, adjudication, validate, verify
+from annotation.pull import encode
+from annotation.tables import INVALID_REASONS, PATTERNS
+from pipeline import schemas
+
+PAYLOADS = [
+    "<script>alert(1)</script>",
+    '<img src=x onerror="alert(1)">',
+    "\"><svg onload=alert(1)>",
+    "=cmd|' /C calc'!A0",
+    "+SUM(1,2)",
+    "-2+3",
+    "@SUM(A1:A2)",
+    "=HYPERLINK(\"http://example.org\",\"x\")",
+    "\tleading tab",
+    "'=already quoted",
+]
+
+
+def _pairs(*ids: str) -> pa.Table:
+    return pa.table({
+        "pair_id": list(ids), "image_a": [f"a{i}" for i in ids], "image_b": [f"b{i}" for i in ids],
+        "clip_sim": pa.array([0.97] * len(ids), pa.float32()), "dino_sim": pa.array([0.4] * len(ids), pa.float32()),
+    }, schema=schemas.PAIRS)
+
+
+def _result(**fields: Any) -> list[dict[str, Any]]:
+    out = []
+    for name, value in fields.items():
+        if isinstance(value, list):
+            out.append({"from_name": name, "to_name": "image_a", "type": "choices", "value": {"choices": value}})
+        else:
+            out.append({"from_name": name, "to_name": "image_a", "type": "textarea", "value": {"text": [value]}})
+    return out
+
+
+GOOD = {"pattern": ["Quantity and Count"], "question": "How many dots?", "option_a": "Two", "option_b": "Three",
+        "answer_a": ["(a)"], "answer_b": ["(b)"]}
+
+
+def _writing(cases: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    tasks = []
+    for n, (pair, fields) in enumerate(sorted(cases.items()), start=1):
+        tasks.append({"task_id": n, "stale": False,
+                      "data": {"pair_id": pair, "image_a": f"/data/local-files/?d=display/a{pair}.jpg",
+                               "image_b": f"/data/local-files/?d=display/b{pair}.jpg",
+                               "image_a_id": f"a{pair}", "image_b_id": f"b{pair}"},
+                      "annotations": [{"id": 100 + n, "annotator": "writer@example.org", "lead_time": 30.0,
+                                       "created_at": "t", "updated_at": "t", "result": _result(**fields)}]})
+    return {"version": 1, "project": "writing", "tasks": tasks}
+
+
+REASON_CASES = {
+    "pair_rejected": {"reject": ["Reject pair"], "reject_reason": "same photo"},
+    "stale_pair": GOOD,
+    "missing_question": {**GOOD, "question": "  "},
+    "missing_option": {**GOOD, "option_b": ""},
+    "identical_options": {**GOOD, "option_b": " two "},
+    "unknown_pattern": {**GOOD, "pattern": ["Vibes"]},
+    "answer_not_an_option": {**GOOD, "answer_b": []},
+    "same_answer": {**GOOD, "answer_b": ["(a)"]},
+}
+
+
+def test_every_rejection_reason_is_detected_and_counted() -> None:
+    cases = {f"p-{reason}": fields for reason, fields in REASON_CASES.items()} | {"p-good": GOOD}
+    pairs = _pairs(*[p for p in cases if p != "p-stale_pair"])
+    table = validate.validate(_writing(cases), pairs, validate.ValidateParams())
+    got = {r["pair_id"]: r["reason"] for r in table.to_pylist()}
+    assert got == {f"p-{reason}": reason for reason in INVALID_REASONS} | {"p-good": None}
+    assert all(r["detail"] for r in table.to_pylist() if r["reason"])
+    metrics = validate.metrics_of(table)
+    assert metrics["accepted"] == 1 and metrics["rejected"] == len(INVALID_REASONS)
+    assert metrics["accepted"] + metrics["rejected"] == metrics["inputs"]
+    assert set(metrics["rejected_by_reason"].values()) == {1}
+    assert metrics["valid_per_pattern"]["Quantity and Count"] == 1
+
+
+def test_secondary_tag_outside_the_nine_is_an_unknown_pattern() -> None:
+    table = validate.validate(_writing({"p": {**GOOD, "tags": ["Text", "Sparkle"]}}), _pairs("p"), validate.ValidateParams())
+    assert table.column("reason").to_pylist() == ["unknown_pattern"]
+    ok = validate.validate(_writing({"p": {**GOOD, "tags": [PATTERNS[0]]}}), _pairs("p"), validate.ValidateParams())
+    assert ok.column("valid").to_pylist() == [True]
+
+
+def _verification(answers: dict[str, list[tuple[str, str, str]]]) -> dict[str, Any]:
+    tasks = []
+    for n, (qid, given) in enumerate(sorted(answers.items()), start=1):
+        tasks.append({"task_id": n, "stale": False, "data": {"question_id": qid},
+                      "annotations": [{"id": 500 + 10 * n + i, "annotator": who, "lead_time": 5.0, "created_at": "t",
+                                       "updated_at": "t", "result": _result(verify_a=[a], verify_b=[b])}
+                                      for i, (who, a, b) in enumerate(given)]})
+    return {"version": 1, "project": "verification", "tasks": tasks}
+
+
+def test_accept_verifies_queues_mismatches_and_applies_decisions() -> None:
+    cases = {p: {**GOOD, "pattern": [pattern]} for p, pattern in
+             (("p1", "Quantity and Count"), ("p2", "Text"), ("p3", "Text"), ("p4", "Text"), ("p5", "Text"))}
+    cases["p6"] = REASON_CASES["same_answer"]
+    pairs = _pairs(*cases)
+    table = validate.validate(_writing(cases), pairs, validate.ValidateParams())
+    qid = {r["pair_id"]: r["question_id"] for r in table.to_pylist()}
+    verification = _verification({
+        qid["p1"]: [("v@example.org", "(a)", "(b)")],  # agrees
+        qid["p2"]: [("v@example.org", "(a)", "unanswerable")],  # disagrees → adjudication
+        qid["p3"]: [("writer@example.org", "(a)", "(b)")],  # only the writer answered: ignored
+        qid["p4"]: [("v@example.org", "(b)", "(a)")],  # disagrees, lead rejects
+    })
+    decided = {qid["p2"]: "accept", qid["p4"]: "reject"}
+    accepted, outcomes, queue, metrics = accept.accept(table, pairs, verification, {}, accept.AcceptParams())
+    assert accepted.column("pair_id").to_pylist() == ["p1"]
+    assert [r["question_id"] for r in queue] == sorted([qid["p2"], qid["p4"]])
+    assert metrics["rejected_by_reason"]["awaiting_adjudication"] == 2
+    assert metrics["rejected_by_reason"]["awaiting_verification"] == 2  # p3 (self only) and p5 (nobody)
+    assert metrics["self_verifications_ignored"] == 1
+    assert metrics["human_accuracy"] == {"verified_questions": 3, "per_question": 0.5, "per_pair": round(1 / 3, 4)}
+    assert metrics["per_pattern"]["Text"]["per_question"] == 0.25
+    accepted, outcomes, queue, metrics = accept.accept(table, pairs, verification, decided, accept.AcceptParams())
+    rows = {r["pair_id"]: r for r in accepted.to_pylist()}
+    assert sorted(rows) == ["p1", "p2"]
+    assert rows["p2"]["verification"] == "adjudicated" and rows["p2"]["verifier_answers_b"] == ["unanswerable"]
+    assert rows["p1"]["verification"] == "verified" and (rows["p1"]["answer_a"], rows["p1"]["answer_b"]) == ("(a)", "(b)")
+    assert metrics["rejected_by_reason"]["adjudicated_reject"] == 1
+    assert metrics["accepted"] + metrics["rejected"] == metrics["inputs"] == 6
+    by_q = {r["question_id"]: r for r in outcomes.to_pylist()}
+    assert by_q[qid["p6"]]["reason"] == "same_answer"
+    # two verifiers wanted: one answer is no longer enough
+    _, _, _, two = accept.accept(table, pairs, verification, decided, accept.AcceptParams(verifiers=2))
+    assert two["accepted"] == 0
+
+
+def test_verification_tasks_never_carry_the_writers_answers() -> None:
+    table = validate.validate(_writing({"p": GOOD, "q": REASON_CASES["same_answer"]}), _pairs("p", "q"),
+                              validate.ValidateParams())
+    tasks = verify.verification_tasks(table)
+    assert [t["data"]["pair_id"] for t in tasks] == ["p"]
+    assert set(tasks[0]["data"]) == {"question_id", "pair_id", "question", "option_a", "option_b", "image_a", "image_b"}
+
+
+def test_injection_payloads_survive_exactly_in_tables_and_are_inert_in_the_csv(tmp_path: Path) -> None:
+    cases = {f"p{i:02d}": {**GOOD, "question": payload, "option_a": payload, "option_b": f"{payload} (b)",
+                           "statement_a": payload}
+             for i, payload in enumerate(PAYLOADS)}
+    pairs = _pairs(*cases)
+    table = validate.validate(_writing(cases), pairs, validate.ValidateParams())
+    assert table.column("valid").to_pylist() == [True] * len(PAYLOADS)
+    schemas.write_table(table, tmp_path / "annotations.parquet", "annotations")
+    back = schemas.read_table(tmp_path / "annotations.parquet", "annotations")
+    assert back.column("question").to_pylist() == [p.strip() for p in PAYLOADS]  # never silently changed (but stripped)
+    qids = back.column("question_id").to_pylist()
+    verification = _verification({q: [("v@example.org", "(b)", "(b)")] for q in qids})
+    accepted, _, queue, _ = accept.accept(back, pairs, verification, {}, accept.AcceptParams())
+    path = tmp_path / "adjudication.csv"
+    path.write_bytes(adjudication.encode(queue))
+    # as a spreadsheet sees it: no cell starts with a formula character
+    for row in csv.reader(io.StringIO(path.read_text())):
+        for cell in row:
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), cell
+    assert adjudication.read(path) == [{c: str(r.get(c) or "") for c in adjudication.COLUMNS} for r in queue]
+    # the lead's decisions (typed in a spreadsheet) are applied; text comes back exact
+    rows = adjudication.read(path)
+    for row in rows:
+        row["decision"] = "accept"
+    path.write_bytes(adjudication.encode(rows))
+    decided, problems = adjudication.decisions(adjudication.read(path))
+    assert problems == [] and len(decided) == len(PAYLOADS)
+    accepted, _, _, _ = accept.accept(back, pairs, verification, decided, accept.AcceptParams())
+    assert sorted(accepted.column("question").to_pylist()) == sorted(p.strip() for p in PAYLOADS)
+
+
+def test_adjudicate_merge_keeps_decisions_and_flags_bad_ones(tmp_path: Path) -> None:
+    queue = [{c: "" for c in adjudication.COLUMNS} | {"question_id": q} for q in ("q1", "q2")]
+    path = tmp_path / "labels" / "adjudication.csv"
+    path.parent.mkdir()
+    path.write_bytes(adjudication.encode([queue[0] | {"decision": "reject", "note": "ambiguous"},
+                                          queue[0] | {"question_id": "q0", "decision": "accept"}]))
+    (tmp_path / "queue.csv").write_bytes(adjudication.encode(queue))
+    assert adjudication.main(["--queue", str(tmp_path / "queue.csv"), "--file", str(path)]) == 0
+    merged = {r["question_id"]: r for r in adjudication.read(path)}
+    assert sorted(merged) == ["q0", "q1", "q2"]
+    assert (merged["q1"]["decision"], merged["q1"]["note"], merged["q2"]["decision"]) == ("reject", "ambiguous", "")
+    bad = list(merged.values())
+    bad[2]["decision"] = "maybe"
+    decided, problems = adjudication.decisions(bad)
+    assert decided == {"q0": "accept", "q1": "reject"} and "maybe" in problems[0] and "q2" in problems[0]
+
+
+def test_stages_are_byte_identical_when_run_twice(tmp_path: Path) -> None:
+    cases = {f"p{i}": GOOD for i in range(3)} | {"px": REASON_CASES["same_answer"]}
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"validate": {"options_ignore_case": True}, "accept": {"verifiers": 1}}))
+    writing, verification = tmp_path / "writing.json", tmp_path / "verification.json"
+    writing.write_bytes(encode(_writing(cases)))
+    schemas.write_table(_pairs(*cases), tmp_path / "pairs.parquet", "pairs")
+    outputs = []
+    for run in ("1", "2"):
+        out = tmp_path / run
+        assert validate.main(["--params", str(params), "--snapshot", str(writing), "--pairs", str(tmp_path / "pairs.parquet"),
+                              "--annotations", str(out / "annotations.parquet"), "--metrics", str(out / "v.json")]) == 0
+        qids = schemas.read_table(out / "annotations.parquet", "annotations").column("question_id").to_pylist()
+        verification.write_bytes(encode(_verification({q: [("v@example.org", "(a)", "(a)")] for q in qids})))
+        assert accept.main(["--params", str(params), "--annotations", str(out / "annotations.parquet"),
+                            "--pairs", str(tmp_path / "pairs.parquet"), "--verification", str(verification),
+                            "--decisions", str(tmp_path / "none.csv"), "--accepted", str(out / "accepted.parquet"),
+                            "--outcomes", str(out / "outcomes.parquet"), "--queue", str(out / "queue.csv"),
+                            "--metrics", str(out / "a.json")]) == 0
+        outputs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
+    assert outputs[0] == outputs[1]
+    assert json.loads(outputs[0]["a.json"])["rejected_by_reason"]["awaiting_adjudication"] == 3
