@@ -14,6 +14,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("pipeline.embed", "images → CLIP and DINOv2 embedding shards"),
     "mine": ("pipeline.mine", "embeddings → CLIP-blind pairs and funnel metrics"),
     "export": ("pipeline.export", "pairs → display images and Label Studio tasks"),
+    "package": ("pipeline.package", "accepted annotations + images → versioned benchmark release"),
+    "verify": ("pipeline.verify", "recompute a release's SHA256SUMS: changed, missing, extra files"),
+    "remove": ("pipeline.remove", "take items out of a release (takedown) as a new version"),
+    "publish": ("pipeline.publish", "push a verified release to the Hugging Face Hub as a tagged revision"),
+    "tag": ("pipeline.tag", "git-tag a verified release as <name>@v<version>"),
     "status": ("pipeline.status", "what the pipeline has produced so far"),
     "bench": ("pipeline.bench", "benchmarks: speed as ratios measured in one run"),
 }
