@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "remove": ("pipeline.remove", "take items out of a release (takedown) as a new version"),
     "publish": ("pipeline.publish", "push a verified release to the Hugging Face Hub as a tagged revision"),
     "tag": ("pipeline.tag", "git-tag a verified release as <name>@v<version>"),
+    "evaluate": ("pipeline.evaluate", "score CLIP encoders and VLMs on a release, MMVP or MMVP-VLM folder"),
     "status": ("pipeline.status", "what the pipeline has produced so far"),
     "bench": ("pipeline.bench", "benchmarks: speed as ratios measured in one run"),
 }

@@ -105,3 +105,12 @@ def package_args(inputs: dict[str, Path], out: Path, metrics: Path, *extra: str)
         "--ingest-metrics", str(inputs["ingest"]), "--changelog", str(inputs["changelog"]), "--out", str(out),
         "--metrics", str(metrics), *extra,
     ]
+
+
+def build_release(corpus: Path, root: Path, *extra: str) -> Path:
+    """Build the world's release into `root / "release"` and return its folder."""
+    from pipeline import package
+
+    inputs = build_inputs(corpus, root / "inputs")
+    assert package.main(package_args(inputs, root / "release", root / "package.json", *extra)) == 0
+    return root / "release"

@@ -9,16 +9,13 @@ import time
 
 import pytest
 
-from pipeline import package, publish, release, tag
-from tests.release_world import build_inputs, package_args
+from pipeline import publish, release, tag
+from tests.release_world import build_release
 
 
 @pytest.fixture(scope="module")
 def built(sample_corpus, tmp_path_factory):
-    root = tmp_path_factory.mktemp("commands")
-    inputs = build_inputs(sample_corpus, root / "inputs")
-    assert package.main(package_args(inputs, root / "release", root / "m.json")) == 0
-    return root / "release"
+    return build_release(sample_corpus, tmp_path_factory.mktemp("commands"))
 
 
 def test_publish_offline_fails_at_once_with_a_clear_message(built, monkeypatch, capsys):
