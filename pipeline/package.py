@@ -81,7 +81,9 @@ class GateDecision:
     summary: Mapping[str, Any]
 
 
-def _encoder(export_params: ExportParams, max_pixels: int) -> Callable[[bytes], bytes]:
+def image_encoder(export_params: ExportParams, max_pixels: int) -> Callable[[bytes], bytes]:
+    """Original bytes → released image bytes: the canonical decode, encoded as the annotators' display copy."""
+
     def encode(data: bytes) -> bytes:
         return display_bytes(data, export_params, max_pixels)
 
@@ -263,7 +265,7 @@ def package(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Build the release folder; return (manifest, metrics)."""
     sections = release.changelog_for(changelog_text, params.version)
-    items, rejected = build_items(accepted, images, read_bytes, _encoder(export_params, max_pixels), params, gate)
+    items, rejected = build_items(accepted, images, read_bytes, image_encoder(export_params, max_pixels), params, gate)
     changes: dict[str, Any] = {}
     if previous is not None:
         prev_manifest = release.read_manifest(previous)
@@ -373,7 +375,7 @@ def fetch_main(release_dir: Path, argv: Sequence[str]) -> int:
     encoding = release.read_manifest(release_dir)["provenance"]["image_encoding"]
     export_params = ExportParams(display_max_side=encoding["max_side"], jpeg_quality=encoding["jpeg_quality"])
     try:
-        counts = release.fetch_withheld(release_dir, roots, _encoder(export_params, encoding["max_pixels"]))
+        counts = release.fetch_withheld(release_dir, roots, image_encoder(export_params, encoding["max_pixels"]))
     except release.FetchError as err:
         print(err)
         return 1

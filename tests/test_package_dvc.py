@@ -15,6 +15,7 @@ import yaml
 from pipeline import release, schemas
 from tests.conftest import REPO, tiny_params
 from tests.release_world import accepted_rows
+from tests.test_evaluate import TINY_CLIP_TEXT_CONFIG
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +27,7 @@ def _dvc(args: list[str], cwd: Path) -> str:
     return result.stdout + result.stderr
 
 
-def test_dvc_repro_package_builds_a_verified_release_once(tmp_path):
+def test_dvc_repro_gate_package_evaluate(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     for folder in ("pipeline", "data_cards"):
@@ -35,7 +36,10 @@ def test_dvc_repro_package_builds_a_verified_release_once(tmp_path):
     dvc_yaml["stages"]["sample_corpus"]["cmd"] = dvc_yaml["stages"]["sample_corpus"]["cmd"].replace("--scenes 40", "--scenes 2")
     (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
     project_params = yaml.safe_load((REPO / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(package=project_params["package"])))
+    evaluate_params = {"clip": [{"kind": "open_clip", "model": "tiny-clip-text", "weights": "random", "image_size": 32,
+                                 "config": TINY_CLIP_TEXT_CONFIG, "seed": 0}], "vlm": []}
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(
+        package=project_params["package"], gate=project_params["gate"], evaluate=evaluate_params)))
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     _dvc(["init", "-q"], repo)
     _dvc(["repro", "mine"], repo)
@@ -44,9 +48,16 @@ def test_dvc_repro_package_builds_a_verified_release_once(tmp_path):
     accepted = pa.Table.from_pylist(accepted_rows(sorted(ids)), schema=schemas.ACCEPTED)
     schemas.write_table(accepted, repo / "data/accepted.parquet", "accepted")
     out = _dvc(["repro", "package"], repo)
-    assert "Running stage 'package'" in out and "RANDOMLY INITIALISED" in out
+    assert "Running stage 'gate'" in out and "Running stage 'package'" in out and "RANDOMLY INITIALISED" in out
     assert release.verify(repo / "data/release").ok
     manifest = release.read_manifest(repo / "data/release")
     assert manifest["version"] == project_params["package"]["version"] and manifest["counts"]["pairs"] == 4
     assert manifest["provenance"]["funnel"]["images"] == len(ids)
+    assert manifest["gate"] is None  # the project's params run no VLM offline; the card says so
+    assert "The blind gate did not run" in (repo / "data/release/README.md").read_text()
     assert "Running stage" not in _dvc(["repro", "package"], repo)
+    out = _dvc(["repro", "evaluate"], repo)
+    assert "Running stage 'evaluate'" in out
+    shown = _dvc(["metrics", "show", "--json"], repo)
+    assert "open_clip:tiny-clip-text:random" in shown and "pair_accuracy" in shown
+    assert (repo / "metrics/evaluate.md").read_text().startswith("| model |")
