@@ -17,6 +17,10 @@ from pipeline import release
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "data_cards" / "benchmark_card.md.j2"
 
 
+# SPDX ids whose Hub licence id is not simply the lower-cased SPDX id.
+HUB_LICENSE_IDS = {"PDDL-1.0": "pddl", "ODC-By-1.0": "odc-by", "ODbL-1.0": "odbl"}
+
+
 def size_category(n: int) -> str:
     """The Hub's size_categories bucket for `n` examples."""
     for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
@@ -29,7 +33,7 @@ def hub_license(counts: Mapping[str, Any]) -> dict[str, Any]:
     """The card's licence fields: one Hub licence id when all images share one, else `other`."""
     licenses = sorted({lic for per_source in counts["licenses_per_source"].values() for lic in per_source})
     if len(licenses) == 1 and licenses[0] != "unknown":
-        return {"license": licenses[0].lower()}
+        return {"license": HUB_LICENSE_IDS.get(licenses[0], licenses[0].lower())}
     return {
         "license": "other",
         "license_name": "mixed-per-source",

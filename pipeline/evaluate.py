@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
@@ -59,7 +58,7 @@ class EvalPair:
     answers: tuple[str, str] | None
     images: tuple[bytes | None, bytes | None]
     statements: tuple[str | None, str | None] = (None, None)
-    image_ids: tuple[str, str] = field(default=("", ""))
+    image_ids: tuple[str, str] = ("", "")
 
 
 def detect_format(folder: Path) -> str:

@@ -85,7 +85,8 @@ def build_inputs(corpus: Path, root: Path) -> dict[str, Path]:
     schemas.write_table(accepted, root / "accepted.parquet", "accepted")
     pairs = accepted.select(["pair_id", "image_a", "image_b", "clip_sim", "dino_sim"])
     encoders = {"clip": {"name": "clip", "kind": "open_clip", "model": "tiny-clip", "weights": "random", "random_init": True,
-                         "resolution": 32, "pooling": "clip_projection", "dtype": "fp32"},
+                         "resolution": 32, "pooling": "clip_projection", "dtype": "fp32",
+                         "versions": {"torch": "2.14.1", "open_clip": "3.3.0"}},
                 "dino": {"name": "dino", "kind": "dinov2", "model": "tiny-dino", "weights": "random", "random_init": True,
                          "resolution": 32, "pooling": "cls", "dtype": "fp32"}}
     schemas.write_table(pairs, root / "pairs.parquet", "pairs",

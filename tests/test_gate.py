@@ -132,7 +132,6 @@ def test_package_drops_or_keeps_flagged_pairs_and_reports_them(world, tmp_path, 
     pkg = json.loads((tmp_path / "m.json").read_text())
     flagged_items = {r["item_id"] for r in rows if r["flags"]}
     items = release.read_items(out)
-    released = {i["item_id"] for i in items}
     assert manifest["gate"]["policy"] == ("dropped" if policy == "drop" else "kept")
     assert manifest["gate"]["model"] == "scripted:text_biased_on_colour"
     card = (out / "README.md").read_text()

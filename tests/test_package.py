@@ -177,7 +177,7 @@ def test_card_metadata_is_valid_and_tells_the_provenance(world):
     assert names == [name for name, _ in release.FEATURES_SPEC]
     text = card.text
     assert text.lstrip().startswith("> **WARNING: this release was mined with RANDOMLY INITIALISED encoders")
-    for fact in ("tiny-clip", "CLIP cosine > 0.9", "DINOv2 cosine < 0.99", "**exhaustive**", "| clip_candidates | 40 |",
+    for fact in ("tiny-clip", "libraries: open_clip 3.3.0, torch 2.14.1", "CLIP cosine > 0.9", "DINOv2 cosine < 0.99", "**exhaustive**", "| clip_candidates | 40 |",
                  "verifier accuracy against the\n  released answers: **0.75**", "### 1.0.0", "@misc{clipblind"):
         assert fact in text, fact
     manifest = release.read_manifest(world["release"])
