@@ -9,8 +9,8 @@ Metrics: per model, question and pair accuracy overall and per pattern, with cha
 pairs without statements (CLIP) or without images are counted, not hidden.
 
 Protocols (see `pipeline.scoring`): VLMs get the fixed prompt `vlm.PROMPT` per image and a pair
-scores when both answers are right; CLIP encoders are scored as MMVP-VLM does (each image
-against the pair's two statements, "a photo of <statement>"), with the reverse direction beside.
+scores when both answers are right; CLIP encoders are scored as MMVP-VLM's script does (each
+statement, "a photo of <statement>", against the pair's two images), with the reverse beside.
 """
 
 from __future__ import annotations

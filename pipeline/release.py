@@ -198,12 +198,17 @@ def order_items(items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for position, item in enumerate(ordered):
         item["mmvp_index"] = position + 1
         item["vlm_question_id"] = None
-    for members in by_pair.values():
+    # MMVP-VLM's script reads its Questions.csv in blocks of one pattern: number pairs pattern by pattern
+    for _, members in sorted(by_pair.items(), key=lambda kv: (_pattern_rank(kv[1][0]["pattern"]), kv[0])):
         if all(m["statement"] for m in members):
             for offset, m in enumerate(members):
                 m["vlm_question_id"] = next_vlm + offset
             next_vlm += 2
     return ordered
+
+
+def _pattern_rank(pattern: str) -> int:
+    return mmvp.PATTERNS.index(pattern) if pattern in mmvp.PATTERNS else len(mmvp.PATTERNS)
 
 
 def sha256_hex(data: bytes) -> str:

@@ -7,9 +7,10 @@ Pure functions over plain data so every number can be checked by hand:
   unanswered (counted, and scored wrong).
 * A pair scores only when both of its questions are right (MMVP's pair accuracy); chance is
   1/2 per question and 1/4 per pair.
-* CLIP-family encoders follow MMVP-VLM: image i of a pair is right when it is more similar to
-  its own statement than to the other one; the pair scores when both images are right. The
-  reverse direction (each statement against the two images) is reported beside it.
+* CLIP-family encoders follow MMVP-VLM's script: each statement of a pair is set against the
+  pair's two images and is right when its own image is more similar; the pair scores when both
+  statements are right. The reverse direction (each image against the two statements) and
+  both directions together are reported beside it.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def clip_pair_outcome(sim: Sequence[Sequence[float]]) -> dict[str, bool]:
 
 
 def score_clip(pairs: Iterable[PairSimilarity], pairs_without_statements: Mapping[str, int]) -> dict[str, Any]:
-    """MMVP-VLM pair accuracy (image→statement), the reverse direction and both, per pattern."""
+    """MMVP-VLM pair accuracy (statement→image), the reverse direction and both, per pattern."""
     per_pattern: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     totals: dict[str, int] = defaultdict(int)
     for pair in pairs:
@@ -131,8 +132,8 @@ def score_clip(pairs: Iterable[PairSimilarity], pairs_without_statements: Mappin
 
     def rates(c: Mapping[str, int]) -> dict[str, Any]:
         return {
-            "pair_accuracy": _rate(c.get("image_to_text_right", 0), c.get("pairs", 0)),
-            "pair_accuracy_text_to_image": _rate(c.get("text_to_image_right", 0), c.get("pairs", 0)),
+            "pair_accuracy": _rate(c.get("text_to_image_right", 0), c.get("pairs", 0)),
+            "pair_accuracy_image_to_text": _rate(c.get("image_to_text_right", 0), c.get("pairs", 0)),
             "pair_accuracy_both": _rate(c.get("both_right", 0), c.get("pairs", 0)),
             **c,
         }

@@ -67,21 +67,26 @@ def test_question_and_pair_accuracy_by_hand():
 
 def test_clip_pair_scoring_by_hand():
     P = scoring.PairSimilarity
-    pairs = [
+    pairs = [  # sim[i][j]: image i against statement j
         P("p1", "Color", ((0.9, 0.1), (0.2, 0.8))),  # every direction right
-        P("p2", "Color", ((0.9, 0.1), (0.95, 0.3))),  # image 2 prefers statement 1: pair 0 (one image right)
-        P("p3", "State", ((0.5, 0.4), (0.6, 0.7))),  # image→text right, statement 1 prefers image 2
+        # statement 1 prefers image 2 (0.95 > 0.9), statement 2 prefers image 2 (0.3 > 0.1):
+        # one statement right, one wrong → pair 0; image 2 prefers statement 1 → image→text 0 too
+        P("p2", "Color", ((0.9, 0.1), (0.95, 0.3))),
+        # statement 1 prefers image 2 (0.6 > 0.5) → MMVP-VLM 0; each image prefers its statement → image→text 1
+        P("p3", "State", ((0.5, 0.4), (0.6, 0.7))),
     ]
     scores = scoring.score_clip(pairs, {"Text": 2})
-    assert scores["pair_accuracy"] == round(2 / 3, 4)  # MMVP-VLM: p1, p3
-    assert scores["pair_accuracy_text_to_image"] == round(1 / 3, 4)  # p1 only (p2: statement 1 prefers image 2)
+    assert scores["pair_accuracy"] == round(1 / 3, 4)  # MMVP-VLM (statement→image): p1 only
+    assert scores["pair_accuracy_image_to_text"] == round(2 / 3, 4)  # p1, p3
     assert scores["pair_accuracy_both"] == round(1 / 3, 4)
+    assert scores["chance"]["pair"] == 0.25
     assert scores["pairs_without_statements"] == 2
     assert scores["per_pattern"]["Text"] == {
-        "pair_accuracy": None, "pair_accuracy_text_to_image": None, "pair_accuracy_both": None,
+        "pair_accuracy": None, "pair_accuracy_image_to_text": None, "pair_accuracy_both": None,
         "pairs_without_statements": 2,
     }
     assert scores["per_pattern"]["Color"]["pair_accuracy"] == 0.5
+    assert scores["per_pattern"]["State"]["pair_accuracy_image_to_text"] == 1.0
 
 
 @pytest.mark.slow
@@ -95,8 +100,9 @@ def test_tiny_open_clip_on_a_release(built):
     # recompute one pair's outcome from the model directly
     pair = next(p for p in pairs if p.pattern == "State")
     sim = scorer.images(pair.images) @ scorer.texts([f"a photo of {s}" for s in pair.statements]).T
-    expected = scoring.clip_pair_outcome(sim.tolist())["image_to_text"]
-    assert result["per_pattern"]["State"]["image_to_text_right"] == int(expected)
+    outcome = scoring.clip_pair_outcome(sim.tolist())
+    assert result["per_pattern"]["State"]["text_to_image_right"] == int(outcome["text_to_image"])
+    assert result["per_pattern"]["State"]["image_to_text_right"] == int(outcome["image_to_text"])
 
 
 def test_tiny_vlm_scores_a_release_and_resumes_from_its_cache(built, tiny_vlm_dir, tmp_path):

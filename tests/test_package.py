@@ -94,11 +94,19 @@ def test_mmvp_layout_reads_like_mmvps_scripts(world):
             assert image.read_bytes() == item["image"]
     for first, second in zip(body[0::2], body[1::2]):  # pairs are consecutive rows
         assert first[1] == second[1] and first[2] == second[2] and first[3] != second[3]
+    # MMVP's evaluate_mllm.py reads the CSV with pandas and takes image `index + 1` for row `index`
+    import pandas
+
+    for index, row in pandas.read_csv(folder / "Questions.csv").iterrows():
+        assert row["Correct Answer"] == items[index + 1]["answer"]
+        assert row["Question"] + " " + row["Options"] == f"{body[index][1]} {body[index][2]}"
     # annotator text that looks like a formula is neutralised
     assert any(q.startswith("'=HYPERLINK") for _, q, _, _ in body)
 
     vlm = mmvp.read_vlm(world["release"] / mmvp.VLM_DIR)
     assert [r.question_id for r in vlm] == list(range(1, 7))  # 3 pairs with statements
+    # in blocks of one pattern, in MMVP-VLM's order, as its script reads them
+    assert [r.type for r in vlm] == ["Color", "Color", "Orientation", "Orientation", "State", "State"]
     by_id = {i["vlm_question_id"]: i for i in items.values() if i["vlm_question_id"]}
     for row in vlm:
         item = by_id[row.question_id]
