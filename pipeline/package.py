@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import enum
 import json
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,10 +270,14 @@ def package(
     changes: dict[str, Any] = {}
     if previous is not None:
         prev_manifest = release.read_manifest(previous)
-        changes = diff_against(release.read_items(previous), items)
+        diff = diff_against(release.read_items(previous), items)
         current = next(s for s in sections if s.version == params.version)
-        check_changes(changes, current, prev_manifest["version"], params.version)
-        changes["previous_version"] = prev_manifest["version"]
+        check_changes(diff, current, prev_manifest["version"], params.version)
+        if prev_manifest["version"] == params.version:
+            # a rebuild of the same version (same items): it keeps the record of what changed since its predecessor
+            changes = dict(prev_manifest.get("changes", {}))
+        else:
+            changes = {**diff, "previous_version": prev_manifest["version"]}
     excluded = [r.pair_id for r in rejected if r.reason == PackageReject.EXCLUDED]
     if excluded:
         # a takedown stays excluded in later versions: any section up to this one may name it
@@ -326,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--changelog", required=True, help="project CHANGELOG with a section per version")
     parser.add_argument("--card-template", default=str(card.DEFAULT_TEMPLATE))
     parser.add_argument("--gate", help="blind-gate flags table (optional)")
-    parser.add_argument("--previous", help="the previous release folder: every change since must be in the changelog")
+    parser.add_argument("--previous", help="the previous release folder: every change since must be in the changelog "
+                                           "(default: the release already in --out, if any)")
     parser.add_argument("--out", required=True, help="output release folder")
     parser.add_argument("--metrics", required=True)
     args = parser.parse_args(argv)
@@ -348,10 +354,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if info["random_init_encoders"]:
         warn(STAGE, f"release mined with RANDOMLY INITIALISED encoders ({', '.join(info['random_init_encoders'])}); "
                     "the card says so at the top")
-    manifest, metrics = package(
-        accepted, images, corpus.read, args.out, params, export_params, ingest_params.max_pixels,
-        Path(args.changelog).read_text(), info, card.renderer(args.card_template), gate, args.previous,
-    )
+    previous = args.previous
+    if previous is None and (Path(args.out) / release.MANIFEST).exists():
+        previous = args.out  # the last build: a version's items never change silently (dvc.yaml: persist)
+    try:
+        manifest, metrics = package(
+            accepted, images, corpus.read, args.out, params, export_params, ingest_params.max_pixels,
+            Path(args.changelog).read_text(), info, card.renderer(args.card_template), gate, previous,
+        )
+    except release.ReleaseError as err:
+        print(f"[{STAGE}] ERROR: {err}", file=sys.stderr)
+        return 1
     write_metrics(args.metrics, metrics)
     summary(
         STAGE,

@@ -143,6 +143,25 @@ def test_building_twice_gives_byte_identical_files(world, tmp_path):
     assert [str(k) for k in first if first[k] != second[k]] == []
 
 
+def test_rebuilding_in_place_compares_with_the_last_build(world, tmp_path, capsys):
+    import shutil
+
+    import pyarrow as pa
+
+    out = tmp_path / "release"
+    shutil.copytree(world["release"], out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert package.main(package_args(world["inputs"], out, tmp_path / "m.json")) == 0  # same inputs: same bytes
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    rows = schemas.read_table(world["inputs"]["accepted"], "accepted").to_pylist()
+    rows[0]["question"] += " (reworded)"
+    accepted = tmp_path / "accepted.parquet"
+    schemas.write_table(pa.Table.from_pylist(rows, schema=schemas.ACCEPTED), accepted, "accepted")
+    assert package.main(package_args(dict(world["inputs"], accepted=accepted), out, tmp_path / "m.json")) == 1
+    assert "bump package.version" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # the release is untouched
+
+
 def test_verify_detects_a_flipped_byte_in_every_file(world, tmp_path):
     import shutil
 
@@ -195,16 +214,16 @@ def test_card_metadata_is_valid_and_tells_the_provenance(world):
     assert manifest["provenance"]["search"] == "exhaustive" and manifest["gate"] is None
 
 
-def test_a_version_without_a_changelog_section_is_refused(world, tmp_path):
+def test_a_version_without_a_changelog_section_is_refused(world, tmp_path, capsys):
     params = world["inputs"]["params"].read_text().replace("version: 1.0.0", "version: 1.1.0")
     inputs = dict(world["inputs"], params=tmp_path / "params.yaml")
     inputs["params"].write_text(params)
-    with pytest.raises(release.ReleaseError, match="no section for version 1.1.0"):
-        package.main(package_args(inputs, tmp_path / "out", tmp_path / "m.json"))
+    assert package.main(package_args(inputs, tmp_path / "out", tmp_path / "m.json")) == 1
+    assert "no section for version 1.1.0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
-def test_a_corrected_answer_must_be_a_changelog_line(world, tmp_path):
+def test_a_corrected_answer_must_be_a_changelog_line(world, tmp_path, capsys):
     import pyarrow as pa
 
     rows = schemas.read_table(world["inputs"]["accepted"], "accepted").to_pylist()
@@ -217,13 +236,13 @@ def test_a_corrected_answer_must_be_a_changelog_line(world, tmp_path):
     # same version, changed answers: refused
     inputs["params"].write_text(world["inputs"]["params"].read_text())
     inputs["changelog"].write_text(world["inputs"]["changelog"].read_text())
-    with pytest.raises(release.ReleaseError, match="bump package.version"):
-        package.main(package_args(inputs, tmp_path / "out", tmp_path / "m.json", *previous))
+    assert package.main(package_args(inputs, tmp_path / "out", tmp_path / "m.json", *previous)) == 1
+    assert "bump package.version" in capsys.readouterr().err
     # new version whose changelog does not name the pair: refused
     inputs["params"].write_text(world["inputs"]["params"].read_text().replace("version: 1.0.0", "version: 1.0.1"))
     inputs["changelog"].write_text("# Changelog\n\n## 1.0.1\n\n- Fixes.\n\n" + world["inputs"]["changelog"].read_text()[13:])
-    with pytest.raises(release.ReleaseError, match=fixed["pair_id"]):
-        package.main(package_args(inputs, tmp_path / "out", tmp_path / "m.json", *previous))
+    assert package.main(package_args(inputs, tmp_path / "out", tmp_path / "m.json", *previous)) == 1
+    assert fixed["pair_id"] in capsys.readouterr().err
     # named: built, and the manifest records the change
     inputs["changelog"].write_text(f"# Changelog\n\n## 1.0.1\n\n- Corrected the answers of pair {fixed['pair_id']}.\n\n"
                                    + world["inputs"]["changelog"].read_text()[13:])

@@ -20,10 +20,10 @@ from tests.test_evaluate import TINY_CLIP_TEXT_CONFIG
 pytestmark = pytest.mark.slow
 
 
-def _dvc(args: list[str], cwd: Path) -> str:
+def _dvc(args: list[str], cwd: Path, ok: bool = True) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
     result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert (result.returncode == 0) == ok, result.stdout + result.stderr
     return result.stdout + result.stderr
 
 
@@ -56,6 +56,23 @@ def test_dvc_repro_gate_package_evaluate(tmp_path):
     assert manifest["gate"] is None  # the project's params run no VLM offline; the card says so
     assert "The blind gate did not run" in (repo / "data/release/README.md").read_text()
     assert "Running stage" not in _dvc(["repro", "package"], repo)
+    # a corrected answer under the same version is refused; with a new version and a changelog line it is recorded
+    rows = accepted.to_pylist()
+    fixed = next(r for r in rows if r["pattern"] == "state")
+    fixed["answer_a"], fixed["answer_b"] = fixed["answer_b"], fixed["answer_a"]
+    schemas.write_table(pa.Table.from_pylist(rows, schema=schemas.ACCEPTED), repo / "data/accepted.parquet", "accepted")
+    refused = _dvc(["repro", "package"], repo, ok=False)
+    assert "bump package.version" in refused
+    assert release.read_manifest(repo / "data/release")["version"] == manifest["version"] and release.verify(repo / "data/release").ok
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["package"]["version"] = "1.0.1"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    changelog = repo / "data_cards/CHANGELOG.md"
+    changelog.write_text(changelog.read_text().replace("## 1.0.0", f"## 1.0.1\n\n- Corrected the answers of pair {fixed['pair_id']}.\n\n## 1.0.0"))
+    _dvc(["repro", "package"], repo)
+    changes = release.read_manifest(repo / "data/release")["changes"]
+    assert changes["previous_version"] == manifest["version"]
+    assert sorted(changes["changed_items"]) == [f"{fixed['pair_id']}-a", f"{fixed['pair_id']}-b"]
     out = _dvc(["repro", "evaluate"], repo)
     assert "Running stage 'evaluate'" in out
     shown = _dvc(["metrics", "show", "--json"], repo)
