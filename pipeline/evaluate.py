@@ -149,12 +149,14 @@ class ClipScorer:
         self.random_init = self.encoder.random_init
 
     def images(self, images: Sequence[bytes]) -> np.ndarray:
+        """L2-normalised image embeddings of encoded images (canonical decode first)."""
         import torch
 
         batch = torch.stack([self.encoder.preprocess(decode(i).image) for i in images])
         return self.encoder.encode(batch)
 
     def texts(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised text embeddings."""
         import torch
 
         with torch.inference_mode():

@@ -43,8 +43,7 @@ class PatternError(ValueError):
 def canonical_pattern(name: str) -> str:
     """MMVP-VLM's spelling of a pattern given in any case, with spaces, '-' or '_'."""
     key = name.strip().lower().replace("-", "_").replace(" ", "_")
-    if key in {"colour"}:
-        key = "color"
+    key = {"colour": "color"}.get(key, key)
     if key not in _PATTERN_KEYS:
         raise PatternError(f"unknown visual pattern {name!r}; use one of {list(PATTERNS)}")
     return _PATTERN_KEYS[key]

@@ -128,6 +128,7 @@ class ChangelogSection:
     lines: tuple[str, ...]
 
     def text(self) -> str:
+        """The section as markdown."""
         body = "\n".join(self.lines).strip("\n")
         return f"## {self.version}\n\n{body}\n"
 
@@ -458,6 +459,7 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
+        """True when every listed file matches and nothing unexpected is present."""
         return not (self.changed or self.missing or self.extra or self.malformed)
 
 

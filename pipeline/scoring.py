@@ -59,6 +59,7 @@ class QuestionResult:
 
     @property
     def correct(self) -> bool:
+        """Whether the model chose the right option (unanswered is wrong)."""
         return self.predicted == self.expected
 
 

@@ -77,6 +77,7 @@ class TransformersBackend:
         self.name = f"transformers:{path.resolve().name}:{_dir_fingerprint(path)}"
 
     def ask(self, prompt: str, image: bytes | None) -> str:
+        """The model's greedy reply to `prompt` about `image`."""
         import torch
 
         from pipeline.decode import decode
@@ -111,6 +112,7 @@ class OpenAIBackend:
         self.name = f"openai:{params.url.rstrip('/')}:{params.model}"
 
     def ask(self, prompt: str, image: bytes | None) -> str:
+        """The endpoint's reply (temperature 0) to `prompt` with `image` inline."""
         import urllib.error
         import urllib.request
 
@@ -176,10 +178,12 @@ class CachedBackend:
                     continue  # a line cut short by an interruption: ask again
 
     def key(self, prompt: str, image: bytes | None) -> str:
+        """The cache key of a question: backend, prompt and image hash."""
         image_hash = hashlib.sha256(image).hexdigest() if image is not None else ""
         return hashlib.sha256(json.dumps([self.name, prompt, image_hash]).encode()).hexdigest()
 
     def ask(self, prompt: str, image: bytes | None) -> str:
+        """The cached reply, or the backend's, stored before it is returned."""
         key = self.key(prompt, image)
         if key not in self.replies:
             reply = self.backend.ask(prompt, image)
