@@ -278,6 +278,11 @@ def package(
             changes = dict(prev_manifest.get("changes", {}))
         else:
             changes = {**diff, "previous_version": prev_manifest["version"]}
+    if not items:
+        raise release.ReleaseError(
+            f"no pairs to release ({accepted.num_rows} accepted, {len(rejected)} rejected): annotate and pull "
+            "pairs first (README: 'Annotate'); an empty release would not even load with datasets"
+        )
     excluded = [r.pair_id for r in rejected if r.reason == PackageReject.EXCLUDED]
     if excluded:
         # a takedown stays excluded in later versions: any section up to this one may name it

@@ -46,6 +46,8 @@ def remove(source: str | Path, out: str | Path, ids: Sequence[str], reason: str,
     items = release.read_items(source)
     pairs = resolve(items, ids)
     kept = [i for i in items if i["pair_id"] not in pairs]
+    if not kept:
+        raise release.ReleaseError(f"removing {len(pairs)} pair(s) would leave {source} with none: nothing to release")
     version = release.bump(manifest["version"], bump_part)
     removed_items = sorted(i["item_id"] for i in items if i["pair_id"] in pairs)
     line = f"- Removed {len(pairs)} pair(s) ({reason.strip()}): " + ", ".join(pairs) + f" (items {', '.join(removed_items)})"

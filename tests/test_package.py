@@ -301,3 +301,11 @@ def test_fetch_script_puts_withheld_images_in_place_after_checking_sha256(world,
     bad = subprocess.run([sys.executable, str(world["release"] / "fetch_images.py"), "--root", f"generated={fake}"],
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 1 and "other bytes than the released sha256" in bad.stdout
+
+
+def test_an_empty_release_is_refused_with_a_clear_message(world, tmp_path, capsys):
+    empty = tmp_path / "accepted.parquet"
+    schemas.write_table(schemas.empty("accepted"), empty, "accepted")
+    assert package.main(package_args(dict(world["inputs"], accepted=empty), tmp_path / "out", tmp_path / "m.json")) == 1
+    assert "no pairs to release (0 accepted, 0 rejected)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
