@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -179,3 +180,30 @@ def test_evaluate_command_on_release_and_mmvp_folders(built, tmp_path):
     assert len(mmvp_pairs) == 4 and {p.pattern for p in mmvp_pairs} == {evaluate.UNLABELLED}
     assert all(p.answers[0] != p.answers[1] for p in mmvp_pairs)
     assert sum(1 for p in mmvp_pairs if None in p.images) == 1  # the withheld image
+
+
+@pytest.mark.slow
+def test_clip_weights_from_a_local_checkpoint_file_offline(built, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    random_scorer = evaluate.ClipScorer(TINY_CLIP)
+    checkpoint = tmp_path / "tiny-clip.pt"
+    torch.save(random_scorer.encoder.model.state_dict(), checkpoint)
+    other_seed = EncoderParams(kind="open_clip", model="tiny-clip-text", weights=str(checkpoint), image_size=32,
+                               config=TINY_CLIP_TEXT_CONFIG, seed=123)
+    loaded = evaluate.ClipScorer(other_seed)
+    assert loaded.name == f"open_clip:tiny-clip-text:{checkpoint}" and not loaded.random_init
+    pairs = evaluate.load_pairs(built)
+    pair = next(p for p in pairs if p.pattern == "State")
+    texts = [f"a photo of {s}" for s in pair.statements]
+    # the checkpoint's weights, not seed 123's: the same vectors as the model that was saved
+    assert np.allclose(loaded.images(pair.images), random_scorer.images(pair.images), atol=1e-6)
+    assert np.allclose(loaded.texts(texts), random_scorer.texts(texts), atol=1e-6)
+    reseeded = evaluate.ClipScorer(EncoderParams(kind="open_clip", model="tiny-clip-text", weights="random",
+                                                 image_size=32, config=TINY_CLIP_TEXT_CONFIG, seed=123))
+    assert not np.allclose(reseeded.images(pair.images), random_scorer.images(pair.images), atol=1e-3)
+    from_file = evaluate.evaluate_clip(pairs, loaded)
+    from_memory = evaluate.evaluate_clip(pairs, random_scorer)
+    assert from_file["random_init"] is False
+    assert {k: v for k, v in from_file.items() if k != "random_init"} == {k: v for k, v in from_memory.items() if k != "random_init"}
