@@ -1,0 +1,320 @@
+"""evaluate: score CLIP-family encoders and vision-language models on a benchmark folder.
+
+Inputs: a release folder, or an original MMVP folder (`Questions.csv` + `MMVP Images/`), or an
+MMVP-VLM folder (`Questions.csv` + `MLLM_VLM Images/`); params section `evaluate` (a list of
+open_clip encoders and a list of VLM backends).
+Outputs: a results JSON (DVC metrics), a markdown table and an SVG chart of pair accuracy per
+pattern; a response cache per VLM (JSONL), so an interrupted run resumes without repeating calls.
+Metrics: per model, question and pair accuracy overall and per pattern, with chance stated;
+pairs without statements (CLIP) or without images are counted, not hidden.
+
+Protocols (see `pipeline.scoring`): VLMs get the fixed prompt `vlm.PROMPT` per image and a pair
+scores when both answers are right; CLIP encoders are scored as MMVP-VLM's script does (each
+statement, "a photo of <statement>", against the pair's two images), with the reverse beside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Literal, Sequence
+
+import numpy as np
+
+from pipeline import mmvp, release, scoring
+from pipeline.atomic import write_bytes
+from pipeline.config import load_section
+from pipeline.decode import decode
+from pipeline.encoders import EncoderParams, OpenClipEncoder
+from pipeline.report import progress, summary, warn, write_metrics
+from pipeline.vlm import Backend, CachedBackend, VlmParams, build_prompt, load_backend
+
+STAGE = "evaluate"
+UNLABELLED = "unlabelled"  # MMVP's Questions.csv carries no pattern per question
+CLIP_TEXT = "a photo of {statement}"  # MMVP-VLM's text prompt
+
+BenchmarkFormat = Literal["auto", "release", "mmvp", "mmvp_vlm"]
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """Params of the evaluate stage (section `evaluate`)."""
+
+    clip: tuple[EncoderParams, ...] = ()
+    vlm: tuple[VlmParams, ...] = ()
+
+
+@dataclass(frozen=True)
+class EvalPair:
+    """One pair as every format yields it: explicit ground truth, images as bytes (None if absent)."""
+
+    pair_id: str
+    pattern: str
+    question: str | None
+    options: tuple[str, str] | None
+    answers: tuple[str, str] | None
+    images: tuple[bytes | None, bytes | None]
+    statements: tuple[str | None, str | None] = (None, None)
+    image_ids: tuple[str, str] = ("", "")
+
+
+def detect_format(folder: Path) -> str:
+    """Which layout a folder holds: release, mmvp or mmvp_vlm."""
+    if (folder / release.PARQUET_PATH).exists():
+        return "release"
+    if (folder / mmvp.MMVP_IMAGES).is_dir():
+        return "mmvp"
+    if (folder / mmvp.VLM_IMAGES).is_dir():
+        return "mmvp_vlm"
+    raise mmvp.LayoutError(
+        f"{folder} is not a release folder, an MMVP folder ('{mmvp.MMVP_IMAGES}/') or an MMVP-VLM folder "
+        f"('{mmvp.VLM_IMAGES}/')"
+    )
+
+
+def load_pairs(folder: str | Path, fmt: str = "auto") -> list[EvalPair]:
+    """The pairs of a benchmark folder in its own order."""
+    root = Path(folder)
+    fmt = detect_format(root) if fmt == "auto" else fmt
+    if fmt == "release":
+        return _release_pairs(root)
+    if fmt == "mmvp":
+        return _mmvp_pairs(root)
+    if fmt == "mmvp_vlm":
+        return _vlm_pairs(root)
+    raise mmvp.LayoutError(f"unknown format {fmt!r}; use auto, release, mmvp or mmvp_vlm")
+
+
+def _release_pairs(root: Path) -> list[EvalPair]:
+    by_pair: dict[str, list[dict[str, Any]]] = {}
+    for item in sorted(release.read_items(root), key=lambda i: i["mmvp_index"]):
+        by_pair.setdefault(item["pair_id"], []).append(item)
+    pairs = []
+    for pair_id, (a, b) in by_pair.items():
+        pairs.append(EvalPair(pair_id, a["pattern"], a["question"], (a["options"][0], a["options"][1]),
+                              (a["answer"], b["answer"]), (a["image"], b["image"]), (a["statement"], b["statement"]),
+                              (a["image_sha256"], b["image_sha256"])))
+    return pairs
+
+
+def _read_optional(path: Path) -> bytes | None:
+    return path.read_bytes() if path.exists() else None
+
+
+def _mmvp_pairs(root: Path) -> list[EvalPair]:
+    rows = mmvp.read_mmvp(root)
+    if len(rows) % 2:
+        raise mmvp.LayoutError(f"{root / mmvp.QUESTIONS} has {len(rows)} rows: MMVP pairs consecutive rows, so it must be even")
+    pairs = []
+    for position in range(0, len(rows), 2):
+        first, second = rows[position], rows[position + 1]
+        # MMVP's own scripts take the image number from the row position, not the Index cell
+        images = tuple(_read_optional(root / mmvp.mmvp_image_path(position + k + 1)) for k in (0, 1))
+        pairs.append(EvalPair(f"mmvp-{position + 1}", UNLABELLED, first.question, mmvp.parse_options(first.options),
+                              (first.answer, second.answer), images))  # type: ignore[arg-type]
+    return pairs
+
+
+def _vlm_pairs(root: Path) -> list[EvalPair]:
+    rows = mmvp.read_vlm(root)
+    by_id = {r.question_id: r for r in rows}
+    pairs = []
+    for first in rows:
+        if first.question_id % 2 == 0:
+            continue
+        second = by_id.get(first.question_id + 1)
+        if second is None:
+            raise mmvp.LayoutError(f"MMVP-VLM question {first.question_id} has no partner {first.question_id + 1}")
+        images = tuple(_read_optional(root / mmvp.vlm_image_path(r.question_id, r.type)) for r in (first, second))
+        pairs.append(EvalPair(f"vlm-{first.question_id}", first.type, None, None, None, images,  # type: ignore[arg-type]
+                              (first.statement, second.statement)))
+    return pairs
+
+
+# ---------------------------------------------------------------- CLIP-family encoders
+
+
+class ClipScorer:
+    """An open_clip model's image and text towers (weights resolved as the embed stage does)."""
+
+    def __init__(self, params: EncoderParams) -> None:
+        import open_clip
+
+        self.encoder = OpenClipEncoder("clip", params)
+        self.tokenizer = open_clip.get_tokenizer(params.model)
+        self.name = f"open_clip:{params.model}:{self.encoder.weights_source}"
+        self.random_init = self.encoder.random_init
+
+    def images(self, images: Sequence[bytes]) -> np.ndarray:
+        """L2-normalised image embeddings of encoded images (canonical decode first)."""
+        import torch
+
+        batch = torch.stack([self.encoder.preprocess(decode(i).image) for i in images])
+        return self.encoder.encode(batch)
+
+    def texts(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised text embeddings."""
+        import torch
+
+        with torch.inference_mode():
+            features = self.encoder.model.encode_text(self.tokenizer(list(texts)))
+        return torch.nn.functional.normalize(features.float(), dim=-1).numpy()
+
+
+def evaluate_clip(pairs: Sequence[EvalPair], scorer: ClipScorer) -> dict[str, Any]:
+    """MMVP-VLM scores of one encoder on the pairs that have both statements and both images."""
+    scored, without = [], Counter[str]()
+    missing_images = 0
+    for pair in progress(pairs, desc=f"clip {scorer.name}", unit="pair"):
+        if not all(pair.statements):
+            without[pair.pattern] += 1
+            continue
+        if not all(i is not None for i in pair.images):
+            missing_images += 1
+            continue
+        image_vectors = scorer.images(pair.images)  # type: ignore[arg-type]
+        text_vectors = scorer.texts([CLIP_TEXT.format(statement=s) for s in pair.statements])
+        sim = image_vectors @ text_vectors.T
+        scored.append(scoring.PairSimilarity(pair.pair_id, pair.pattern, ((float(sim[0, 0]), float(sim[0, 1])),
+                                                                          (float(sim[1, 0]), float(sim[1, 1])))))
+    result = scoring.score_clip(scored, dict(without))
+    result.update({"kind": "clip", "random_init": scorer.random_init, "pairs_missing_images": missing_images})
+    return result
+
+
+# ---------------------------------------------------------------- vision-language models
+
+
+def ask_vlm(backend: Backend, pair: EvalPair, member: int) -> str | None:
+    """The option the model chose for one image of a pair, with the fixed prompt."""
+    assert pair.question is not None and pair.options is not None
+    reply = backend.ask(build_prompt(pair.question, *pair.options), pair.images[member])
+    return scoring.extract_answer(reply, pair.options)
+
+
+def evaluate_vlm(pairs: Sequence[EvalPair], backend: Backend) -> dict[str, Any]:
+    """Question and pair accuracy of one VLM on the pairs that have questions and both images."""
+    results = []
+    missing_images = no_question = 0
+    for pair in progress(pairs, desc=f"vlm {backend.name}", unit="pair"):
+        if pair.question is None or pair.answers is None:
+            no_question += 1
+            continue
+        if not all(i is not None for i in pair.images):
+            missing_images += 1
+            continue
+        for member, name in enumerate(release.MEMBERS):
+            results.append(scoring.QuestionResult(pair.pair_id, name, pair.pattern, pair.answers[member],
+                                                  ask_vlm(backend, pair, member)))
+    result = scoring.score_questions(results)
+    result.update({"kind": "vlm", "pairs_missing_images": missing_images, "pairs_without_questions": no_question,
+                   "prompt": build_prompt("{question}", "{option_a}", "{option_b}")})
+    return result
+
+
+# ---------------------------------------------------------------- reports
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """A markdown table: one row per model, pair accuracy overall and per pattern."""
+    patterns = sorted({p for r in results["models"].values() for p in r["per_pattern"]})
+    header = ["model", "kind", "question acc.", "pair acc.", *patterns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, r in results["models"].items():
+        cells = [name.replace("|", "\\|"), r["kind"], _pct(r.get("question_accuracy")), _pct(r["pair_accuracy"])]
+        cells += [_pct(r["per_pattern"].get(p, {}).get("pair_accuracy")) for p in patterns]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("| chance | | 50.0 | 25.0 |" + " |" * len(patterns))
+    return "\n".join(lines) + "\n"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def svg_chart(results: dict[str, Any]) -> str:
+    """An SVG bar chart of pair accuracy per pattern, one bar per model, chance as a line."""
+    models = list(results["models"])
+    patterns = sorted({p for r in results["models"].values() for p in r["per_pattern"]})
+    width, height, left, bottom, top = max(360, 90 * len(patterns) + 120), 300, 50, 60, 30
+    plot_w, plot_h = width - left - 20, height - bottom - top
+    group = plot_w / max(1, len(patterns))
+    bar = group * 0.8 / max(1, len(models))
+    colors = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2"]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
+             f'<text x="{left}" y="16">pair accuracy per pattern (chance 25 %)</text>']
+    for g, pattern in enumerate(patterns):
+        for m, model in enumerate(models):
+            value = results["models"][model]["per_pattern"].get(pattern, {}).get("pair_accuracy") or 0.0
+            x = left + g * group + group * 0.1 + m * bar
+            h = value * plot_h
+            parts.append(f'<rect x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{bar:.1f}" height="{h:.1f}" '
+                         f'fill="{colors[m % len(colors)]}"><title>{_xml(model)}: {_pct(value)} %</title></rect>')
+        parts.append(f'<text x="{left + g * group + group / 2:.1f}" y="{top + plot_h + 14}" text-anchor="middle">{_xml(pattern)}</text>')
+    chance_y = top + plot_h * 0.75
+    parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{chance_y:.1f}" y2="{chance_y:.1f}" stroke="#888" stroke-dasharray="4"/>')
+    parts.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" stroke="#000"/>')
+    for m, model in enumerate(models):
+        parts.append(f'<text x="{left + 120 * m}" y="{height - 10}" fill="{colors[m % len(colors)]}">{_xml(model[:30])}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def _xml(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
+def evaluate(pairs: Sequence[EvalPair], clip_scorers: Iterable[ClipScorer], backends: Iterable[Backend],
+             benchmark: dict[str, Any]) -> dict[str, Any]:
+    """Results of every model on `pairs`."""
+    models: dict[str, Any] = {}
+    for scorer in clip_scorers:
+        models[scorer.name] = evaluate_clip(pairs, scorer)
+    for backend in backends:
+        models[backend.name] = evaluate_vlm(pairs, backend)
+    return {"benchmark": benchmark, "models": models}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: `clipblind evaluate <folder> --results R.json [--table T.md] [--chart C.svg]`."""
+    parser = argparse.ArgumentParser(prog="clipblind evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("folder", help="release folder, MMVP folder or MMVP-VLM folder")
+    parser.add_argument("--format", default="auto", choices=("auto", "release", "mmvp", "mmvp_vlm"))
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--results", required=True, help="output results JSON (DVC metrics)")
+    parser.add_argument("--table", help="output markdown table")
+    parser.add_argument("--chart", help="output SVG chart of pair accuracy per pattern")
+    parser.add_argument("--cache", default=".cache/vlm", help="folder of VLM response caches (resume)")
+    args = parser.parse_args(argv)
+    params = load_section(args.params, STAGE, EvaluateParams)
+    folder = Path(args.folder)
+    fmt = detect_format(folder) if args.format == "auto" else args.format
+    pairs = load_pairs(folder, fmt)
+    benchmark = {"folder": str(folder), "format": fmt, "pairs": len(pairs)}
+    if fmt == "release":
+        benchmark["version"] = release.read_manifest(folder)["version"]
+    scorers = [ClipScorer(p) for p in params.clip]
+    for scorer in scorers:
+        if scorer.random_init:
+            warn(STAGE, f"{scorer.name} has RANDOMLY INITIALISED weights: its scores are a pipeline check, not a result")
+    backends = []
+    for p in params.vlm:
+        backend = load_backend(p)
+        cache_name = hashlib.sha256(backend.name.encode()).hexdigest()[:16] + ".jsonl"
+        backends.append(CachedBackend(backend, Path(args.cache) / cache_name))
+    results = evaluate(pairs, scorers, backends, benchmark)
+    write_metrics(args.results, results)
+    if args.table:
+        write_bytes(args.table, markdown_table(results).encode())
+    if args.chart:
+        write_bytes(args.chart, svg_chart(results).encode())
+    line = ", ".join(f"{name}: pair {_pct(r['pair_accuracy'])} %" for name, r in results["models"].items())
+    summary(STAGE, f"{len(pairs)} pairs ({fmt}) → {line or 'no models in params evaluate'} (chance 25 %)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

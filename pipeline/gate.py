@@ -1,0 +1,199 @@
+"""gate: ask a VLM every accepted question without the right image, and flag questions that do not need it.
+
+Inputs: the accepted-annotations table, the images table and the corpus source (images are
+shown exactly as released: `package.image_encoder`), params section `gate` (the VLM, the rule
+threshold, and whether flagged items are dropped or kept by `package`).
+Outputs: the gate table (kind `gate`, one row per item = one image of a pair: trial counts and
+flags), with the model's name in its metadata; a response cache (JSONL) so a rerun resumes.
+Metrics: inputs (pairs), passed, dropped, items, flagged_items, flags by rule, unchecked pairs
+with reasons; passed + dropped == inputs.
+
+Rules, per item (the question asked about one image X of a pair whose other image is Y; each
+condition is asked with the options in their order and swapped, the reply mapped back):
+
+* `blind_answerable`: over six trials that withhold the right image (no image, a blank image
+  of X's size, the other image Y; each in both option orders) the model gives X's answer at
+  least `blind_min_right` times. At chance it would give it three times; six of six has
+  probability 1/64 under chance. Such a question is answered from its text, not the image.
+* `swap_insensitive`: shown X, the model picks the same letter whichever order the options are
+  in: its answer follows position, not content.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import pyarrow as pa
+
+from pipeline import schemas, scoring
+from pipeline.config import load_section
+from pipeline.corpus import Corpus
+from pipeline.decode import DecodeError
+from pipeline.export import ExportParams
+from pipeline.ingest import IngestParams
+from pipeline.package import GateDecision, image_encoder
+from pipeline.report import progress, summary, write_metrics
+from pipeline.vlm import Backend, CachedBackend, VlmParams, blank_like, build_prompt, load_backend
+
+STAGE = "gate"
+BLIND = "blind_answerable"
+SWAP = "swap_insensitive"
+RULES = (BLIND, SWAP)
+BLIND_TRIALS = 6
+
+GATE = schemas.register(
+    "gate",
+    pa.schema(
+        [
+            pa.field("item_id", pa.string(), nullable=False),  # <pair_id>-<member>, as in the release
+            pa.field("pair_id", pa.string(), nullable=False),
+            pa.field("member", pa.string(), nullable=False),
+            pa.field("checked", pa.bool_(), nullable=False),  # false: the item could not be asked (see detail)
+            pa.field("blind_right", pa.int32(), nullable=False),  # of BLIND_TRIALS trials without the right image
+            pa.field("real_answers", pa.list_(pa.string()), nullable=False),  # letters with X, original then swapped
+            pa.field("flags", pa.list_(pa.string()), nullable=False),
+            pa.field("detail", pa.string(), nullable=False),
+        ]
+    ),
+)
+
+
+@dataclass(frozen=True)
+class GateParams:
+    """Params of the gate stage (section `gate`)."""
+
+    vlm: VlmParams | None = None  # null: the gate does not run (no model); the card says so
+    flagged: Literal["drop", "keep"] = "keep"  # what package does with flagged pairs
+    blind_min_right: int = 6  # of 6 trials without the right image (chance: 3)
+
+
+def _flip(answer: str | None) -> str | None:
+    return {"(a)": "(b)", "(b)": "(a)"}.get(answer) if answer else None
+
+
+def ask(backend: Backend, question: str, options: tuple[str, str], image: bytes | None, swapped: bool) -> tuple[str | None, str | None]:
+    """(letter the model chose, that choice in the original option order) for one trial."""
+    shown = (options[1], options[0]) if swapped else options
+    letter = scoring.extract_answer(backend.ask(build_prompt(question, *shown), image), shown)
+    return letter, _flip(letter) if swapped else letter
+
+
+def check_item(backend: Backend, question: str, options: tuple[str, str], answer: str, image: bytes, other: bytes,
+               params: GateParams) -> dict[str, Any]:
+    """Trials and flags of one item."""
+    blind_right = 0
+    for condition in (None, blank_like(image), other):
+        for swapped in (False, True):
+            blind_right += ask(backend, question, options, condition, swapped)[1] == answer
+    real = [ask(backend, question, options, image, swapped)[0] for swapped in (False, True)]
+    flags = []
+    if blind_right >= params.blind_min_right:
+        flags.append(BLIND)
+    if real[0] is not None and real[0] == real[1]:
+        flags.append(SWAP)
+    return {"checked": True, "blind_right": blind_right, "real_answers": [r or "" for r in real], "flags": flags, "detail": ""}
+
+
+def gate(accepted: pa.Table, images: pa.Table, read_bytes: Callable[[str], bytes], encode: Callable[[bytes], bytes],
+         backend: Backend, params: GateParams) -> tuple[pa.Table, dict[str, Any]]:
+    """The gate table for every accepted pair, and the stage's metrics."""
+    location = dict(zip(images.column("image_id").to_pylist(), images.column("source_path").to_pylist()))
+    rows: list[dict[str, Any]] = []
+    unchecked: Counter[str] = Counter()
+    pairs = sorted(accepted.to_pylist(), key=lambda r: r["pair_id"])
+    for pair in progress(pairs, desc="gate", unit="pair"):
+        base = [{"item_id": f"{pair['pair_id']}-{m}", "pair_id": pair["pair_id"], "member": m} for m in ("a", "b")]
+        try:
+            if {pair["answer_a"], pair["answer_b"]} != {"(a)", "(b)"}:
+                raise ValueError(f"answers {pair['answer_a']}, {pair['answer_b']} must be (a) and (b), one each")
+            shown = [encode(read_bytes(location[pair[f"image_{m}"]])) for m in ("a", "b")]
+        except (ValueError, KeyError, DecodeError, OSError) as err:
+            # DecodeError first: it is not a ValueError, but keep the reasons distinct and closed
+            reason = {KeyError: "missing_image", ValueError: "bad_answers"}.get(type(err), "unreadable_image")
+            unchecked[reason] += 1
+            rows += [{**b, "checked": False, "blind_right": 0, "real_answers": [], "flags": [],
+                      "detail": f"{reason}: {err}"} for b in base]
+            continue
+        options = (pair["option_a"], pair["option_b"])
+        for k, b in enumerate(base):
+            member = b["member"]
+            rows.append({**b, **check_item(backend, pair["question"], options, pair[f"answer_{member}"],
+                                           shown[k], shown[1 - k], params)})
+    table = pa.Table.from_pylist(rows, schema=GATE)
+    flagged_pairs = sorted({r["pair_id"] for r in rows if r["flags"]})
+    dropped = len(flagged_pairs) if params.flagged == "drop" else 0
+    metrics = {
+        "inputs": len(pairs),
+        "passed": len(pairs) - dropped,
+        "dropped": dropped,
+        "items": len(rows),
+        "flagged_items": sum(1 for r in rows if r["flags"]),
+        "flagged_pairs": len(flagged_pairs),
+        "flags": {rule: sum(rule in r["flags"] for r in rows) for rule in RULES},
+        "unchecked_pairs": dict(sorted(unchecked.items())),
+        "policy": params.flagged,
+        "blind_min_right": params.blind_min_right,
+        "model": backend.name,
+    }
+    return table, metrics
+
+
+def load_decision(gate_path: str | Path, params_path: str | Path) -> GateDecision | None:
+    """What package applies: flags per item, pairs to drop (policy `gate.flagged`), the card's summary; None if the gate did not run."""
+    params = load_section(params_path, STAGE, GateParams)
+    meta = schemas.read_meta(gate_path)
+    if not meta.get("ran"):
+        return None
+    rows = schemas.read_table(gate_path, "gate").to_pylist()
+    flags = {r["item_id"]: tuple(r["flags"]) for r in rows if r["flags"]}
+    drop = frozenset(r["pair_id"] for r in rows if r["flags"]) if params.flagged == "drop" else frozenset()
+    counts = {rule: sum(rule in f for f in flags.values()) for rule in RULES}
+    return GateDecision(
+        flags=flags,
+        drop_pairs=drop,
+        summary={"model": meta["model"], "items": len(rows), "flagged_items": len(flags), "flags": counts,
+                 "policy": "dropped" if params.flagged == "drop" else "kept", "blind_min_right": params.blind_min_right,
+                 "unchecked_items": sum(1 for r in rows if not r["checked"])},
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: `python -m pipeline.gate --accepted A --images T --source S --out G --metrics M`."""
+    parser = argparse.ArgumentParser(prog="clipblind gate", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--accepted", required=True)
+    parser.add_argument("--images", required=True)
+    parser.add_argument("--source", required=True, help="the corpus folder or manifest ingest read")
+    parser.add_argument("--out", required=True, help="output gate table (parquet)")
+    parser.add_argument("--metrics", required=True)
+    parser.add_argument("--cache", default=".cache/gate", help="folder of VLM response caches (resume)")
+    args = parser.parse_args(argv)
+    params = load_section(args.params, STAGE, GateParams)
+    accepted = schemas.read_table(args.accepted, "accepted")
+    if params.vlm is None:
+        schemas.write_table(schemas.empty("gate"), args.out, "gate", meta={"ran": False})
+        write_metrics(args.metrics, {"inputs": accepted.num_rows, "passed": accepted.num_rows, "dropped": 0, "ran": False})
+        summary(STAGE, "no VLM configured (gate.vlm: null): the gate did not run; the card says so")
+        return 0
+    export_params = load_section(args.params, "export", ExportParams)
+    ingest_params = load_section(args.params, "ingest", IngestParams)
+    backend = load_backend(params.vlm)
+    cached = CachedBackend(backend, Path(args.cache) / (hashlib.sha256(backend.name.encode()).hexdigest()[:16] + ".jsonl"))
+    table, metrics = gate(accepted, schemas.read_table(args.images, "images"), Corpus(ingest_params.source, args.source).read,
+                          image_encoder(export_params, ingest_params.max_pixels), cached, params)
+    metrics["ran"] = True
+    schemas.write_table(table, args.out, "gate", meta={"ran": True, "model": backend.name})
+    write_metrics(args.metrics, metrics)
+    summary(STAGE, f"{metrics['inputs']} pairs, {metrics['items']} questions → {metrics['flagged_items']} flagged "
+                   f"{metrics['flags']}; flagged pairs {'dropped' if params.flagged == 'drop' else 'kept'} by package; "
+                   f"{cached.calls} new model calls")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

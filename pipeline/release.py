@@ -1,0 +1,595 @@
+"""The release folder: one set of benchmark items written as every layout people load.
+
+A release is a folder, self-contained and checksummed:
+
+    README.md                          dataset card (YAML metadata: configs, features, licence, ...)
+    CHANGELOG.md                       every version up to this one
+    manifest.json                      version, counts per pattern, provenance, verification, gate
+    data/test-00000-of-00001.parquet   Hugging Face layout, images embedded as bytes
+    webdataset/test-NNNNNN.tar         the same records, deterministic tar bytes
+    mmvp/Questions.csv, mmvp/MMVP Images/<index>.jpg            MMVP's layout
+    mmvp_vlm/Questions.csv, mmvp_vlm/MLLM_VLM Images/<Type>/<id>.jpg   MMVP-VLM's layout
+    withheld.csv, fetch_images.py      images whose licence forbids redistribution (if any)
+    SHA256SUMS                         `sha256sum -c` format, over every other file
+
+An item is one image of a pair with its question; `item_id` = `<pair_id>-<member>` is stable
+across versions. `write_release` derives every layout from the items, so `remove` can read a
+release back and write the next version without the pipeline's inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import mmvp
+from pipeline.atomic import write_bytes
+
+SPLIT = "test"
+PARQUET_PATH = f"data/{SPLIT}-00000-of-00001.parquet"
+WEBDATASET_DIR = "webdataset"
+MANIFEST = "manifest.json"
+CHANGELOG = "CHANGELOG.md"
+CARD = "README.md"
+SUMS = "SHA256SUMS"
+WITHHELD = "withheld.csv"
+FETCH_SCRIPT = "fetch_images.py"
+# Fixed tar member metadata: the same items give the same tar bytes on any machine.
+TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z
+MEMBERS = ("a", "b")
+SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?$")
+
+# Item fields as the Hugging Face layout declares them (the card's dataset_info is built from this).
+FEATURES_SPEC: tuple[tuple[str, str], ...] = (
+    ("item_id", "string"),
+    ("pair_id", "string"),
+    ("member", "string"),  # "a" or "b": which image of the pair
+    ("image", "image"),  # null when the licence forbids redistribution (see withheld.csv)
+    ("image_sha256", "string"),  # sha256 of the source file's bytes (the pipeline's image_id)
+    ("question", "string"),
+    ("options", "list:string"),  # [text of (a), text of (b)]
+    ("answer", "string"),  # "(a)" or "(b)": the correct option for this image
+    ("pattern", "string"),  # one of MMVP's nine visual patterns
+    ("tags", "list:string"),
+    ("statement", "string"),  # a statement true of this image (MMVP-VLM), may be null
+    ("source", "string"),
+    ("source_path", "string"),
+    ("source_license", "string"),
+    ("redistributed", "bool"),
+    ("clip_sim", "float32"),
+    ("dino_sim", "float32"),
+    ("verification", "string"),  # "verified" or "adjudicated"
+    ("verifier_answers", "list:string"),  # independent verifiers' answers for this image
+    ("mmvp_index", "int32"),  # row / file number in the MMVP layout of this version
+    ("vlm_question_id", "int32"),  # Question ID in the MMVP-VLM layout, null without statements
+    ("gate_flags", "list:string"),  # blind-gate flags kept in this release
+)
+
+
+class ReleaseError(ValueError):
+    """A release cannot be built, read or changed as asked."""
+
+
+def features() -> Any:
+    """The `datasets.Features` of the Hugging Face layout."""
+    from datasets import Features, Image, List, Value
+
+    def one(kind: str) -> Any:
+        if kind == "image":
+            return Image()
+        if kind.startswith("list:"):
+            return List(Value(kind[5:]))
+        return Value(kind)
+
+    return Features({name: one(kind) for name, kind in FEATURES_SPEC})
+
+
+def check_version(version: str) -> tuple[int, int, int]:
+    """(major, minor, patch) of a semantic version string, or ReleaseError."""
+    match = SEMVER.match(version)
+    if not match:
+        raise ReleaseError(f"version {version!r} is not a semantic version (MAJOR.MINOR.PATCH, e.g. 1.0.0)")
+    return int(match[1]), int(match[2]), int(match[3])
+
+
+def bump(version: str, part: str) -> str:
+    """The next version after `version`, bumping `part` (major, minor or patch)."""
+    major, minor, patch = check_version(version)
+    if part == "major":
+        return f"{major + 1}.0.0"
+    if part == "minor":
+        return f"{major}.{minor + 1}.0"
+    if part == "patch":
+        return f"{major}.{minor}.{patch + 1}"
+    raise ReleaseError(f"bump must be major, minor or patch, got {part!r}")
+
+
+# ---------------------------------------------------------------- changelog
+
+
+@dataclass(frozen=True)
+class ChangelogSection:
+    """One version's entry: `## <version>` followed by its lines."""
+
+    version: str
+    lines: tuple[str, ...]
+
+    def text(self) -> str:
+        """The section as markdown."""
+        body = "\n".join(self.lines).strip("\n")
+        return f"## {self.version}\n\n{body}\n"
+
+
+def parse_changelog(text: str) -> list[ChangelogSection]:
+    """Sections of a changelog whose version headings read `## <version>` (newest first)."""
+    sections: list[ChangelogSection] = []
+    version: str | None = None
+    lines: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("## "):
+            if version is not None:
+                sections.append(ChangelogSection(version, tuple(lines)))
+            version = line[3:].split()[0].lstrip("v") if line[3:].split() else ""
+            check_version(version)
+            lines = []
+        elif version is not None:
+            lines.append(line)
+    if version is not None:
+        sections.append(ChangelogSection(version, tuple(lines)))
+    return sections
+
+
+def changelog_for(text: str, version: str) -> list[ChangelogSection]:
+    """The sections up to and including `version`; ReleaseError when `version` has none."""
+    sections = parse_changelog(text)
+    if not any(s.version == version for s in sections):
+        raise ReleaseError(
+            f"CHANGELOG has no section for version {version}: add a '## {version}' heading with a line per "
+            "change (a new version needs a changelog entry)"
+        )
+    target = check_version(version)
+    return [s for s in sections if check_version(s.version) <= target]
+
+
+def render_changelog(sections: Sequence[ChangelogSection]) -> str:
+    """CHANGELOG.md text for `sections` (newest first)."""
+    return "# Changelog\n\n" + "\n".join(s.text() for s in sections)
+
+
+# ---------------------------------------------------------------- writing
+
+
+@dataclass(frozen=True)
+class ReleaseSpec:
+    """What a release says about itself beyond its items."""
+
+    name: str
+    version: str
+    pretty_name: str
+    changelog: tuple[ChangelogSection, ...]
+    provenance: Mapping[str, Any]  # encoders, thresholds, search, funnel, random_init_encoders
+    citation: str = ""
+    gate: Mapping[str, Any] | None = None
+    changes: Mapping[str, Any] = field(default_factory=dict)  # diff against the previous version
+
+
+def order_items(items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Items sorted by (pair_id, member) with their MMVP index and MMVP-VLM id assigned."""
+    ordered = sorted((dict(i) for i in items), key=lambda i: (i["pair_id"], i["member"]))
+    by_pair: dict[str, list[dict[str, Any]]] = {}
+    for item in ordered:
+        by_pair.setdefault(item["pair_id"], []).append(item)
+    for pair_id, members in by_pair.items():
+        if [m["member"] for m in members] != list(MEMBERS):
+            raise ReleaseError(f"pair {pair_id} has members {[m['member'] for m in members]}, expected a and b")
+    next_vlm = 1
+    for position, item in enumerate(ordered):
+        item["mmvp_index"] = position + 1
+        item["vlm_question_id"] = None
+    # MMVP-VLM's script reads its Questions.csv in blocks of one pattern: number pairs pattern by pattern
+    for _, members in sorted(by_pair.items(), key=lambda kv: (_pattern_rank(kv[1][0]["pattern"]), kv[0])):
+        if all(m["statement"] for m in members):
+            for offset, m in enumerate(members):
+                m["vlm_question_id"] = next_vlm + offset
+            next_vlm += 2
+    return ordered
+
+
+def _pattern_rank(pattern: str) -> int:
+    return mmvp.PATTERNS.index(pattern) if pattern in mmvp.PATTERNS else len(mmvp.PATTERNS)
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex sha256 of `data`."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def deterministic_tar(members: Iterable[tuple[str, bytes]]) -> bytes:
+    """A tar of (name, bytes) members, sorted by name, with fixed mtime, owner and mode."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in sorted(members):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = TAR_MTIME
+            info.mode = 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def record_json(item: Mapping[str, Any]) -> dict[str, Any]:
+    """An item's fields without the image bytes (the webdataset `.json` member)."""
+    return {k: item[k] for k, _ in FEATURES_SPEC if k != "image"}
+
+
+def summarise(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Counts and verification figures of a set of items."""
+    pairs = {i["pair_id"]: i for i in items}
+    per_pattern = Counter(i["pattern"] for i in pairs.values())
+    with_statements = len({i["pair_id"] for i in items if i["vlm_question_id"] is not None})
+    verifier_total = sum(len(i["verifier_answers"]) for i in items)
+    verifier_right = sum(sum(a == i["answer"] for a in i["verifier_answers"]) for i in items)
+    licenses: dict[str, set[str]] = {}
+    for i in items:
+        licenses.setdefault(i["source"], set()).add(i["source_license"] or "unknown")
+    return {
+        "pairs": len(pairs),
+        "items": len(items),
+        "pairs_per_pattern": {p: per_pattern.get(p, 0) for p in mmvp.PATTERNS},
+        "pairs_with_statements": with_statements,
+        "pairs_without_statements": len(pairs) - with_statements,
+        "images_redistributed": sum(1 for i in items if i["redistributed"]),
+        "images_withheld": sum(1 for i in items if not i["redistributed"]),
+        "licenses_per_source": {s: sorted(v) for s, v in sorted(licenses.items())},
+        "verification": {
+            "verifier_answers": verifier_total,
+            "verifier_accuracy": round(verifier_right / verifier_total, 4) if verifier_total else None,
+            "verified_pairs": sum(1 for i in pairs.values() if i["verification"] == "verified"),
+            "adjudicated_pairs": sum(1 for i in pairs.values() if i["verification"] == "adjudicated"),
+        },
+        "gate_flagged_items": sum(1 for i in items if i["gate_flags"]),
+    }
+
+
+def write_release(
+    out_dir: str | Path,
+    items: Sequence[dict[str, Any]],
+    spec: ReleaseSpec,
+    render_card: Callable[[Mapping[str, Any], str], str],
+    shard_size: int = 1000,
+) -> dict[str, Any]:
+    """Write every layout of `items` into `out_dir`, replacing it whole; return the manifest."""
+    check_version(spec.version)
+    ordered = order_items(items)
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        files: dict[str, bytes] = {}
+        files[PARQUET_PATH], arrow_bytes = _parquet_bytes(ordered)
+        files.update(_webdataset_files(ordered, shard_size))
+        files.update(_mmvp_files(ordered))
+        withheld = [i for i in ordered if not i["redistributed"]]
+        if withheld:
+            files[WITHHELD] = _withheld_csv(withheld)
+            files[FETCH_SCRIPT] = _FETCH_SCRIPT.encode()
+        manifest = {
+            "name": spec.name,
+            "version": spec.version,
+            "pretty_name": spec.pretty_name,
+            "split": SPLIT,
+            "counts": summarise(ordered),
+            "provenance": dict(spec.provenance),
+            "gate": dict(spec.gate) if spec.gate is not None else None,
+            "changes": dict(spec.changes),
+            "layouts": {
+                "huggingface": PARQUET_PATH,
+                "webdataset": f"{WEBDATASET_DIR}/{SPLIT}-{{000000..{_shard_count(len(ordered), shard_size) - 1:06d}}}.tar",
+                "mmvp": f"{mmvp.MMVP_DIR}/",
+                "mmvp_vlm": f"{mmvp.VLM_DIR}/",
+                "webdataset_shard_size": shard_size,
+                "huggingface_num_bytes": arrow_bytes,
+                "withheld": WITHHELD if withheld else None,
+            },
+            "citation": spec.citation,
+        }
+        changelog_text = render_changelog(spec.changelog)
+        files[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+        files[CHANGELOG] = changelog_text.encode()
+        files[CARD] = render_card(manifest, changelog_text).encode()
+        for rel, data in files.items():
+            target = staging / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        (staging / SUMS).write_bytes(sums_text(files).encode())
+        _swap_in(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return manifest
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Replace `out` by `staging` so that a reader never sees a half-written release."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def _shard_count(n: int, shard_size: int) -> int:
+    return max(1, -(-n // shard_size))
+
+
+def _parquet_bytes(items: Sequence[Mapping[str, Any]]) -> tuple[bytes, int]:
+    """The parquet file of `items` and the in-memory size of its table (the card's num_bytes)."""
+    feats = features()
+    rows = []
+    for item in items:
+        row = {k: item[k] for k, _ in FEATURES_SPEC}
+        row["image"] = {"bytes": item["image"], "path": f"{item['item_id']}.jpg"} if item["image"] is not None else None
+        rows.append(row)
+    table = pa.Table.from_pylist(rows, schema=feats.arrow_schema)
+    sink = io.BytesIO()
+    # Small row groups keep the dataset viewer and streaming readers light on image rows.
+    pq.write_table(table, sink, row_group_size=100, compression="zstd", write_statistics=False)
+    return sink.getvalue(), table.nbytes
+
+
+def _webdataset_files(items: Sequence[Mapping[str, Any]], shard_size: int) -> dict[str, bytes]:
+    files = {}
+    for shard in range(_shard_count(len(items), shard_size)):
+        members = []
+        for item in items[shard * shard_size : (shard + 1) * shard_size]:
+            key = item["item_id"]
+            members.append((f"{key}.json", json.dumps(record_json(item), sort_keys=True, ensure_ascii=False).encode()))
+            if item["image"] is not None:
+                members.append((f"{key}.jpg", item["image"]))
+        files[f"{WEBDATASET_DIR}/{SPLIT}-{shard:06d}.tar"] = deterministic_tar(members)
+    return files
+
+
+def _mmvp_files(items: Sequence[Mapping[str, Any]]) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    rows, vlm_rows = [], []
+    for item in items:
+        rows.append(mmvp.MmvpRow(item["mmvp_index"], item["question"], mmvp.options_text(*item["options"]), item["answer"]))
+        if item["image"] is not None:
+            files[f"{mmvp.MMVP_DIR}/{mmvp.mmvp_image_path(item['mmvp_index'])}"] = item["image"]
+        if item["vlm_question_id"] is not None:
+            vlm_rows.append(mmvp.VlmRow(item["vlm_question_id"], item["pattern"], item["statement"]))
+            if item["image"] is not None:
+                files[f"{mmvp.VLM_DIR}/{mmvp.vlm_image_path(item['vlm_question_id'], item['pattern'])}"] = item["image"]
+    files[f"{mmvp.MMVP_DIR}/{mmvp.QUESTIONS}"] = mmvp.mmvp_questions_csv(rows)
+    if vlm_rows:
+        files[f"{mmvp.VLM_DIR}/{mmvp.QUESTIONS}"] = mmvp.vlm_questions_csv(sorted(vlm_rows, key=lambda r: r.question_id))
+    return files
+
+
+WITHHELD_HEADER = ("item_id", "image_sha256", "source", "source_path", "source_license", "targets")
+
+
+def withheld_targets(item: Mapping[str, Any]) -> list[str]:
+    """Where a withheld image belongs in the release once fetched."""
+    targets = [f"{mmvp.MMVP_DIR}/{mmvp.mmvp_image_path(item['mmvp_index'])}"]
+    if item["vlm_question_id"] is not None:
+        targets.append(f"{mmvp.VLM_DIR}/{mmvp.vlm_image_path(item['vlm_question_id'], item['pattern'])}")
+    return targets
+
+
+def _withheld_csv(items: Sequence[Mapping[str, Any]]) -> bytes:
+    import csv
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(WITHHELD_HEADER)
+    for i in items:
+        writer.writerow([i["item_id"], i["image_sha256"], i["source"], i["source_path"], i["source_license"] or "",
+                         ";".join(withheld_targets(i))])
+    return out.getvalue().encode()
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_items(release_dir: str | Path) -> list[dict[str, Any]]:
+    """The items of a release, read back from its Hugging Face parquet (image bytes or None)."""
+    path = Path(release_dir) / PARQUET_PATH
+    if not path.exists():
+        raise ReleaseError(f"{release_dir} is not a release: {PARQUET_PATH} is missing")
+    items = pq.read_table(path).to_pylist()
+    for item in items:
+        item["image"] = item["image"]["bytes"] if item["image"] is not None else None
+    return items
+
+
+def read_manifest(release_dir: str | Path) -> dict[str, Any]:
+    """A release's manifest.json."""
+    path = Path(release_dir) / MANIFEST
+    if not path.exists():
+        raise ReleaseError(f"{release_dir} is not a release: {MANIFEST} is missing")
+    return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------- checksums
+
+
+def sums_text(files: Mapping[str, bytes]) -> str:
+    """SHA256SUMS text (`sha256sum -c` format) for relative path → bytes, sorted by path."""
+    return "".join(f"{sha256_hex(files[p])}  {p}\n" for p in sorted(files))
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What `verify` found: files whose bytes changed, listed files missing, unlisted files present."""
+
+    checked: int
+    changed: tuple[str, ...]
+    missing: tuple[str, ...]
+    extra: tuple[str, ...]
+    malformed: tuple[str, ...]  # SHA256SUMS lines that do not parse
+    fetched: tuple[str, ...]  # withheld images fetched into place (expected, not listed)
+
+    @property
+    def ok(self) -> bool:
+        """True when every listed file matches and nothing unexpected is present."""
+        return not (self.changed or self.missing or self.extra or self.malformed)
+
+
+_SUMS_LINE = re.compile(r"^([0-9a-f]{64})  (.+)$")
+
+
+def verify(release_dir: str | Path) -> VerifyReport:
+    """Recompute every file's sha256 and compare with SHA256SUMS."""
+    root = Path(release_dir)
+    sums_path = root / SUMS
+    if not sums_path.exists():
+        raise ReleaseError(f"{root} has no {SUMS}: not a release folder, or it was damaged")
+    listed: dict[str, str] = {}
+    malformed = []
+    try:
+        text = sums_path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        text = sums_path.read_bytes().decode("utf-8", errors="replace")
+        malformed.append("<not UTF-8>")
+    for number, line in enumerate(text.splitlines(), 1):
+        match = _SUMS_LINE.match(line)
+        if not match or match[2] in listed:
+            malformed.append(f"line {number}: {line[:80]!r}")
+            continue
+        listed[match[2]] = match[1]
+    if not text.endswith("\n"):
+        malformed.append("no final newline")
+    present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {SUMS}
+    expected_fetched = _withheld_target_paths(root)
+    changed = sorted(p for p in listed if p in present and file_sha256(root / p) != listed[p])
+    missing = sorted(p for p in listed if p not in present)
+    unlisted = present - set(listed)
+    fetched = sorted(unlisted & expected_fetched)
+    extra = sorted(unlisted - expected_fetched)
+    return VerifyReport(len(listed), tuple(changed), tuple(missing), tuple(extra), tuple(malformed), tuple(fetched))
+
+
+def _withheld_target_paths(root: Path) -> set[str]:
+    import csv
+
+    path = root / WITHHELD
+    if not path.exists():
+        return set()
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        return {t for r in rows for t in (r.get("targets") or "").split(";") if t} | {
+            f"withheld/{r['image_sha256']}" for r in rows if r.get("image_sha256")
+        }
+    except (UnicodeDecodeError, csv.Error, KeyError):
+        return set()  # a damaged withheld.csv is reported by its own checksum
+
+
+# ---------------------------------------------------------------- withheld images
+
+
+class FetchError(RuntimeError):
+    """A withheld image could not be fetched, or its bytes do not match the release."""
+
+
+def fetch_withheld(release_dir: str | Path, roots: Mapping[str, str], encode: Callable[[bytes], bytes]) -> dict[str, int]:
+    """Fetch withheld images from their sources into the release, checking each sha256.
+
+    `roots` maps a source name to a folder or an http(s) base URL; `encode` turns the
+    original bytes into the released image bytes (the canonical decode and JPEG encoding).
+    """
+    import csv
+    import urllib.request
+
+    root = Path(release_dir)
+    with open(root / WITHHELD, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    counts = Counter[str]()
+    errors = []
+    for row in rows:
+        base = roots.get(row["source"])
+        if base is None:
+            counts["no_root"] += 1
+            errors.append(f"{row['item_id']}: no root given for source {row['source']!r} (--root {row['source']}=PATH_OR_URL)")
+            continue
+        try:
+            if base.startswith(("http://", "https://")):
+                with urllib.request.urlopen(base.rstrip("/") + "/" + row["source_path"], timeout=60) as response:
+                    data = response.read()
+            else:
+                data = (Path(base) / row["source_path"]).read_bytes()
+        except OSError as err:
+            counts["unreadable"] += 1
+            errors.append(f"{row['item_id']}: {row['source_path']}: {err}")
+            continue
+        if sha256_hex(data) != row["image_sha256"]:
+            counts["sha256_mismatch"] += 1
+            errors.append(f"{row['item_id']}: {row['source_path']} has other bytes than the released sha256 {row['image_sha256']}")
+            continue
+        write_bytes(root / "withheld" / row["image_sha256"], data)
+        image = encode(data)
+        for target in row["targets"].split(";"):
+            write_bytes(root / target, image)
+        counts["fetched"] += 1
+    if errors:
+        raise FetchError(f"{len(errors)} of {len(rows)} withheld images not fetched:\n  " + "\n  ".join(errors))
+    return dict(counts)
+
+
+_FETCH_SCRIPT = '''#!/usr/bin/env python3
+"""Fetch this release's withheld images (their licences forbid redistributing the bytes).
+
+usage: python fetch_images.py --root SOURCE=PATH_OR_URL [--root ...]
+
+Each image listed in withheld.csv is read from its source, checked against the released
+sha256, and placed into the MMVP layouts with the same canonical decode the release used.
+Needs the clipblind package (pip install clipblind).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+try:
+    from pipeline.package import fetch_main
+except ImportError:
+    sys.exit("fetch_images.py needs the clipblind package: pip install clipblind")
+
+if __name__ == "__main__":
+    sys.exit(fetch_main(Path(__file__).resolve().parent, sys.argv[1:]))
+'''
+
+
+def write_verify_report(report: VerifyReport, print_line: Callable[[str], None]) -> None:
+    """Print a verify report, one line per problem."""
+    for label, paths in (("changed", report.changed), ("missing", report.missing), ("extra", report.extra),
+                         ("malformed", report.malformed)):
+        for p in paths:
+            print_line(f"{label}: {p}")

@@ -1,0 +1,117 @@
+"""A tiny world for release tests: a real ingest of generated images, accepted annotations over them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import yaml
+
+from pipeline import ingest, schemas
+from tests.conftest import tiny_params
+
+CHANGELOG = """# Changelog
+
+## 1.0.0
+
+- First release.
+"""
+WITHHELD_LICENSE = "LicenseRef-All-Rights-Reserved"
+
+
+def accepted_rows(image_ids: list[str]) -> list[dict]:
+    """Accepted pairs over real image ids: four good pairs (one without statements) and three bad ones."""
+
+    def row(a: str, b: str, pattern: str, question: str, opts: tuple[str, str], answers: tuple[str, str],
+            statements: tuple[str | None, str | None], verification: str = "verified") -> dict:
+        a, b = sorted((a, b))
+        return {
+            "pair_id": schemas.pair_id(a, b), "image_a": a, "image_b": b,
+            "clip_sim": 0.97, "dino_sim": 0.41, "pattern": pattern, "tags": ["text"] if pattern == "Color" else [],
+            "question": question, "option_a": opts[0], "option_b": opts[1],
+            "answer_a": answers[0], "answer_b": answers[1], "statement_a": statements[0], "statement_b": statements[1],
+            "writer": "ann1", "verification": verification,
+            "verifier_answers_a": [answers[0], answers[0]], "verifier_answers_b": [answers[1], "(a)" if answers[1] == "(b)" else "(b)"],
+        }
+
+    i = image_ids
+    return [
+        row(i[0], i[1], "orientation", "Is the arrow pointing left or right?", ("Left", "Right"), ("(a)", "(b)"),
+            ("The arrow points left.", "The arrow points right.")),
+        row(i[2], i[3], "Color", "Is the main shape red or blue?", ("Red", "Blue"), ("(b)", "(a)"),
+            ("The shape is blue.", "The shape is red."), "adjudicated"),
+        row(i[4], i[5], "quantity", "=HYPERLINK(\"x\") How many circles, two or three?", ("Two", "Three"), ("(a)", "(b)"),
+            (None, None)),
+        row(i[6], i[7], "state", "Is the door open or closed?", ("Open", "Closed"), ("(b)", "(a)"),
+            ("The door is closed.", "The door is open.")),
+        row(i[8], i[9], "texture", "Is it smooth?", ("Yes", "No"), ("(a)", "(b)"), (None, None)),  # unknown pattern
+        row(i[10], i[11], "Text", "Does the sign say STOP?", ("Yes", "No"), ("(a)", "(a)"), (None, None)),  # same answers
+        row(i[12], "f" * 64, "Presence", "Is there a hat?", ("Yes", "No"), ("(a)", "(b)"), (None, None)),  # missing image
+    ]
+
+
+def build_inputs(corpus: Path, root: Path) -> dict[str, Path]:
+    """Ingest `corpus` through a licence manifest, write accepted annotations, pairs metadata and params."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(corpus, root / "corpus")  # the manifest's paths must stay inside its folder
+    files = sorted(p.relative_to(corpus).as_posix() for p in corpus.rglob("*") if p.is_file())
+    manifest = root / "corpus.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "license"])
+        for k, f in enumerate(files):
+            writer.writerow([f"corpus/{f}", WITHHELD_LICENSE if k == 0 else "CC0-1.0"])
+    params = tiny_params(
+        ingest={"source": {"kind": "manifest", "name": "generated", "license": "CC0-1.0", "license_column": "license"},
+                "max_pixels": 10_000_000},
+        package={"version": "1.0.0", "name": "clipblind-test", "pretty_name": "clipblind test release",
+                 "shard_size": 3, "citation": "@misc{clipblind, title={clipblind}}"},
+    )
+    params_file = root / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    images_path = root / "images.parquet"
+    ingest.main(["--params", str(params_file), "--source", str(manifest), "--images", str(images_path),
+                 "--rejects", str(root / "rejects.parquet"), "--metrics", str(root / "ingest.json")])
+    images = schemas.read_table(images_path, "images").to_pylist()
+    # the withheld image (first listed file) must be in a pair: put it first
+    ids = sorted(r["image_id"] for r in images)
+    withheld = next(r["image_id"] for r in images if r["source_license"] == WITHHELD_LICENSE)
+    ids.remove(withheld)
+    ids.insert(0, withheld)
+    accepted = pa.Table.from_pylist(accepted_rows(ids), schema=schemas.ACCEPTED)
+    schemas.write_table(accepted, root / "accepted.parquet", "accepted")
+    pairs = accepted.select(["pair_id", "image_a", "image_b", "clip_sim", "dino_sim"])
+    encoders = {"clip": {"name": "clip", "kind": "open_clip", "model": "tiny-clip", "weights": "random", "random_init": True,
+                         "resolution": 32, "pooling": "clip_projection", "dtype": "fp32",
+                         "versions": {"torch": "2.14.1", "open_clip": "3.3.0"}},
+                "dino": {"name": "dino", "kind": "dinov2", "model": "tiny-dino", "weights": "random", "random_init": True,
+                         "resolution": 32, "pooling": "cls", "dtype": "fp32"}}
+    schemas.write_table(pairs, root / "pairs.parquet", "pairs",
+                        meta={"encoders": encoders, "search": "exhaustive", "clip_threshold": 0.9, "dino_threshold": 0.99})
+    (root / "mine.json").write_text(json.dumps({"images": len(images), "pairs_possible": 351, "clip_candidates": 40, "pairs": 7}))
+    (root / "CHANGELOG.md").write_text(CHANGELOG)
+    return {"params": params_file, "manifest": manifest, "images": images_path, "accepted": root / "accepted.parquet",
+            "pairs": root / "pairs.parquet", "mine": root / "mine.json", "ingest": root / "ingest.json",
+            "changelog": root / "CHANGELOG.md"}
+
+
+def package_args(inputs: dict[str, Path], out: Path, metrics: Path, *extra: str) -> list[str]:
+    """Arguments of `pipeline.package.main` for the world's inputs."""
+    return [
+        "--params", str(inputs["params"]), "--accepted", str(inputs["accepted"]), "--images", str(inputs["images"]),
+        "--source", str(inputs["manifest"]), "--pairs", str(inputs["pairs"]), "--mine-metrics", str(inputs["mine"]),
+        "--ingest-metrics", str(inputs["ingest"]), "--changelog", str(inputs["changelog"]), "--out", str(out),
+        "--metrics", str(metrics), *extra,
+    ]
+
+
+def build_release(corpus: Path, root: Path, *extra: str) -> Path:
+    """Build the world's release into `root / "release"` and return its folder."""
+    from pipeline import package
+
+    inputs = build_inputs(corpus, root / "inputs")
+    assert package.main(package_args(inputs, root / "release", root / "package.json", *extra)) == 0
+    return root / "release"

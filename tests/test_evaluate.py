@@ -1,0 +1,209 @@
+"""Scoring: hand-computed arithmetic, tiny random open_clip and VLMs on a built release, an OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline import evaluate, scoring
+from pipeline.encoders import EncoderParams
+from pipeline.vlm import CachedBackend, OpenAIBackend, TransformersBackend, VlmParams, build_prompt
+from tests.release_world import build_release
+from tests.tiny_vlm import build_tiny_vlm
+
+# open_clip's tokenizer emits ids up to 49407, so the tiny text tower keeps the full vocabulary.
+TINY_CLIP_TEXT_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
+}
+TINY_CLIP = EncoderParams(kind="open_clip", model="tiny-clip-text", weights="random", image_size=32,
+                          config=TINY_CLIP_TEXT_CONFIG, seed=0)
+
+
+@pytest.fixture(scope="module")
+def built(sample_corpus, tmp_path_factory):
+    return build_release(sample_corpus, tmp_path_factory.mktemp("evaluate"))
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm_dir(tmp_path_factory):
+    return build_tiny_vlm(tmp_path_factory.mktemp("tiny-vlm"))
+
+
+@pytest.mark.parametrize("reply,expected", [
+    ("(a)", "(a)"), ("The answer is (B).", "(b)"), ("b) Right", "(b)"), ("A. Left", "(a)"), ("a", "(a)"),
+    ("Right", "(b)"), ("It points left.", "(a)"), ("(a) or (b)", None), ("left or right", None), ("maybe", None),
+    ("Answer: b", "(b)"), ("bright", None),
+])
+def test_answer_extraction_letter_first_then_option_text(reply, expected):
+    assert scoring.extract_answer(reply, ("Left", "Right")) == expected
+
+
+def test_question_and_pair_accuracy_by_hand():
+    Q = scoring.QuestionResult
+    results = [
+        Q("p1", "a", "Color", "(a)", "(a)"), Q("p1", "b", "Color", "(b)", "(b)"),  # both right: pair 1
+        Q("p2", "a", "Color", "(b)", "(b)"), Q("p2", "b", "Color", "(a)", "(b)"),  # one right, one wrong: pair 0
+        Q("p3", "a", "State", "(a)", None), Q("p3", "b", "State", "(b)", "(b)"),  # unanswered counts wrong
+    ]
+    scores = scoring.score_questions(results)
+    assert scores["question_accuracy"] == round(4 / 6, 4)
+    assert scores["pair_accuracy"] == round(1 / 3, 4)
+    assert scores["chance"] == {"question": 0.5, "pair": 0.25}
+    assert scores["counts"] == {"pairs": 3, "pairs_right": 1, "questions": 6, "questions_right": 4, "unanswered": 1}
+    assert scores["per_pattern"]["Color"]["pair_accuracy"] == 0.5
+    assert scores["per_pattern"]["Color"]["question_accuracy"] == 0.75
+    assert scores["per_pattern"]["State"]["pair_accuracy"] == 0.0
+
+
+def test_clip_pair_scoring_by_hand():
+    P = scoring.PairSimilarity
+    pairs = [  # sim[i][j]: image i against statement j
+        P("p1", "Color", ((0.9, 0.1), (0.2, 0.8))),  # every direction right
+        # statement 1 prefers image 2 (0.95 > 0.9), statement 2 prefers image 2 (0.3 > 0.1):
+        # one statement right, one wrong → pair 0; image 2 prefers statement 1 → image→text 0 too
+        P("p2", "Color", ((0.9, 0.1), (0.95, 0.3))),
+        # statement 1 prefers image 2 (0.6 > 0.5) → MMVP-VLM 0; each image prefers its statement → image→text 1
+        P("p3", "State", ((0.5, 0.4), (0.6, 0.7))),
+    ]
+    scores = scoring.score_clip(pairs, {"Text": 2})
+    assert scores["pair_accuracy"] == round(1 / 3, 4)  # MMVP-VLM (statement→image): p1 only
+    assert scores["pair_accuracy_image_to_text"] == round(2 / 3, 4)  # p1, p3
+    assert scores["pair_accuracy_both"] == round(1 / 3, 4)
+    assert scores["chance"]["pair"] == 0.25
+    assert scores["pairs_without_statements"] == 2
+    assert scores["per_pattern"]["Text"] == {
+        "pair_accuracy": None, "pair_accuracy_image_to_text": None, "pair_accuracy_both": None,
+        "pairs_without_statements": 2,
+    }
+    assert scores["per_pattern"]["Color"]["pair_accuracy"] == 0.5
+    assert scores["per_pattern"]["State"]["pair_accuracy_image_to_text"] == 1.0
+
+
+@pytest.mark.slow
+def test_tiny_open_clip_on_a_release(built):
+    pairs = evaluate.load_pairs(built)
+    scorer = evaluate.ClipScorer(TINY_CLIP)
+    result = evaluate.evaluate_clip(pairs, scorer)
+    # 4 pairs: Quantity has no statements, Orientation has a withheld image, Color and State are scored
+    assert result["pairs"] == 2 and result["pairs_without_statements"] == 1 and result["pairs_missing_images"] == 1
+    assert result["random_init"] is True
+    # recompute one pair's outcome from the model directly
+    pair = next(p for p in pairs if p.pattern == "State")
+    sim = scorer.images(pair.images) @ scorer.texts([f"a photo of {s}" for s in pair.statements]).T
+    outcome = scoring.clip_pair_outcome(sim.tolist())
+    assert result["per_pattern"]["State"]["text_to_image_right"] == int(outcome["text_to_image"])
+    assert result["per_pattern"]["State"]["image_to_text_right"] == int(outcome["image_to_text"])
+
+
+def test_tiny_vlm_scores_a_release_and_resumes_from_its_cache(built, tiny_vlm_dir, tmp_path):
+    backend = TransformersBackend(VlmParams(backend="transformers", model=str(tiny_vlm_dir), max_new_tokens=6))
+    pairs = evaluate.load_pairs(built)
+    cache = tmp_path / "cache.jsonl"
+    first = CachedBackend(backend, cache)
+    result = evaluate.evaluate_vlm(pairs, first)
+    assert result["counts"]["pairs"] == 3 and result["pairs_missing_images"] == 1  # the withheld image's pair
+    assert first.calls == 6
+    # the arithmetic matches the replies the model gave
+    right = 0
+    for pair in pairs:
+        if not all(i is not None for i in pair.images):
+            continue
+        for member in (0, 1):
+            reply = backend.ask(build_prompt(pair.question, *pair.options), pair.images[member])
+            right += scoring.extract_answer(reply, pair.options) == pair.answers[member]
+    assert result["counts"]["questions_right"] == right
+    # interrupted after two answers: a rerun asks only the other four
+    lines = cache.read_text().splitlines()
+    cache.write_text("\n".join(lines[:2]) + "\n" + lines[2][:10])  # the third line cut short
+    resumed = CachedBackend(backend, cache)
+    assert evaluate.evaluate_vlm(pairs, resumed) == result and resumed.calls == 4
+    again = CachedBackend(backend, cache)
+    assert evaluate.evaluate_vlm(pairs, again) == result and again.calls == 0
+
+
+@pytest.mark.slow
+def test_openai_backend_against_a_local_server(built, tiny_vlm_dir, tmp_path):
+    port_file, log = tmp_path / "port", tmp_path / "requests.jsonl"
+    repo = Path(__file__).resolve().parents[1]
+    server = subprocess.Popen([sys.executable, "-m", "tests.openai_server", str(tiny_vlm_dir), str(port_file), str(log)],
+                              cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists() and time.monotonic() < deadline and server.poll() is None:
+            time.sleep(0.1)
+        assert port_file.exists(), "server did not start"
+        params = VlmParams(backend="openai", model="tiny", url=f"http://127.0.0.1:{port_file.read_text()}/v1", max_new_tokens=8)
+        remote = OpenAIBackend(params)
+        pairs = evaluate.load_pairs(built)
+        result = evaluate.evaluate_vlm(pairs, remote)
+        local = evaluate.evaluate_vlm(pairs, TransformersBackend(VlmParams(backend="transformers", model=str(tiny_vlm_dir), max_new_tokens=8)))
+        assert result["counts"] == local["counts"]  # same model, same prompt, same greedy decoding
+        requests = [json.loads(line) for line in log.read_text().splitlines()]
+        sent = [hashlib.sha256(pair.images[m]).hexdigest() for pair in pairs if all(i is not None for i in pair.images) for m in (0, 1)]
+        assert [r["image_sha256"] for r in requests] == sent  # every request carried its image's bytes
+        assert {r["temperature"] for r in requests} == {0}
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_evaluate_command_on_release_and_mmvp_folders(built, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"evaluate": {"clip": [{
+        "kind": "open_clip", "model": "tiny-clip-text", "weights": "random", "image_size": 32,
+        "config": TINY_CLIP_TEXT_CONFIG, "seed": 0}], "vlm": []}}))
+    outputs = {}
+    for name, folder in (("release", built), ("mmvp_vlm", built / "mmvp_vlm")):
+        results, table, chart = tmp_path / f"{name}.json", tmp_path / f"{name}.md", tmp_path / f"{name}.svg"
+        assert evaluate.main([str(folder), "--params", str(params), "--results", str(results), "--table", str(table),
+                              "--chart", str(chart)]) == 0
+        outputs[name] = json.loads(results.read_text())
+        assert outputs[name]["benchmark"]["format"] == name
+        assert table.read_text().startswith("| model | kind |") and chart.read_text().startswith("<svg")
+    model = "open_clip:tiny-clip-text:random"
+    # MMVP-VLM's layout holds only pairs with statements and images present: same scored pairs, same numbers
+    from_release, from_vlm = outputs["release"]["models"][model], outputs["mmvp_vlm"]["models"][model]
+    assert from_vlm["pairs"] == from_release["pairs"] == 2
+    assert from_vlm["pair_accuracy"] == from_release["pair_accuracy"]
+    mmvp_pairs = evaluate.load_pairs(built / "mmvp")
+    assert len(mmvp_pairs) == 4 and {p.pattern for p in mmvp_pairs} == {evaluate.UNLABELLED}
+    assert all(p.answers[0] != p.answers[1] for p in mmvp_pairs)
+    assert sum(1 for p in mmvp_pairs if None in p.images) == 1  # the withheld image
+
+
+@pytest.mark.slow
+def test_clip_weights_from_a_local_checkpoint_file_offline(built, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    random_scorer = evaluate.ClipScorer(TINY_CLIP)
+    checkpoint = tmp_path / "tiny-clip.pt"
+    torch.save(random_scorer.encoder.model.state_dict(), checkpoint)
+    other_seed = EncoderParams(kind="open_clip", model="tiny-clip-text", weights=str(checkpoint), image_size=32,
+                               config=TINY_CLIP_TEXT_CONFIG, seed=123)
+    loaded = evaluate.ClipScorer(other_seed)
+    assert loaded.name == f"open_clip:tiny-clip-text:{checkpoint}" and not loaded.random_init
+    pairs = evaluate.load_pairs(built)
+    pair = next(p for p in pairs if p.pattern == "State")
+    texts = [f"a photo of {s}" for s in pair.statements]
+    # the checkpoint's weights, not seed 123's: the same vectors as the model that was saved
+    assert np.allclose(loaded.images(pair.images), random_scorer.images(pair.images), atol=1e-6)
+    assert np.allclose(loaded.texts(texts), random_scorer.texts(texts), atol=1e-6)
+    reseeded = evaluate.ClipScorer(EncoderParams(kind="open_clip", model="tiny-clip-text", weights="random",
+                                                 image_size=32, config=TINY_CLIP_TEXT_CONFIG, seed=123))
+    assert not np.allclose(reseeded.images(pair.images), random_scorer.images(pair.images), atol=1e-3)
+    from_file = evaluate.evaluate_clip(pairs, loaded)
+    from_memory = evaluate.evaluate_clip(pairs, random_scorer)
+    assert from_file["random_init"] is False
+    assert {k: v for k, v in from_file.items() if k != "random_init"} == {k: v for k, v in from_memory.items() if k != "random_init"}

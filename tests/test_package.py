@@ -1,0 +1,311 @@
+"""The package stage on a real ingest of generated images: every layout, loaded back the way users load it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from pipeline import export, mmvp, package, release, schemas
+from pipeline.decode import decode
+from tests.release_world import WITHHELD_LICENSE, build_inputs, package_args
+
+
+@pytest.fixture(scope="module")
+def world(sample_corpus, tmp_path_factory):
+    root = tmp_path_factory.mktemp("release")
+    inputs = build_inputs(sample_corpus, root / "inputs")
+    out = root / "release"
+    assert package.main(package_args(inputs, out, root / "package.json")) == 0
+    return {"inputs": inputs, "release": out, "metrics": json.loads((root / "package.json").read_text()), "root": root}
+
+
+def _accepted(world):
+    return {r["pair_id"]: r for r in schemas.read_table(world["inputs"]["accepted"], "accepted").to_pylist()}
+
+
+def test_bad_rows_are_counted_with_reasons_and_cost_no_other_pair(world):
+    m = world["metrics"]
+    assert m["inputs"] == 7 and m["packaged"] == 4 and m["rejected"] == 3
+    assert m["packaged"] + m["rejected"] == m["inputs"]
+    assert m["rejected_by_reason"] == {"bad_answers": 1, "missing_image": 1, "unknown_pattern": 1}
+    assert all(r["detail"] for r in m["rejects"])
+    assert m["random_init_encoders"] == ["clip", "dino"]
+
+
+def test_release_loads_offline_with_load_dataset(world, monkeypatch):
+    import datasets
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(world["root"] / "hf-cache"))
+    ds = datasets.load_dataset(str(world["release"]), split="test")
+    assert ds.features == release.features()
+    rows = list(ds)  # decoded: images as PIL images
+    accepted = _accepted(world)
+    assert len(rows) == 8 and len({r["pair_id"] for r in rows}) == 4
+    images = {r["image_id"]: r for r in schemas.read_table(world["inputs"]["images"], "images").to_pylist()}
+    corpus_root = world["inputs"]["manifest"].parent
+    for row in rows:
+        source = accepted[row["pair_id"]]
+        member = row["member"]
+        assert row["item_id"] == f"{row['pair_id']}-{member}"
+        assert row["image_sha256"] == source[f"image_{member}"]
+        assert row["answer"] == source[f"answer_{member}"]
+        assert row["options"] == [source["option_a"], source["option_b"]]
+        assert row["question"] == source["question"].strip()
+        assert row["verifier_answers"] == source[f"verifier_answers_{member}"]
+        meta = images[row["image_sha256"]]
+        if meta["source_license"] == WITHHELD_LICENSE:
+            assert row["image"] is None and not row["redistributed"]
+            continue
+        # the released image is the canonical decode, encoded exactly as the annotators' display copy
+        original = (corpus_root / meta["source_path"]).read_bytes()
+        expected = export.display_bytes(original, export.ExportParams(display_max_side=128, jpeg_quality=90), 10_000_000)
+        assert isinstance(row["image"], Image.Image)
+        assert row["image"].convert("RGB").tobytes() == decode(expected).image.tobytes()
+        assert ds.with_format("arrow")[rows.index(row)]["image"][0]["bytes"].as_py() == expected
+    patterns = {r["pair_id"]: r["pattern"] for r in rows}
+    assert sorted(patterns.values()) == ["Color", "Orientation", "Quantity", "State"]
+    assert {r["statement"] is None for r in rows if r["pattern"] == "Quantity"} == {True}
+
+
+def test_mmvp_layout_reads_like_mmvps_scripts(world):
+    folder = world["release"] / mmvp.MMVP_DIR
+    with open(folder / "Questions.csv", newline="") as handle:
+        lines = list(csv.reader(handle))
+    assert lines[0] == ["Index", "Question", "Options", "Correct Answer"]
+    body = lines[1:]
+    assert len(body) == 8
+    items = {i["mmvp_index"]: i for i in release.read_items(world["release"])}
+    for position, (index, question, options, answer) in enumerate(body):
+        # MMVP's evaluation uses the row position (+1) as the image number
+        assert int(index) == position + 1
+        assert options.startswith("(a) ") and " (b) " in options
+        item = items[position + 1]
+        assert answer == item["answer"] and mmvp.parse_options(options) == tuple(item["options"])
+        image = folder / "MMVP Images" / f"{position + 1}.jpg"
+        assert image.exists() == item["redistributed"]
+        if item["redistributed"]:
+            assert image.read_bytes() == item["image"]
+    for first, second in zip(body[0::2], body[1::2]):  # pairs are consecutive rows
+        assert first[1] == second[1] and first[2] == second[2] and first[3] != second[3]
+    # MMVP's evaluate_mllm.py reads the CSV with pandas and takes image `index + 1` for row `index`
+    import pandas
+
+    for index, row in pandas.read_csv(folder / "Questions.csv").iterrows():
+        assert row["Correct Answer"] == items[index + 1]["answer"]
+        assert row["Question"] + " " + row["Options"] == f"{body[index][1]} {body[index][2]}"
+    # annotator text that looks like a formula is neutralised
+    assert any(q.startswith("'=HYPERLINK") for _, q, _, _ in body)
+
+    vlm = mmvp.read_vlm(world["release"] / mmvp.VLM_DIR)
+    assert [r.question_id for r in vlm] == list(range(1, 7))  # 3 pairs with statements
+    # in blocks of one pattern, in MMVP-VLM's order, as its script reads them
+    assert [r.type for r in vlm] == ["Color", "Color", "Orientation", "Orientation", "State", "State"]
+    by_id = {i["vlm_question_id"]: i for i in items.values() if i["vlm_question_id"]}
+    for row in vlm:
+        item = by_id[row.question_id]
+        assert row.type == item["pattern"] and row.statement == item["statement"]
+        assert item["member"] == ("a" if row.question_id % 2 else "b")  # odd id = the pair's first image
+        path = world["release"] / mmvp.VLM_DIR / "MLLM_VLM Images" / row.type / f"{row.question_id}.jpg"
+        assert path.exists() == item["redistributed"]
+    for first, second in zip(vlm[0::2], vlm[1::2]):
+        assert by_id[first.question_id]["pair_id"] == by_id[second.question_id]["pair_id"]
+
+
+def test_webdataset_shards_read_back_to_the_same_records(world):
+    import webdataset as wds
+
+    shards = sorted(str(p) for p in (world["release"] / "webdataset").glob("*.tar"))
+    assert len(shards) == 3  # 8 items, shard_size 3
+    read = {}
+    for sample in wds.WebDataset(shards, shardshuffle=False, empty_check=False):
+        record = json.loads(sample["json"])
+        read[sample["__key__"]] = (record, sample.get("jpg"))
+    items = {i["item_id"]: i for i in release.read_items(world["release"])}
+    assert set(read) == set(items)
+    for key, (record, jpg) in read.items():
+        assert record == release.record_json(items[key])
+        assert jpg == items[key]["image"]
+
+
+def test_building_twice_gives_byte_identical_files(world, tmp_path):
+    again = tmp_path / "again"
+    assert package.main(package_args(world["inputs"], again, tmp_path / "m.json")) == 0
+    first = {p.relative_to(world["release"]): p.read_bytes() for p in world["release"].rglob("*") if p.is_file()}
+    second = {p.relative_to(again): p.read_bytes() for p in again.rglob("*") if p.is_file()}
+    assert first.keys() == second.keys() and len(first) > 20
+    assert [str(k) for k in first if first[k] != second[k]] == []
+
+
+def test_rebuilding_in_place_compares_with_the_last_build(world, tmp_path, capsys):
+    import shutil
+
+    import pyarrow as pa
+
+    out = tmp_path / "release"
+    shutil.copytree(world["release"], out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert package.main(package_args(world["inputs"], out, tmp_path / "m.json")) == 0  # same inputs: same bytes
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    rows = schemas.read_table(world["inputs"]["accepted"], "accepted").to_pylist()
+    rows[0]["question"] += " (reworded)"
+    accepted = tmp_path / "accepted.parquet"
+    schemas.write_table(pa.Table.from_pylist(rows, schema=schemas.ACCEPTED), accepted, "accepted")
+    assert package.main(package_args(dict(world["inputs"], accepted=accepted), out, tmp_path / "m.json")) == 1
+    assert "bump package.version" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # the release is untouched
+
+
+def test_verify_detects_a_flipped_byte_in_every_file(world, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(world["release"], copy)
+    assert release.verify(copy).ok
+    assert subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=copy).returncode == 0
+    files = sorted(p for p in copy.rglob("*") if p.is_file())
+    for path in files:
+        original = path.read_bytes()
+        for offset in (0, len(original) // 2, len(original) - 1):
+            flipped = bytearray(original)
+            flipped[offset] ^= 0x01
+            path.write_bytes(bytes(flipped))
+            report = release.verify(copy)
+            assert not report.ok, f"flip at {offset} in {path.relative_to(copy)} went unnoticed"
+            rel = path.relative_to(copy).as_posix()
+            if rel != "SHA256SUMS":
+                assert report.changed == (rel,)
+            path.write_bytes(original)
+    assert release.verify(copy).ok
+    (copy / "mmvp" / "MMVP Images" / "1.jpg").unlink()
+    (copy / "stray.txt").write_text("x")
+    report = release.verify(copy)
+    assert report.missing == ("mmvp/MMVP Images/1.jpg",) and report.extra == ("stray.txt",)
+    result = subprocess.run([sys.executable, "-m", "pipeline.verify", str(copy)], capture_output=True, text=True)
+    assert result.returncode == 1 and "missing: mmvp/MMVP Images/1.jpg" in result.stdout
+
+
+def test_card_metadata_is_valid_and_tells_the_provenance(world):
+    from huggingface_hub import DatasetCard
+
+    card = DatasetCard.load(world["release"] / "README.md")
+    data = card.data.to_dict()
+    assert data["license"] == "other" and WITHHELD_LICENSE in data["license_details"]
+    assert data["task_categories"][0] == "visual-question-answering"
+    assert data["size_categories"] == ["n<1K"]
+    assert data["configs"][0]["data_files"][0]["path"] == release.PARQUET_PATH
+    names = [f["name"] for f in data["dataset_info"]["features"]]
+    assert names == [name for name, _ in release.FEATURES_SPEC]
+    text = card.text
+    assert text.lstrip().startswith("> **WARNING: this release was mined with RANDOMLY INITIALISED encoders")
+    for fact in ("tiny-clip", "libraries: open_clip 3.3.0, torch 2.14.1", "CLIP cosine > 0.9", "DINOv2 cosine < 0.99", "**exhaustive**", "| clip_candidates | 40 |",
+                 "verifier accuracy against the\n  released answers: **0.75**", "### 1.0.0", "@misc{clipblind"):
+        assert fact in text, fact
+    manifest = release.read_manifest(world["release"])
+    assert manifest["counts"]["pairs_per_pattern"]["Color"] == 1
+    assert manifest["counts"]["verification"] == {"verifier_answers": 16, "verifier_accuracy": 0.75,
+                                                  "verified_pairs": 3, "adjudicated_pairs": 1}
+    assert manifest["provenance"]["search"] == "exhaustive" and manifest["gate"] is None
+
+
+def test_a_version_without_a_changelog_section_is_refused(world, tmp_path, capsys):
+    params = world["inputs"]["params"].read_text().replace("version: 1.0.0", "version: 1.1.0")
+    inputs = dict(world["inputs"], params=tmp_path / "params.yaml")
+    inputs["params"].write_text(params)
+    assert package.main(package_args(inputs, tmp_path / "out", tmp_path / "m.json")) == 1
+    assert "no section for version 1.1.0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_corrected_answer_must_be_a_changelog_line(world, tmp_path, capsys):
+    import pyarrow as pa
+
+    rows = schemas.read_table(world["inputs"]["accepted"], "accepted").to_pylist()
+    fixed = next(r for r in rows if r["pattern"] == "state")
+    fixed["answer_a"], fixed["answer_b"] = fixed["answer_b"], fixed["answer_a"]
+    inputs = dict(world["inputs"], accepted=tmp_path / "accepted.parquet", params=tmp_path / "params.yaml",
+                  changelog=tmp_path / "CHANGELOG.md")
+    schemas.write_table(pa.Table.from_pylist(rows, schema=schemas.ACCEPTED), inputs["accepted"], "accepted")
+    previous = ["--previous", str(world["release"])]
+    # same version, changed answers: refused
+    inputs["params"].write_text(world["inputs"]["params"].read_text())
+    inputs["changelog"].write_text(world["inputs"]["changelog"].read_text())
+    assert package.main(package_args(inputs, tmp_path / "out", tmp_path / "m.json", *previous)) == 1
+    assert "bump package.version" in capsys.readouterr().err
+    # new version whose changelog does not name the pair: refused
+    inputs["params"].write_text(world["inputs"]["params"].read_text().replace("version: 1.0.0", "version: 1.0.1"))
+    inputs["changelog"].write_text("# Changelog\n\n## 1.0.1\n\n- Fixes.\n\n" + world["inputs"]["changelog"].read_text()[13:])
+    assert package.main(package_args(inputs, tmp_path / "out", tmp_path / "m.json", *previous)) == 1
+    assert fixed["pair_id"] in capsys.readouterr().err
+    # named: built, and the manifest records the change
+    inputs["changelog"].write_text(f"# Changelog\n\n## 1.0.1\n\n- Corrected the answers of pair {fixed['pair_id']}.\n\n"
+                                   + world["inputs"]["changelog"].read_text()[13:])
+    assert package.main(package_args(inputs, tmp_path / "out", tmp_path / "m.json", *previous)) == 0
+    changes = release.read_manifest(tmp_path / "out")["changes"]
+    assert changes["previous_version"] == "1.0.0"
+    assert changes["changed_items"] == {f"{fixed['pair_id']}-a": ["answer"], f"{fixed['pair_id']}-b": ["answer"]}
+    assert {i["item_id"] for i in release.read_items(tmp_path / "out")} == {i["item_id"] for i in release.read_items(world["release"])}
+
+
+def test_remove_yields_a_new_version_naming_the_removed_items(world, tmp_path):
+    items = release.read_items(world["release"])
+    target = next(i for i in items if i["pattern"] == "Color")
+    out = tmp_path / "v1.1.0"
+    before = release.file_sha256(world["release"] / "SHA256SUMS")
+    from pipeline import remove
+
+    assert remove.main([str(world["release"]), "--ids", target["image_sha256"], "--reason", "takedown request #1",
+                        "--out", str(out)]) == 0
+    assert release.file_sha256(world["release"] / "SHA256SUMS") == before  # the old version is untouched
+    manifest = release.read_manifest(out)
+    assert manifest["version"] == "1.1.0" and manifest["counts"]["pairs"] == 3
+    assert manifest["changes"]["removed_pairs"] == [target["pair_id"]]
+    changelog = (out / "CHANGELOG.md").read_text()
+    section = changelog.split("## 1.1.0", 1)[1].split("## 1.0.0")[0]
+    assert "takedown request #1" in section and target["pair_id"] in section
+    assert f"{target['pair_id']}-a" in section and f"{target['pair_id']}-b" in section
+    assert release.verify(out).ok
+    left = release.read_items(out)
+    assert target["pair_id"] not in {i["pair_id"] for i in left}
+    assert [i["mmvp_index"] for i in left] == list(range(1, 7))
+    assert remove.main([str(world["release"]), "--ids", "nope", "--reason", "x", "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
+
+
+def test_fetch_script_puts_withheld_images_in_place_after_checking_sha256(world, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(world["release"], copy)
+    env = {**os.environ, "PYTHONPATH": str(package.Path(package.__file__).resolve().parents[1])}
+    root = world["inputs"]["manifest"].parent
+    ok = subprocess.run([sys.executable, str(copy / "fetch_images.py"), "--root", f"generated={root}"],
+                        capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    withheld = next(i for i in release.read_items(copy) if not i["redistributed"])
+    image = copy / "mmvp" / "MMVP Images" / f"{withheld['mmvp_index']}.jpg"
+    original = (root / withheld["source_path"]).read_bytes()
+    assert image.read_bytes() == export.display_bytes(original, export.ExportParams(display_max_side=128, jpeg_quality=90), 10_000_000)
+    report = release.verify(copy)
+    assert report.ok and len(report.fetched) == 3  # MMVP image, MMVP-VLM image, original bytes
+    # a source whose bytes differ from the released sha256 is refused
+    fake = tmp_path / "fake"
+    (fake / withheld["source_path"]).parent.mkdir(parents=True)
+    (fake / withheld["source_path"]).write_bytes(b"other bytes")
+    bad = subprocess.run([sys.executable, str(world["release"] / "fetch_images.py"), "--root", f"generated={fake}"],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 1 and "other bytes than the released sha256" in bad.stdout
+
+
+def test_an_empty_release_is_refused_with_a_clear_message(world, tmp_path, capsys):
+    empty = tmp_path / "accepted.parquet"
+    schemas.write_table(schemas.empty("accepted"), empty, "accepted")
+    assert package.main(package_args(dict(world["inputs"], accepted=empty), tmp_path / "out", tmp_path / "m.json")) == 1
+    assert "no pairs to release (0 accepted, 0 rejected)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
