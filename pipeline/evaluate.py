@@ -63,7 +63,7 @@ class EvalPair:
 
 def detect_format(folder: Path) -> str:
     """Which layout a folder holds: release, mmvp or mmvp_vlm."""
-    if (folder / release.PARQUET_PATH).exists():
+    if (folder / release.PARQUET_PATH).exists() or release.is_awaiting(folder):
         return "release"
     if (folder / mmvp.MMVP_IMAGES).is_dir():
         return "mmvp"
@@ -89,6 +89,8 @@ def load_pairs(folder: str | Path, fmt: str = "auto") -> list[EvalPair]:
 
 
 def _release_pairs(root: Path) -> list[EvalPair]:
+    if release.is_awaiting(root):
+        return []  # no accepted annotations yet: nothing to score
     by_pair: dict[str, list[dict[str, Any]]] = {}
     for item in sorted(release.read_items(root), key=lambda i: i["mmvp_index"]):
         by_pair.setdefault(item["pair_id"], []).append(item)

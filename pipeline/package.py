@@ -250,6 +250,26 @@ def provenance(pairs_meta: Mapping[str, Any], mine_metrics: Mapping[str, Any], i
     }
 
 
+def spec_for(
+    params: PackageParams,
+    sections: Sequence[release.ChangelogSection],
+    provenance_info: Mapping[str, Any],
+    gate: GateDecision | None,
+    changes: Mapping[str, Any],
+) -> release.ReleaseSpec:
+    """What the release says about itself, from the stage's params and provenance."""
+    return release.ReleaseSpec(
+        name=params.name,
+        version=params.version,
+        pretty_name=params.pretty_name,
+        changelog=tuple(sections),
+        provenance=provenance_info,
+        citation=params.citation,
+        gate=gate.summary if gate else None,
+        changes=changes,
+    )
+
+
 def package(
     accepted: pa.Table,
     images: pa.Table,
@@ -268,7 +288,7 @@ def package(
     sections = release.changelog_for(changelog_text, params.version)
     items, rejected = build_items(accepted, images, read_bytes, image_encoder(export_params, max_pixels), params, gate)
     changes: dict[str, Any] = {}
-    if previous is not None:
+    if previous is not None and not release.is_awaiting(previous):
         prev_manifest = release.read_manifest(previous)
         diff = diff_against(release.read_items(previous), items)
         current = next(s for s in sections if s.version == params.version)
@@ -278,6 +298,13 @@ def package(
             changes = dict(prev_manifest.get("changes", {}))
         else:
             changes = {**diff, "previous_version": prev_manifest["version"]}
+    if accepted.num_rows == 0:
+        # Before anyone annotates, the pipeline still runs end to end: the release says it is pending.
+        manifest = release.write_awaiting(out_dir, spec_for(params, sections, provenance_info, gate, changes))
+        metrics = {"inputs": 0, "packaged": 0, "rejected": 0, "rejected_by_reason": {}, "rejects": [], "items": 0,
+                   "images_withheld": 0, "version": params.version, "status": release.AWAITING,
+                   "random_init_encoders": provenance_info.get("random_init_encoders", [])}
+        return manifest, metrics
     if not items:
         raise release.ReleaseError(
             f"no pairs to release ({accepted.num_rows} accepted, {len(rejected)} rejected): annotate and pull "
@@ -293,16 +320,7 @@ def package(
                 f"pairs {unnamed} are excluded (package.exclude) but no CHANGELOG section names them: "
                 "add a line such as '- removed pair <pair_id> (takedown request)'"
             )
-    spec = release.ReleaseSpec(
-        name=params.name,
-        version=params.version,
-        pretty_name=params.pretty_name,
-        changelog=tuple(sections),
-        provenance=provenance_info,
-        citation=params.citation,
-        gate=gate.summary if gate else None,
-        changes=changes,
-    )
+    spec = spec_for(params, sections, provenance_info, gate, changes)
     manifest = release.write_release(out_dir, items, spec, render_card, params.shard_size)
     by_reason = Counter(r.reason.value for r in rejected)
     metrics = {
@@ -371,6 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{STAGE}] ERROR: {err}", file=sys.stderr)
         return 1
     write_metrics(args.metrics, metrics)
+    if metrics.get("status") == release.AWAITING:
+        summary(STAGE, f"no accepted annotations yet: {args.out} says so (annotate, pull, then dvc repro)")
+        return 0
     summary(
         STAGE,
         f"{metrics['inputs']} accepted pairs → {metrics['packaged']} packaged, {metrics['rejected']} rejected "

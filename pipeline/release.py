@@ -324,6 +324,50 @@ def write_release(
     return manifest
 
 
+AWAITING = "awaiting_annotations"
+
+
+def write_awaiting(out_dir: str | Path, spec: ReleaseSpec) -> dict[str, Any]:
+    """Write the release folder of a pipeline with no accepted annotations yet: a manifest saying so.
+
+    It holds no data files (a zero-row parquet would not load with `datasets`), so nothing
+    can mistake it for a benchmark, while `dvc repro` runs end to end before anyone annotates.
+    """
+    check_version(spec.version)
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "name": spec.name,
+        "version": spec.version,
+        "status": AWAITING,
+        "counts": {"pairs": 0, "items": 0, "images_withheld": 0},
+        "provenance": dict(spec.provenance),
+    }
+    files = {
+        MANIFEST: (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode(),
+        CARD: (
+            f"# {spec.pretty_name}: no release yet\n\nNo annotations have been accepted yet. Annotate the "
+            "mined pairs, pull the snapshot and rerun `dvc repro` (see the clipblind README, 'Annotate').\n"
+        ).encode(),
+    }
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for rel, data in files.items():
+            (staging / rel).write_bytes(data)
+        (staging / SUMS).write_bytes(sums_text(files).encode())
+        _swap_in(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return manifest
+
+
+def is_awaiting(release_dir: str | Path) -> bool:
+    """Whether a release folder is the placeholder written before any annotation was accepted."""
+    path = Path(release_dir) / MANIFEST
+    return path.exists() and json.loads(path.read_text()).get("status") == AWAITING
+
+
 def _swap_in(staging: Path, out: Path) -> None:
     """Replace `out` by `staging` so that a reader never sees a half-written release."""
     old = None

@@ -23,11 +23,12 @@ TINY_DINO_CONFIG = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_he
 
 def tiny_params(**sections: dict) -> dict:
     """A full params dict with tiny random encoders; `sections` override whole sections."""
+    tiny_clip = {"kind": "open_clip", "model": "tiny-clip", "weights": "random", "image_size": 32,
+                 "config": TINY_CLIP_CONFIG, "seed": 0}
     params = {
         "ingest": {"source": {"kind": "folder", "name": "test", "license": "CC0-1.0"}, "max_pixels": 10_000_000},
         "embed": {
-            "clip": {"kind": "open_clip", "model": "tiny-clip", "weights": "random", "image_size": 32,
-                     "config": TINY_CLIP_CONFIG, "seed": 0},
+            "clip": dict(tiny_clip),
             "dino": {"kind": "dinov2", "model": "tiny-dino", "weights": "random", "image_size": 32,
                      "config": TINY_DINO_CONFIG, "pooling": "cls", "seed": 0},
             "batch_size": 8,
@@ -37,7 +38,11 @@ def tiny_params(**sections: dict) -> dict:
         "export": {"url_prefix": "/data/local-files/?d=", "display_max_side": 128, "jpeg_quality": 90},
         "validate": {"options_ignore_case": True},
         "accept": {"verifiers": 1},
+        "gate": {"vlm": None, "flagged": "keep", "blind_min_right": 6},
+        "evaluate": {"clip": [dict(tiny_clip)], "vlm": []},
     }
+    repo_params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["package"] = repo_params["package"]
     params.update(sections)
     return params
 

@@ -31,7 +31,7 @@ def dvc_repo(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copytree(REPO / "pipeline", repo / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    for extra in ("annotation", "labels"):  # annotation stages: their code and the committed (empty) snapshots
+    for extra in ("annotation", "labels", "data_cards"):  # annotation stages: their code and the committed (empty) snapshots
         shutil.copytree(REPO / extra, repo / extra, ignore=shutil.ignore_patterns("__pycache__"))
     dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
     dvc_yaml["stages"]["sample_corpus"]["cmd"] = dvc_yaml["stages"]["sample_corpus"]["cmd"].replace("--scenes 40", "--scenes 4")
@@ -44,18 +44,26 @@ def dvc_repo(tmp_path):
 
 def test_repro_runs_every_stage_once_and_reruns_only_what_a_param_touches(dvc_repo):
     first = _run([sys.executable, "-m", "dvc", "repro"], dvc_repo)
-    assert _ran(first) == {"sample_corpus", "ingest", "embed", "mine", "export", "validate", "accept"}
+    assert _ran(first) == {"sample_corpus", "ingest", "embed", "mine", "export", "validate", "accept", "gate",
+                           "package", "evaluate"}
     for path in ["data/images.parquet", "data/embeddings/clip/encoder.json", "data/embeddings/dino/encoder.json",
                  "data/pairs.parquet", "data/tasks.json", "metrics/mine.json"]:
         assert (dvc_repo / path).exists(), path
     tasks = json.loads((dvc_repo / "data/tasks.json").read_text())
     assert tasks and len(list((dvc_repo / "data/display").iterdir())) > 0
     assert "RANDOM" in first
+    # before anyone annotates, the release folder says so instead of holding an empty dataset
+    manifest = json.loads((dvc_repo / "data/release/manifest.json").read_text())
+    assert manifest["status"] == "awaiting_annotations" and manifest["counts"]["pairs"] == 0
+    assert json.loads((dvc_repo / "metrics/evaluate.json").read_text())["benchmark"]["pairs"] == 0
 
     assert _ran(_run([sys.executable, "-m", "dvc", "repro"], dvc_repo)) == set()
 
     params = yaml.safe_load((dvc_repo / "params.yaml").read_text())
     params["mine"]["clip_threshold"] = 0.95
     (dvc_repo / "params.yaml").write_text(yaml.safe_dump(params))
-    assert _ran(_run([sys.executable, "-m", "dvc", "repro"], dvc_repo)) == {"mine", "export", "validate", "accept"}
+    # a new threshold reruns mining and stages downstream of it, never ingest or embed
+    rerun = _ran(_run([sys.executable, "-m", "dvc", "repro"], dvc_repo))
+    assert {"mine", "export", "validate", "accept", "package"} <= rerun
+    assert not rerun & {"sample_corpus", "ingest", "embed"}
     assert json.loads((dvc_repo / "metrics/mine.json").read_text())["clip_threshold"] == 0.95
