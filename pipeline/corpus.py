@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Callable, Iterator, Literal
 
+from pipeline.config import ParamsError
 from pipeline.decode import DecodeError, RejectReason
 
 SourceKind = Literal["folder", "manifest", "webdataset", "hf"]
@@ -65,6 +66,11 @@ class SourceParams:
     allow_pipe: bool = False  # webdataset: allow `pipe:` URLs (they run a shell command)
     part_size: int = 10_000  # manifest, hf: rows per part
     max_bytes: int = 256 * 2**20  # larger files are rejected unread (`too_large`), so memory stays bounded
+
+    def __post_init__(self) -> None:
+        for name in ("part_size", "max_bytes"):
+            if getattr(self, name) < 1:
+                raise ParamsError(f"params 'ingest.source.{name}' must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

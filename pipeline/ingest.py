@@ -12,7 +12,8 @@ reused), decoded; accepted + duplicates + blocked + rejected == inputs.
 Every input is read, hashed and, unless its hash is on the blocklist or already decoded in
 this run, decoded with the canonical decode (`pipeline.decode`); only its outcome is kept,
 so memory is bounded by `batch_size` images in flight. With a state folder each finished
-part (directory, shard, block of rows) is recorded with a completion marker: a rerun skips
+part (directory, shard, block of rows) is recorded with a completion marker (which also
+holds the part's counts by outcome): a rerun skips
 parts whose fingerprint is unchanged, and a part that changed re-reads only the items whose
 size or mtime changed, so a grown corpus ingests only its new files. Blocklist changes apply
 without re-reading anything. `workers` > 1 decodes batches in that many processes; results
@@ -38,7 +39,7 @@ import pyarrow as pa
 from pipeline import decode as decode_module
 from pipeline import schemas
 from pipeline.atomic import write_json
-from pipeline.config import load_section
+from pipeline.config import ParamsError, load_section
 from pipeline.corpus import Corpus, Entry, Part, SourceParams
 from pipeline.decode import DEFAULT_MAX_PIXELS, DecodeError, RejectReason, decode
 from pipeline.report import progress, summary, write_metrics
@@ -55,6 +56,11 @@ class IngestParams:
     max_pixels: int = DEFAULT_MAX_PIXELS  # width × height cap, checked from the header before decoding
     batch_size: int = 256  # items in flight (bytes held in memory at once)
     workers: int = 1  # decode processes; 1 decodes in this process
+
+    def __post_init__(self) -> None:
+        for name in ("max_pixels", "batch_size", "workers"):
+            if getattr(self, name) < 1:
+                raise ParamsError(f"params 'ingest.{name}' must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -151,7 +157,9 @@ class _State:
         records_path, done_path = self._paths(part)
         done_path.unlink(missing_ok=True)
         schemas.write_table(pa.Table.from_pylist(records, schema=RECORDS), records_path, "ingest_records")
-        write_json(done_path, {"part": part.id, "fingerprint": part.fingerprint, "settings": self.settings})
+        by_status = Counter(r["status"] for r in records)
+        write_json(done_path, {"part": part.id, "fingerprint": part.fingerprint, "settings": self.settings,
+                               "inputs": len(records), "by_status": dict(sorted(by_status.items()))})
 
 
 def _settings(params: IngestParams) -> dict[str, Any]:
