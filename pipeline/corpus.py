@@ -173,6 +173,8 @@ def _qualified(name: str, entries: Callable[[], Iterator[Entry]]) -> Callable[[]
 
 
 class _Backend:
+    """What every source kind provides: its parts in order, and its bytes by location."""
+
     def parts(self) -> Iterator[Part]:
         raise NotImplementedError
 
