@@ -144,31 +144,31 @@ class _State:
         key = hashlib.sha256(part.id.encode()).hexdigest()[:24]
         return self.folder / f"{key}.parquet", self.folder / f"{key}.done"
 
-    def previous(self, part: Part) -> tuple[list[dict[str, Any]], bool]:
+    def previous(self, part: Part) -> tuple[pa.Table | None, bool]:
         """The records this part had last time (decoded with the same settings) and whether it is unchanged."""
         if self.folder is None:
-            return [], False
+            return None, False
         records_path, done_path = self._paths(part)
         if not done_path.exists() or not records_path.exists():
-            return [], False
+            return None, False
         marker = json.loads(done_path.read_text())
         if marker.get("settings") != self.settings[part.source] or marker.get("part") != part.id:
-            return [], False
+            return None, False
         try:
-            records = schemas.read_table(records_path, "ingest_records").to_pylist()
+            records = schemas.read_table(records_path, "ingest_records")
         except (schemas.SchemaError, OSError, pa.ArrowException):
-            return [], False  # written by another version, or damaged: the part is read again
+            return None, False  # written by another version, or damaged: the part is read again
         return records, part.fingerprint is not None and marker.get("fingerprint") == part.fingerprint
 
-    def finish(self, part: Part, records: list[dict[str, Any]]) -> None:
+    def finish(self, part: Part, records: pa.Table) -> None:
         if self.folder is None:
             return
         records_path, done_path = self._paths(part)
         done_path.unlink(missing_ok=True)
-        schemas.write_table(pa.Table.from_pylist(records, schema=RECORDS), records_path, "ingest_records")
-        by_status = Counter(r["status"] for r in records)
+        schemas.write_table(records, records_path, "ingest_records")
+        by_status = Counter(records.column("status").to_pylist())
         write_json(done_path, {"part": part.id, "fingerprint": part.fingerprint, "settings": self.settings[part.source],
-                               "inputs": len(records), "by_status": dict(sorted(by_status.items()))})
+                               "inputs": records.num_rows, "by_status": dict(sorted(by_status.items()))})
 
 
 def _settings(params: IngestParams) -> dict[str, dict[str, Any]]:
@@ -191,7 +191,8 @@ def ingest(
     state = _State(Path(state_dir) if state_dir is not None else None, _settings(params))
     outcomes: dict[str, tuple[str, str, str | None, int | None, int | None, int | None]] = {}
     counts = Counter()
-    parts_records: list[tuple[str, list[dict[str, Any]]]] = []
+    # Each part's records are kept as an Arrow table (a few hundred bytes per input), not as dicts.
+    parts_records: list[tuple[str, pa.Table]] = []
     executor: Executor | None = None
     if params.workers > 1:
         # fork: workers start in milliseconds and only run `examine` (PIL, numpy), never pyarrow.
@@ -200,25 +201,26 @@ def ingest(
         names = ", ".join(s.name for s in params.sources)
         for part in progress(corpus.parts(), desc=f"ingest {names}", unit="part"):
             previous, unchanged = state.previous(part)
-            stale_block = any(r["status"] == RejectReason.BLOCKED.value and r["image_id"] not in blocklist for r in previous)
-            if unchanged and not stale_block:
+            old_rows = [] if previous is None else previous.to_pylist()
+            # an item skipped as blocked but blocked no longer must be decoded now
+            unblocked = {r["location"] for r in old_rows if r["status"] == RejectReason.BLOCKED.value and r["image_id"] not in blocklist}
+            if previous is not None and unchanged and not unblocked:
                 counts["parts_reused"] += 1
                 parts_records.append((part.source, previous))
                 continue
-            reusable = {
-                r["location"]: r for r in previous
-                if r["stamp"] is not None and not (r["status"] == RejectReason.BLOCKED.value and r["image_id"] not in blocklist)
-            }
+            reusable = {r["location"]: r for r in old_rows if r["stamp"] is not None and r["location"] not in unblocked}
+            del old_rows
             records: list[dict[str, Any]] = []
             for batch in _batches(part.entries(), params.batch_size):
                 records.extend(_examine_batch(batch, reusable, blocklist, outcomes, params, executor, counts))
-            state.finish(part, records)
+            table = pa.Table.from_pylist(records, schema=RECORDS)
+            state.finish(part, table)
             counts["parts_done"] += 1
-            parts_records.append((part.source, records))
+            parts_records.append((part.source, table))
     finally:
         if executor is not None:
             executor.shutdown()
-    pairs = ((source, r) for source, records in parts_records for r in records)
+    pairs = ((source, r) for source, table in parts_records for r in table.to_pylist())
     result = assemble(pairs, blocklist, [s.name for s in params.sources])
     result.metrics.update(
         parts=counts["parts_done"] + counts["parts_reused"],
@@ -290,11 +292,15 @@ def _examine_batch(
     return records
 
 
+_IMAGE_FIELDS = ("source", "source_path", "locations", "source_license", "format", "width", "height", "n_bytes",
+                 "frame_count")
+
+
 def assemble(
     records: Iterable[tuple[str, dict[str, Any]]], blocklist: frozenset[str], sources: Sequence[str] = ()
 ) -> IngestResult:
     """Images, rejects and metrics (in total and per source) from (source name, record) pairs in listing order."""
-    images: dict[str, dict[str, Any]] = {}
+    images: dict[str, list[Any]] = {}  # image_id → its values of _IMAGE_FIELDS
     rejects: list[dict[str, str]] = []
     tally: dict[str, Counter] = {name: Counter() for name in sources}
     for source, record in records:
@@ -311,27 +317,20 @@ def assemble(
                             "detail": record["detail"]})
         elif image_id in images:
             counts["duplicates"] += 1
-            images[image_id]["locations"].append(record["location"])
+            images[image_id][2].append(record["location"])
         else:
             counts["accepted"] += 1
-            images[image_id] = {
-                "image_id": image_id,
-                "source": source,
-                "source_path": record["location"],
-                "locations": [record["location"]],
-                "source_license": record["license"],
-                "format": record["format"],
-                "width": record["width"],
-                "height": record["height"],
-                "n_bytes": record["n_bytes"],
-                "frame_count": record["frame_count"],
-            }
-    rows = [images[key] for key in sorted(images)]
+            images[image_id] = [source, record["location"], [record["location"]], record["license"], record["format"],
+                                record["width"], record["height"], record["n_bytes"], record["frame_count"]]
+    ids = sorted(images)
+    columns = {"image_id": ids}
+    for k, name in enumerate(_IMAGE_FIELDS):
+        columns[name] = [images[i][k] for i in ids]
     rejects.sort(key=lambda r: (r["source"], r["location"], r["reason"]))
     metrics = _summarise(sum(tally.values(), Counter()))
     metrics["sources"] = {name: _summarise(counts) for name, counts in sorted(tally.items())}
     return IngestResult(
-        pa.Table.from_pylist(rows, schema=schemas.IMAGES),
+        pa.Table.from_pydict(columns, schema=schemas.IMAGES),
         pa.Table.from_pylist(rejects, schema=schemas.REJECTS),
         metrics,
     )
