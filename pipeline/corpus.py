@@ -1,6 +1,7 @@
-"""Where image bytes come from: one source kind plus a root, listed and read the same way by every stage.
+"""Where image bytes come from: sources, listed and read the same way by every stage.
 
-Four kinds (`ingest.source.kind`):
+A source is a kind plus a root; `ingest.source` is one source or a list of them (each with
+its own name, licence and options, one `--source` path each). Four kinds:
 
 * `folder`: every file below a directory, recursively (hidden entries skipped). Location: the
   path relative to the folder.
@@ -39,10 +40,11 @@ import re
 import stat
 import subprocess
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Callable, Iterator, Literal
+from typing import IO, Any, Callable, Iterator, Literal, Sequence
 
+from pipeline.config import ParamsError
 from pipeline.decode import DecodeError, RejectReason
 
 SourceKind = Literal["folder", "manifest", "webdataset", "hf"]
@@ -65,6 +67,11 @@ class SourceParams:
     allow_pipe: bool = False  # webdataset: allow `pipe:` URLs (they run a shell command)
     part_size: int = 10_000  # manifest, hf: rows per part
     max_bytes: int = 256 * 2**20  # larger files are rejected unread (`too_large`), so memory stays bounded
+
+    def __post_init__(self) -> None:
+        for name in ("part_size", "max_bytes"):
+            if getattr(self, name) < 1:
+                raise ParamsError(f"params 'ingest.source.{name}' must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -91,24 +98,51 @@ class Part:
     id: str
     fingerprint: str | None
     entries: Callable[[], Iterator[Entry]]
+    source: str = ""  # the name of the source it belongs to
 
 
 class SourceUnavailable(ValueError):
     """A source cannot be opened at all (missing, unreachable, or refused by a safety rule)."""
 
 
-class Corpus:
-    """A source of image bytes: `params` says what kind, `path` where (a folder, file, URL or hub id)."""
+_BACKENDS: dict[str, Callable[[SourceParams, str], "_Backend"]] = {}
+_SOURCE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
-    def __init__(self, params: SourceParams, path: str | Path) -> None:
-        self.params = params
-        self.path = str(path)
-        backends = {"folder": _Folder, "manifest": _Manifest, "webdataset": _Shards, "hf": _HFDataset}
-        self._backend: _Backend = backends[params.kind](params, self.path)
+
+class Corpus:
+    """Image bytes from one source, or several: `params` says what kind, `path` where (a folder,
+    file, URL or hub id), one path per source in the same order.
+
+    With one source a location is the source's own (`photos/cat.jpg`); with several it is
+    prefixed by the source name (`laion:shard-00000.tar#000123.jpg`) so that every location
+    names one item of one source.
+    """
+
+    def __init__(self, params: SourceParams | Sequence[SourceParams], path: str | Path | Sequence[str | Path]) -> None:
+        self.sources: tuple[SourceParams, ...] = (params,) if isinstance(params, SourceParams) else tuple(params)
+        paths = [str(path)] if isinstance(path, (str, Path)) else [str(p) for p in path]
+        if len(paths) != len(self.sources):
+            raise SourceUnavailable(
+                f"{len(self.sources)} source(s) in params ({', '.join(s.name for s in self.sources)}) but "
+                f"{len(paths)} source path(s): give one --source per source, in the same order"
+            )
+        names = [s.name for s in self.sources]
+        bad = [n for n in names if not _SOURCE_NAME.match(n)]
+        if bad or len(set(names)) != len(names):
+            raise ParamsError(f"source names must be distinct and use only letters, digits, '_', '.', '-': got {names}")
+        self.params = self.sources[0]
+        self.path = paths[0]
+        self.qualified = len(self.sources) > 1
+        self._backends = {s.name: _BACKENDS[s.kind](s, p) for s, p in zip(self.sources, paths)}
 
     def parts(self) -> Iterator[Part]:
-        """The source's parts in a stable order."""
-        return self._backend.parts()
+        """Every source's parts in a stable order, ids and locations qualified when there are several."""
+        for name, backend in self._backends.items():
+            for part in backend.parts():
+                if not self.qualified:
+                    yield replace(part, source=name)
+                    continue
+                yield replace(part, source=name, id=f"{name}:{part.id}", entries=_qualified(name, part.entries))
 
     def items(self) -> Iterator[Item]:
         """Every input item in a stable order."""
@@ -116,12 +150,31 @@ class Corpus:
             for entry in part.entries():
                 yield entry.item
 
+    def source_of(self, location: str) -> str:
+        """The name of the source a location belongs to."""
+        return location.partition(":")[0] if self.qualified else self.params.name
+
     def read(self, location: str) -> bytes:
         """The bytes at `location`, confined to the source's root; `DecodeError` when they cannot be had."""
-        return self._backend.read(location)
+        if not self.qualified:
+            return self._backends[self.params.name].read(location)
+        name, _, inner = location.partition(":")
+        if name not in self._backends:
+            raise DecodeError(RejectReason.UNREADABLE, f"{location!r} names no source of {sorted(self._backends)}")
+        return self._backends[name].read(inner)
+
+
+def _qualified(name: str, entries: Callable[[], Iterator[Entry]]) -> Callable[[], Iterator[Entry]]:
+    def qualified() -> Iterator[Entry]:
+        for entry in entries():
+            yield replace(entry, item=replace(entry.item, location=f"{name}:{entry.item.location}"))
+
+    return qualified
 
 
 class _Backend:
+    """What every source kind provides: its parts in order, and its bytes by location."""
+
     def parts(self) -> Iterator[Part]:
         raise NotImplementedError
 
@@ -652,3 +705,6 @@ def _load_dataset(params: SourceParams, path: str) -> Any:
             f"--local-dir DIR`) and point the source at DIR"
         )
     return datasets.load_dataset(path, split=params.split)
+
+
+_BACKENDS.update({"folder": _Folder, "manifest": _Manifest, "webdataset": _Shards, "hf": _HFDataset})

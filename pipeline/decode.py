@@ -16,8 +16,10 @@ Rules, in the order they apply:
    against `max_pixels` before the pixel data is decoded → `too_many_pixels`.
 4. The first frame is decoded (animations and multi-page files: frame 1; the frame count is
    reported). Data ending early → `truncated`; data that does not decode → `corrupt`.
-5. Colour: CMYK and YCCK JPEGs (including Adobe's inverted CMYK) are converted to RGB with
-   the standard formula R = 255·(1−C)·(1−K); embedded ICC profiles are not applied. 16-bit
+5. Colour: CMYK and YCCK JPEGs (including Adobe's inverted CMYK) are converted to sRGB
+   through their embedded ICC profile (relative colorimetric, black-point compensation), or
+   with the standard formula R = 255·(1−C)·(1−K) when they carry none or an unusable one.
+   ICC profiles of RGB and grey images are not applied. 16-bit
    channels are scaled to 8 bits (v·255/65535), not clipped; 32-bit integer and float images
    outside 0..65535 are stretched from their minimum to their maximum. Palette, grey-alpha
    and RGBA images are composited on white (`BACKGROUND`). CIELAB goes through LittleCMS.
@@ -28,9 +30,11 @@ Rules, in the order they apply:
 from __future__ import annotations
 
 import enum
+import functools
 import io
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -231,8 +235,32 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
         lab_to_srgb = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
         return ImageCms.applyTransform(im, lab_to_srgb)
+    if mode == "CMYK" and im.info.get("icc_profile"):
+        converted = _cmyk_with_profile(im, im.info["icc_profile"])
+        if converted is not None:
+            return converted
     # L, 1, P, CMYK (Pillow undoes Adobe's inversion when reading), YCbCr, HSV
     return im.convert("RGB")
+
+
+def _cmyk_with_profile(im: Image.Image, icc: bytes) -> Image.Image | None:
+    """CMYK → sRGB through the file's own ICC profile; None when the profile is unusable."""
+    transform = _cmyk_transform(bytes(icc))
+    return None if transform is None else transform.apply(im)
+
+
+@functools.lru_cache(maxsize=16)
+def _cmyk_transform(icc: bytes) -> Any:
+    from PIL import ImageCms
+
+    try:
+        # Relative colorimetric with black-point compensation: what print tools use to show CMYK on screen.
+        return ImageCms.buildTransform(
+            ImageCms.ImageCmsProfile(io.BytesIO(icc)), ImageCms.createProfile("sRGB"), "CMYK", "RGB",
+            renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC, flags=ImageCms.Flags.BLACKPOINTCOMPENSATION,
+        )
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return None  # a broken or non-CMYK profile: the standard formula is the documented fallback
 
 
 def _scale_high_bit(im: Image.Image) -> Image.Image:

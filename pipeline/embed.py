@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clipblind embed", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--images", required=True)
-    parser.add_argument("--source", required=True, help="the corpus folder or manifest ingest read")
+    parser.add_argument("--source", required=True, nargs="+", help="the corpus source(s) ingest read")
     parser.add_argument("--clip", required=True, help="output directory for CLIP embeddings")
     parser.add_argument("--dino", required=True, help="output directory for DINOv2 embeddings")
     parser.add_argument("--metrics", required=True)

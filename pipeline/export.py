@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--pairs", required=True)
     parser.add_argument("--images", required=True)
-    parser.add_argument("--source", required=True)
+    parser.add_argument("--source", required=True, nargs="+")
     parser.add_argument("--display", required=True, help="output folder of display images")
     parser.add_argument("--tasks", required=True, help="output Label Studio task JSON")
     parser.add_argument("--metrics", required=True)

@@ -1,18 +1,20 @@
 """ingest: a corpus source → the images table, a rejects table and metrics.
 
-Inputs: one source (`ingest.source` in params: a folder, webdataset shards, a parquet/CSV
-manifest or a Hugging Face dataset; see `pipeline.corpus`), an optional blocklist file of
-sha256 hashes, and an optional state folder that makes reruns incremental.
+Inputs: one or more sources (`ingest.source` in params: folders, webdataset shards,
+parquet/CSV manifests, Hugging Face datasets; see `pipeline.corpus`), an optional blocklist
+file of sha256 hashes, and an optional state folder that makes reruns incremental.
 Outputs: images table (one row per distinct content, keyed by sha256 of the bytes, sorted by
 image_id, every location of the same bytes kept, the first location in listing order as
 `source_path`), rejects table (one row per input not accepted: location, reason code, detail).
-Metrics: inputs, accepted, duplicates, blocked, rejected, rejected_by_reason, parts (done and
-reused), decoded; accepted + duplicates + blocked + rejected == inputs.
+Metrics: inputs, accepted, duplicates, blocked, rejected, rejected_by_reason, in total and per
+source (`sources`), parts (done and reused), decoded;
+accepted + duplicates + blocked + rejected == inputs, in total and for every source.
 
 Every input is read, hashed and, unless its hash is on the blocklist or already decoded in
 this run, decoded with the canonical decode (`pipeline.decode`); only its outcome is kept,
 so memory is bounded by `batch_size` images in flight. With a state folder each finished
-part (directory, shard, block of rows) is recorded with a completion marker: a rerun skips
+part (directory, shard, block of rows) is recorded with a completion marker (which also
+holds the part's counts by outcome): a rerun skips
 parts whose fingerprint is unchanged, and a part that changed re-reads only the items whose
 size or mtime changed, so a grown corpus ingests only its new files. Blocklist changes apply
 without re-reading anything. `workers` > 1 decodes batches in that many processes; results
@@ -38,7 +40,7 @@ import pyarrow as pa
 from pipeline import decode as decode_module
 from pipeline import schemas
 from pipeline.atomic import write_json
-from pipeline.config import load_section
+from pipeline.config import ParamsError, load_section
 from pipeline.corpus import Corpus, Entry, Part, SourceParams
 from pipeline.decode import DEFAULT_MAX_PIXELS, DecodeError, RejectReason, decode
 from pipeline.report import progress, summary, write_metrics
@@ -51,10 +53,20 @@ OK = "ok"
 class IngestParams:
     """Params of the ingest stage (section `ingest`)."""
 
-    source: SourceParams
+    source: SourceParams | tuple[SourceParams, ...]  # one source, or a list of them
     max_pixels: int = DEFAULT_MAX_PIXELS  # width × height cap, checked from the header before decoding
     batch_size: int = 256  # items in flight (bytes held in memory at once)
     workers: int = 1  # decode processes; 1 decodes in this process
+
+    @property
+    def sources(self) -> tuple[SourceParams, ...]:
+        """The configured sources, one or several."""
+        return (self.source,) if isinstance(self.source, SourceParams) else tuple(self.source)
+
+    def __post_init__(self) -> None:
+        for name in ("max_pixels", "batch_size", "workers"):
+            if getattr(self, name) < 1:
+                raise ParamsError(f"params 'ingest.{name}' must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -121,9 +133,9 @@ def examine(data: bytes, max_pixels: int) -> tuple[str, str, str | None, int | N
 class _State:
     """Finished parts on disk: `<key>.parquet` (records) then `<key>.done` (fingerprints), written last."""
 
-    def __init__(self, folder: Path | None, settings: dict[str, Any]) -> None:
+    def __init__(self, folder: Path | None, settings: dict[str, dict[str, Any]]) -> None:
         self.folder = folder
-        self.settings = hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()
+        self.settings = {name: hashlib.sha256(repr(sorted(v.items())).encode()).hexdigest() for name, v in settings.items()}
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
 
@@ -132,33 +144,41 @@ class _State:
         key = hashlib.sha256(part.id.encode()).hexdigest()[:24]
         return self.folder / f"{key}.parquet", self.folder / f"{key}.done"
 
-    def previous(self, part: Part) -> tuple[list[dict[str, Any]], bool]:
+    def previous(self, part: Part) -> tuple[pa.Table | None, bool]:
         """The records this part had last time (decoded with the same settings) and whether it is unchanged."""
         if self.folder is None:
-            return [], False
+            return None, False
         records_path, done_path = self._paths(part)
         if not done_path.exists() or not records_path.exists():
-            return [], False
+            return None, False
         marker = json.loads(done_path.read_text())
-        if marker.get("settings") != self.settings or marker.get("part") != part.id:
-            return [], False
-        records = schemas.read_table(records_path, "ingest_records").to_pylist()
+        if marker.get("settings") != self.settings[part.source] or marker.get("part") != part.id:
+            return None, False
+        try:
+            records = schemas.read_table(records_path, "ingest_records")
+        except (schemas.SchemaError, OSError, pa.ArrowException):
+            return None, False  # written by another version, or damaged: the part is read again
         return records, part.fingerprint is not None and marker.get("fingerprint") == part.fingerprint
 
-    def finish(self, part: Part, records: list[dict[str, Any]]) -> None:
+    def finish(self, part: Part, records: pa.Table) -> None:
         if self.folder is None:
             return
         records_path, done_path = self._paths(part)
         done_path.unlink(missing_ok=True)
-        schemas.write_table(pa.Table.from_pylist(records, schema=RECORDS), records_path, "ingest_records")
-        write_json(done_path, {"part": part.id, "fingerprint": part.fingerprint, "settings": self.settings})
+        schemas.write_table(records, records_path, "ingest_records")
+        by_status = Counter(records.column("status").to_pylist())
+        write_json(done_path, {"part": part.id, "fingerprint": part.fingerprint, "settings": self.settings[part.source],
+                               "inputs": records.num_rows, "by_status": dict(sorted(by_status.items()))})
 
 
-def _settings(params: IngestParams) -> dict[str, Any]:
-    """What the recorded outcomes depend on besides the bytes: the decode rules and their params."""
-    source = {k: v for k, v in asdict(params.source).items() if k != "part_size"}
+def _settings(params: IngestParams) -> dict[str, dict[str, Any]]:
+    """Per source, what its recorded outcomes depend on besides the bytes: decode rules and params."""
     decode_rules = hashlib.sha256(Path(decode_module.__file__).read_bytes()).hexdigest()
-    return {"max_pixels": params.max_pixels, "source": repr(sorted(source.items())), "decode": decode_rules}
+    settings = {}
+    for source in params.sources:
+        listing = {k: v for k, v in asdict(source).items() if k != "part_size"}
+        settings[source.name] = {"max_pixels": params.max_pixels, "source": repr(sorted(listing.items())), "decode": decode_rules}
+    return settings
 
 
 def ingest(
@@ -171,33 +191,37 @@ def ingest(
     state = _State(Path(state_dir) if state_dir is not None else None, _settings(params))
     outcomes: dict[str, tuple[str, str, str | None, int | None, int | None, int | None]] = {}
     counts = Counter()
-    parts_records: list[list[dict[str, Any]]] = []
+    # Each part's records are kept as an Arrow table (a few hundred bytes per input), not as dicts.
+    parts_records: list[tuple[str, pa.Table]] = []
     executor: Executor | None = None
     if params.workers > 1:
         # fork: workers start in milliseconds and only run `examine` (PIL, numpy), never pyarrow.
         executor = ProcessPoolExecutor(params.workers, mp_context=get_context("fork"))
     try:
-        for part in progress(corpus.parts(), desc=f"ingest {params.source.name}", unit="part"):
+        names = ", ".join(s.name for s in params.sources)
+        for part in progress(corpus.parts(), desc=f"ingest {names}", unit="part"):
             previous, unchanged = state.previous(part)
-            stale_block = any(r["status"] == RejectReason.BLOCKED.value and r["image_id"] not in blocklist for r in previous)
-            if unchanged and not stale_block:
+            old_rows = [] if previous is None else previous.to_pylist()
+            # an item skipped as blocked but blocked no longer must be decoded now
+            unblocked = {r["location"] for r in old_rows if r["status"] == RejectReason.BLOCKED.value and r["image_id"] not in blocklist}
+            if previous is not None and unchanged and not unblocked:
                 counts["parts_reused"] += 1
-                parts_records.append(previous)
+                parts_records.append((part.source, previous))
                 continue
-            reusable = {
-                r["location"]: r for r in previous
-                if r["stamp"] is not None and not (r["status"] == RejectReason.BLOCKED.value and r["image_id"] not in blocklist)
-            }
+            reusable = {r["location"]: r for r in old_rows if r["stamp"] is not None and r["location"] not in unblocked}
+            del old_rows
             records: list[dict[str, Any]] = []
             for batch in _batches(part.entries(), params.batch_size):
                 records.extend(_examine_batch(batch, reusable, blocklist, outcomes, params, executor, counts))
-            state.finish(part, records)
+            table = pa.Table.from_pylist(records, schema=RECORDS)
+            state.finish(part, table)
             counts["parts_done"] += 1
-            parts_records.append(records)
+            parts_records.append((part.source, table))
     finally:
         if executor is not None:
             executor.shutdown()
-    result = assemble((r for records in parts_records for r in records), params.source.name, blocklist)
+    pairs = ((source, r) for source, table in parts_records for r in table.to_pylist())
+    result = assemble(pairs, blocklist, [s.name for s in params.sources])
     result.metrics.update(
         parts=counts["parts_done"] + counts["parts_reused"],
         parts_reused=counts["parts_reused"],
@@ -268,61 +292,68 @@ def _examine_batch(
     return records
 
 
-def assemble(records: Iterable[dict[str, Any]], source: str, blocklist: frozenset[str]) -> IngestResult:
-    """Images, rejects and metrics from per-input records in listing order."""
-    images: dict[str, dict[str, Any]] = {}
+_IMAGE_FIELDS = ("source", "source_path", "locations", "source_license", "format", "width", "height", "n_bytes",
+                 "frame_count")
+
+
+def assemble(
+    records: Iterable[tuple[str, dict[str, Any]]], blocklist: frozenset[str], sources: Sequence[str] = ()
+) -> IngestResult:
+    """Images, rejects and metrics (in total and per source) from (source name, record) pairs in listing order."""
+    images: dict[str, list[Any]] = {}  # image_id → its values of _IMAGE_FIELDS
     rejects: list[dict[str, str]] = []
-    inputs = duplicates = blocked = 0
-    for record in records:
-        inputs += 1
+    tally: dict[str, Counter] = {name: Counter() for name in sources}
+    for source, record in records:
+        counts = tally.setdefault(source, Counter())
+        counts["inputs"] += 1
         image_id = record["image_id"]
         if image_id is not None and image_id in blocklist:
-            blocked += 1
+            counts["blocked"] += 1
             rejects.append({"source": source, "location": record["location"], "reason": RejectReason.BLOCKED.value,
                             "detail": f"sha256 {image_id} is on the blocklist"})
         elif record["status"] != OK:
+            counts[f"rejected:{record['status']}"] += 1
             rejects.append({"source": source, "location": record["location"], "reason": record["status"],
                             "detail": record["detail"]})
         elif image_id in images:
-            images[image_id]["locations"].append(record["location"])
-            duplicates += 1
+            counts["duplicates"] += 1
+            images[image_id][2].append(record["location"])
         else:
-            images[image_id] = {
-                "image_id": image_id,
-                "source": source,
-                "source_path": record["location"],
-                "locations": [record["location"]],
-                "source_license": record["license"],
-                "format": record["format"],
-                "width": record["width"],
-                "height": record["height"],
-                "n_bytes": record["n_bytes"],
-                "frame_count": record["frame_count"],
-            }
-    rows = [images[key] for key in sorted(images)]
+            counts["accepted"] += 1
+            images[image_id] = [source, record["location"], [record["location"]], record["license"], record["format"],
+                                record["width"], record["height"], record["n_bytes"], record["frame_count"]]
+    ids = sorted(images)
+    columns = {"image_id": ids}
+    for k, name in enumerate(_IMAGE_FIELDS):
+        columns[name] = [images[i][k] for i in ids]
     rejects.sort(key=lambda r: (r["source"], r["location"], r["reason"]))
-    by_reason = Counter(r["reason"] for r in rejects if r["reason"] != RejectReason.BLOCKED.value)
-    metrics: dict[str, Any] = {
-        "source": source,
-        "inputs": inputs,
-        "accepted": len(rows),
-        "duplicates": duplicates,
-        "blocked": blocked,
-        "rejected": sum(by_reason.values()),
-        "rejected_by_reason": dict(sorted(by_reason.items())),
-    }
+    metrics = _summarise(sum(tally.values(), Counter()))
+    metrics["sources"] = {name: _summarise(counts) for name, counts in sorted(tally.items())}
     return IngestResult(
-        pa.Table.from_pylist(rows, schema=schemas.IMAGES),
+        pa.Table.from_pydict(columns, schema=schemas.IMAGES),
         pa.Table.from_pylist(rejects, schema=schemas.REJECTS),
         metrics,
     )
+
+
+def _summarise(counts: Counter) -> dict[str, Any]:
+    by_reason = {key.partition(":")[2]: n for key, n in sorted(counts.items()) if key.startswith("rejected:")}
+    return {
+        "inputs": counts["inputs"],
+        "accepted": counts["accepted"],
+        "duplicates": counts["duplicates"],
+        "blocked": counts["blocked"],
+        "rejected": sum(by_reason.values()),
+        "rejected_by_reason": by_reason,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: `python -m pipeline.ingest --source DIR_URL_OR_FILE --images OUT ...`."""
     parser = argparse.ArgumentParser(prog="clipblind ingest", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--source", required=True, help="corpus folder, manifest, shards (dir, pattern, URL) or dataset")
+    parser.add_argument("--source", required=True, nargs="+",
+                        help="corpus folder, manifest, shards (dir, pattern, URL) or dataset; one per configured source")
     parser.add_argument("--images", required=True, help="output images table (parquet)")
     parser.add_argument("--rejects", required=True, help="output rejects table (parquet)")
     parser.add_argument("--metrics", required=True, help="output metrics JSON")

@@ -88,6 +88,53 @@ def ycck_jpeg(rgb: np.ndarray) -> bytes:
     return bytes(data)
 
 
+def _s15(value: float) -> bytes:
+    return struct.pack(">i", int(round(value * 65536)))
+
+
+def cmyk_profile() -> bytes:
+    """A minimal ICC v2 CMYK printer profile: a 2-point lut16 from ink corners to Lab.
+
+    Its press is muted (full inks reach about 60 % of the way a naive conversion says), so an
+    image decoded through it differs visibly from the standard formula."""
+
+    def lab(c: int, m: int, y: int, k: int) -> tuple[float, float, float]:
+        light = (1 - k) * (1 - 0.25 * (c + m + y))
+        return 30 + 60 * light, 0.6 * 50 * (m - c) * (1 - k), 0.6 * 50 * (y - (c + m) / 2) * (1 - k)
+
+    grid: list[int] = []
+    for c in (0, 1):
+        for m in (0, 1):
+            for y in (0, 1):
+                for k in (0, 1):
+                    L, a, b = lab(c, m, y, k)
+                    grid += [round(L / 100 * 0xFF00), round((a + 128) * 256), round((b + 128) * 256)]
+    lut = (b"mft2" + bytes(4) + struct.pack(">BBBB", 4, 3, 2, 0) + b"".join(_s15(v) for v in (1, 0, 0, 0, 1, 0, 0, 0, 1))
+           + struct.pack(">HH", 2, 2) + struct.pack(">8H", *([0, 65535] * 4))
+           + struct.pack(f">{len(grid)}H", *grid) + struct.pack(">6H", *([0, 65535] * 3)))
+    name = b"clipblind test press\0"
+    tags = [(b"desc", b"desc" + bytes(4) + struct.pack(">I", len(name)) + name + bytes(78)),
+            (b"wtpt", b"XYZ " + bytes(4) + _s15(0.9642) + _s15(1.0) + _s15(0.8249)),
+            (b"cprt", b"text" + bytes(4) + b"none\0"),
+            (b"A2B0", lut)]
+    offset = 128 + 4 + 12 * len(tags)
+    table, body = b"", b""
+    for signature, data in tags:
+        body += bytes(-(offset + len(body)) % 4)
+        table += signature + struct.pack(">II", offset + len(body), len(data))
+        body += data
+    header = (struct.pack(">I", offset + len(body)) + b"lcms" + struct.pack(">I", 0x02100000) + b"prtrCMYKLab "
+              + bytes(12) + b"acspAPPL" + bytes(20) + struct.pack(">I", 0) + _s15(0.9642) + _s15(1.0) + _s15(0.8249)
+              + b"lcms" + bytes(44))
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+def cmyk_icc_jpeg(rgb: np.ndarray, icc: bytes) -> bytes:
+    """An Adobe CMYK JPEG carrying an ICC profile."""
+    return encode(Image.fromarray(cmyk_of(rgb), "CMYK"), "JPEG", quality=98, icc_profile=icc)
+
+
 def png_bytes(width: int, height: int, bit_depth: int, color_type: int, raw: bytes, bad_crc: bool = False) -> bytes:
     """A PNG built chunk by chunk (for 48-bit RGB, forged sizes and broken checksums)."""
 
@@ -158,6 +205,8 @@ def variants(blocked_seed: int = 7) -> list[Variant]:
     scene[:, 32:] = (20, 90, 160)
     v.append(Variant("modes/cmyk.jpg", cmyk_jpeg(scene), OK))
     v.append(Variant("modes/ycck.jpg", ycck_jpeg(scene), OK))
+    v.append(Variant("modes/cmyk_profile.jpg", cmyk_icc_jpeg(scene, cmyk_profile()), OK))
+    v.append(Variant("modes/cmyk_broken_profile.jpg", cmyk_icc_jpeg(scene[::-1], b"not an icc profile" * 9), OK))
     gray = Image.fromarray(photo).convert("L")
     v.append(Variant("modes/gray.jpg", encode(gray, "JPEG"), OK))
     v.append(Variant("modes/progressive.jpg", encode(Image.fromarray(photo), "JPEG", progressive=True), OK))

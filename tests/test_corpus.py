@@ -6,7 +6,6 @@ import hashlib
 import io
 import tarfile
 import time
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq

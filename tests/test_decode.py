@@ -93,7 +93,9 @@ def test_animated_gif_gives_first_frame_and_counts_frames():
 
 # ---- pixel tests on the formats real corpora carry
 
-from tests.corpus_fixtures import cmyk_jpeg, marked, oriented_jpeg, psd_bytes, rgb16_png, ycck_jpeg  # noqa: E402
+from tests.corpus_fixtures import (  # noqa: E402
+    cmyk_icc_jpeg, cmyk_jpeg, cmyk_profile, marked, oriented_jpeg, psd_bytes, rgb16_png, ycck_jpeg,
+)
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -152,3 +154,25 @@ def test_other_animations_give_first_frame_and_count(fmt):
     frames = [Image.new("RGB", (8, 8), c) for c in [(255, 0, 0), (0, 0, 255)]]
     decoded = decode(_bytes(frames[0], fmt, save_all=True, append_images=frames[1:], lossless=True))
     assert decoded.frame_count == 2 and decoded.image.getpixel((4, 4))[0] > 200
+
+
+def test_cmyk_jpeg_with_an_icc_profile_is_converted_through_it():
+    from PIL import ImageCms
+
+    icc = cmyk_profile()
+    data = cmyk_icc_jpeg(_colourful(), icc)
+    raw = Image.open(io.BytesIO(data))
+    assert raw.mode == "CMYK" and raw.info["icc_profile"] == icc
+    through_profile = ImageCms.profileToProfile(
+        raw, ImageCms.ImageCmsProfile(io.BytesIO(icc)), ImageCms.createProfile("sRGB"), outputMode="RGB",
+        renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC, flags=ImageCms.Flags.BLACKPOINTCOMPENSATION,
+    )
+    decoded = np.asarray(decode(data).image).astype(int)
+    assert np.array_equal(decoded, np.asarray(through_profile))
+    assert np.abs(decoded - np.asarray(raw.convert("RGB")).astype(int)).mean() > 20  # the profile mattered
+
+
+def test_cmyk_jpeg_with_a_broken_profile_falls_back_to_the_formula():
+    data = cmyk_icc_jpeg(_colourful(), b"not an icc profile" * 9)
+    raw = Image.open(io.BytesIO(data))
+    assert np.array_equal(np.asarray(decode(data).image), np.asarray(raw.convert("RGB")))

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from pipeline.decode import DecodeError, RejectReason, decode
-from tests.corpus_fixtures import cmyk_jpeg, oriented_jpeg, marked, rgb16_png
+from tests.corpus_fixtures import cmyk_icc_jpeg, cmyk_jpeg, cmyk_profile, marked, oriented_jpeg, rgb16_png
 
 
 def _seeds() -> list[bytes]:
@@ -29,7 +29,8 @@ def _seeds() -> list[bytes]:
         buffer = io.BytesIO()
         photo.save(buffer, format=fmt, **kw)
         out.append(buffer.getvalue())
-    out += [oriented_jpeg(6, marked()), cmyk_jpeg(np.asarray(photo)), rgb16_png(32, 2)]
+    out += [oriented_jpeg(6, marked()), cmyk_jpeg(np.asarray(photo)), cmyk_icc_jpeg(np.asarray(photo), cmyk_profile()),
+            rgb16_png(32, 2)]
     return out
 
 

@@ -110,3 +110,22 @@ def test_parallel_decode_gives_identical_results(tmp_path):
     two = _ingest(root, None, workers=2, batch_size=7)
     assert one.metrics == two.metrics and _same(one, two)
     assert one.metrics["duplicates"] == 1
+
+
+def test_finished_parts_record_their_counts(tmp_path):
+    import json
+
+    root = _corpus(tmp_path / "c")
+    _ingest(root, tmp_path / "state")
+    markers = [json.loads(p.read_text()) for p in (tmp_path / "state").glob("*.done")]
+    d0 = next(m for m in markers if m["part"] == "d0")
+    assert d0["inputs"] == 5 and d0["by_status"] == {"ok": 4, "truncated": 1}
+
+
+def test_nonsense_sizes_are_params_errors():
+    from pipeline.config import ParamsError
+
+    with pytest.raises(ParamsError, match="ingest.batch_size"):
+        IngestParams(source=SOURCE, batch_size=0)
+    with pytest.raises(ParamsError, match="ingest.source.max_bytes"):
+        SourceParams(kind="folder", max_bytes=0)
