@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--accepted", required=True)
     parser.add_argument("--images", required=True)
-    parser.add_argument("--source", required=True, help="the corpus folder or manifest ingest read")
+    parser.add_argument("--source", required=True, nargs="+", help="the corpus source(s) ingest read, as in params")
     parser.add_argument("--out", required=True, help="output gate table (parquet)")
     parser.add_argument("--metrics", required=True)
     parser.add_argument("--cache", default=".cache/gate", help="folder of VLM response caches (resume)")

@@ -347,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--accepted", required=True, help="accepted-annotations table (parquet)")
     parser.add_argument("--images", required=True)
-    parser.add_argument("--source", required=True, help="the corpus folder or manifest ingest read")
+    parser.add_argument("--source", required=True, nargs="+", help="the corpus source(s) ingest read, as in params")
     parser.add_argument("--pairs", required=True, help="pairs table (its metadata records encoders and thresholds)")
     parser.add_argument("--mine-metrics", help="metrics/mine.json (the funnel)")
     parser.add_argument("--ingest-metrics", help="metrics/ingest.json (the funnel's start)")
