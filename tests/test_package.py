@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pyarrow as pa
 import pytest
 from PIL import Image
 
@@ -303,9 +304,23 @@ def test_fetch_script_puts_withheld_images_in_place_after_checking_sha256(world,
     assert bad.returncode == 1 and "other bytes than the released sha256" in bad.stdout
 
 
-def test_an_empty_release_is_refused_with_a_clear_message(world, tmp_path, capsys):
+def test_before_any_annotation_the_release_says_it_is_awaiting_them(world, tmp_path, capsys):
     empty = tmp_path / "accepted.parquet"
     schemas.write_table(schemas.empty("accepted"), empty, "accepted")
-    assert package.main(package_args(dict(world["inputs"], accepted=empty), tmp_path / "out", tmp_path / "m.json")) == 1
-    assert "no pairs to release (0 accepted, 0 rejected)" in capsys.readouterr().err
+    out = tmp_path / "out"
+    assert package.main(package_args(dict(world["inputs"], accepted=empty), out, tmp_path / "m.json")) == 0
+    assert "no accepted annotations yet" in capsys.readouterr().out
+    assert release.is_awaiting(out)
+    assert not (out / release.PARQUET_PATH).exists()  # nothing that could be loaded as a benchmark
+    assert release.verify(out).ok
+    assert json.loads((tmp_path / "m.json").read_text())["status"] == release.AWAITING
+
+
+def test_accepted_pairs_that_all_fail_packaging_are_refused_with_a_clear_message(world, tmp_path, capsys):
+    table = schemas.read_table(world["inputs"]["accepted"], "accepted")
+    blank = table.set_column(table.schema.get_field_index("question"), "question", pa.array([""] * table.num_rows))
+    bad = tmp_path / "accepted.parquet"
+    schemas.write_table(blank, bad, "accepted")
+    assert package.main(package_args(dict(world["inputs"], accepted=bad), tmp_path / "out", tmp_path / "m.json")) == 1
+    assert f"no pairs to release ({table.num_rows} accepted, {table.num_rows} rejected)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -30,7 +30,7 @@ def _dvc(args: list[str], cwd: Path, ok: bool = True) -> str:
 def test_dvc_repro_gate_package_evaluate(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    for folder in ("pipeline", "data_cards"):
+    for folder in ("pipeline", "data_cards", "annotation", "labels"):
         shutil.copytree(REPO / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
     dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
     dvc_yaml["stages"]["sample_corpus"]["cmd"] = dvc_yaml["stages"]["sample_corpus"]["cmd"].replace("--scenes 40", "--scenes 2")
@@ -43,11 +43,12 @@ def test_dvc_repro_gate_package_evaluate(tmp_path):
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     _dvc(["init", "-q"], repo)
     _dvc(["repro", "mine"], repo)
-    # the annotation import's output, over the real images table
+    # the annotation stages' output (stage `accept`), fabricated over the real images table: the
+    # stages below run one by one (`repro -s`) so that `accept` does not overwrite it
     ids = schemas.read_table(repo / "data/images.parquet", "images").column("image_id").to_pylist()
     accepted = pa.Table.from_pylist(accepted_rows(sorted(ids)), schema=schemas.ACCEPTED)
     schemas.write_table(accepted, repo / "data/accepted.parquet", "accepted")
-    out = _dvc(["repro", "package"], repo)
+    out = _dvc(["repro", "-s", "gate"], repo) + _dvc(["repro", "-s", "package"], repo)
     assert "Running stage 'gate'" in out and "Running stage 'package'" in out and "RANDOMLY INITIALISED" in out
     assert release.verify(repo / "data/release").ok
     manifest = release.read_manifest(repo / "data/release")
@@ -55,13 +56,13 @@ def test_dvc_repro_gate_package_evaluate(tmp_path):
     assert manifest["provenance"]["funnel"]["images"] == len(ids)
     assert manifest["gate"] is None  # the project's params run no VLM offline; the card says so
     assert "The blind gate did not run" in (repo / "data/release/README.md").read_text()
-    assert "Running stage" not in _dvc(["repro", "package"], repo)
+    assert "Running stage" not in _dvc(["repro", "-s", "package"], repo)
     # a corrected answer under the same version is refused; with a new version and a changelog line it is recorded
     rows = accepted.to_pylist()
     fixed = next(r for r in rows if r["pattern"] == "state")
     fixed["answer_a"], fixed["answer_b"] = fixed["answer_b"], fixed["answer_a"]
     schemas.write_table(pa.Table.from_pylist(rows, schema=schemas.ACCEPTED), repo / "data/accepted.parquet", "accepted")
-    refused = _dvc(["repro", "package"], repo, ok=False)
+    refused = _dvc(["repro", "-s", "package"], repo, ok=False)
     assert "bump package.version" in refused
     assert release.read_manifest(repo / "data/release")["version"] == manifest["version"] and release.verify(repo / "data/release").ok
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -69,11 +70,11 @@ def test_dvc_repro_gate_package_evaluate(tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     changelog = repo / "data_cards/CHANGELOG.md"
     changelog.write_text(changelog.read_text().replace("## 1.0.0", f"## 1.0.1\n\n- Corrected the answers of pair {fixed['pair_id']}.\n\n## 1.0.0"))
-    _dvc(["repro", "package"], repo)
+    _dvc(["repro", "-s", "package"], repo)
     changes = release.read_manifest(repo / "data/release")["changes"]
     assert changes["previous_version"] == manifest["version"]
     assert sorted(changes["changed_items"]) == [f"{fixed['pair_id']}-a", f"{fixed['pair_id']}-b"]
-    out = _dvc(["repro", "evaluate"], repo)
+    out = _dvc(["repro", "-s", "evaluate"], repo)
     assert "Running stage 'evaluate'" in out
     shown = _dvc(["metrics", "show", "--json"], repo)
     assert "open_clip:tiny-clip-text:random" in shown and "pair_accuracy" in shown
