@@ -276,42 +276,47 @@ def write_release(
     """Write every layout of `items` into `out_dir`, replacing it whole; return the manifest."""
     check_version(spec.version)
     ordered = order_items(items)
-    out = Path(out_dir)
+    files: dict[str, bytes] = {}
+    files[PARQUET_PATH], arrow_bytes = _parquet_bytes(ordered)
+    files.update(_webdataset_files(ordered, shard_size))
+    files.update(_mmvp_files(ordered))
+    withheld = [i for i in ordered if not i["redistributed"]]
+    if withheld:
+        files[WITHHELD] = _withheld_csv(withheld)
+        files[FETCH_SCRIPT] = _FETCH_SCRIPT.encode()
+    manifest = {
+        "name": spec.name,
+        "version": spec.version,
+        "pretty_name": spec.pretty_name,
+        "split": SPLIT,
+        "counts": summarise(ordered),
+        "provenance": dict(spec.provenance),
+        "gate": dict(spec.gate) if spec.gate is not None else None,
+        "changes": dict(spec.changes),
+        "layouts": {
+            "huggingface": PARQUET_PATH,
+            "webdataset": f"{WEBDATASET_DIR}/{SPLIT}-{{000000..{_shard_count(len(ordered), shard_size) - 1:06d}}}.tar",
+            "mmvp": f"{mmvp.MMVP_DIR}/",
+            "mmvp_vlm": f"{mmvp.VLM_DIR}/",
+            "webdataset_shard_size": shard_size,
+            "huggingface_num_bytes": arrow_bytes,
+            "withheld": WITHHELD if withheld else None,
+        },
+        "citation": spec.citation,
+    }
+    changelog_text = render_changelog(spec.changelog)
+    files[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+    files[CHANGELOG] = changelog_text.encode()
+    files[CARD] = render_card(manifest, changelog_text).encode()
+    _publish(files, Path(out_dir))
+    return manifest
+
+
+def _publish(files: Mapping[str, bytes], out: Path) -> None:
+    """Write `files` and their SHA256SUMS into a staging folder, then swap it in for `out` whole."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        files: dict[str, bytes] = {}
-        files[PARQUET_PATH], arrow_bytes = _parquet_bytes(ordered)
-        files.update(_webdataset_files(ordered, shard_size))
-        files.update(_mmvp_files(ordered))
-        withheld = [i for i in ordered if not i["redistributed"]]
-        if withheld:
-            files[WITHHELD] = _withheld_csv(withheld)
-            files[FETCH_SCRIPT] = _FETCH_SCRIPT.encode()
-        manifest = {
-            "name": spec.name,
-            "version": spec.version,
-            "pretty_name": spec.pretty_name,
-            "split": SPLIT,
-            "counts": summarise(ordered),
-            "provenance": dict(spec.provenance),
-            "gate": dict(spec.gate) if spec.gate is not None else None,
-            "changes": dict(spec.changes),
-            "layouts": {
-                "huggingface": PARQUET_PATH,
-                "webdataset": f"{WEBDATASET_DIR}/{SPLIT}-{{000000..{_shard_count(len(ordered), shard_size) - 1:06d}}}.tar",
-                "mmvp": f"{mmvp.MMVP_DIR}/",
-                "mmvp_vlm": f"{mmvp.VLM_DIR}/",
-                "webdataset_shard_size": shard_size,
-                "huggingface_num_bytes": arrow_bytes,
-                "withheld": WITHHELD if withheld else None,
-            },
-            "citation": spec.citation,
-        }
-        changelog_text = render_changelog(spec.changelog)
-        files[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
-        files[CHANGELOG] = changelog_text.encode()
-        files[CARD] = render_card(manifest, changelog_text).encode()
         for rel, data in files.items():
             target = staging / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -321,7 +326,6 @@ def write_release(
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    return manifest
 
 
 AWAITING = "awaiting_annotations"
@@ -334,8 +338,6 @@ def write_awaiting(out_dir: str | Path, spec: ReleaseSpec) -> dict[str, Any]:
     can mistake it for a benchmark, while `dvc repro` runs end to end before anyone annotates.
     """
     check_version(spec.version)
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
     manifest = {
         "name": spec.name,
         "version": spec.version,
@@ -350,15 +352,7 @@ def write_awaiting(out_dir: str | Path, spec: ReleaseSpec) -> dict[str, Any]:
             "mined pairs, pull the snapshot and rerun `dvc repro` (see the clipblind README, 'Annotate').\n"
         ).encode(),
     }
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        for rel, data in files.items():
-            (staging / rel).write_bytes(data)
-        (staging / SUMS).write_bytes(sums_text(files).encode())
-        _swap_in(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+    _publish(files, Path(out_dir))
     return manifest
 
 
