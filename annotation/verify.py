@@ -49,8 +49,8 @@ def push_verification(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: `clipblind verify [--annotations data/annotations.parquet] [--display data/display]`."""
-    parser = argparse.ArgumentParser(prog="clipblind verify", description=__doc__.splitlines()[0])
+    """Command line: `clipblind push-verification [--annotations data/annotations.parquet] [--display data/display]`."""
+    parser = argparse.ArgumentParser(prog="clipblind push-verification", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--annotations", default="data/annotations.parquet")
     parser.add_argument("--display", default="data/display")

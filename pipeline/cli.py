@@ -7,29 +7,32 @@ import importlib
 import sys
 from typing import Sequence
 
-# subcommand → (module, one-line help); modules load lazily so `--help` stays fast.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "sample-corpus": ("pipeline.samplecorpus", "generate the deterministic demo corpus"),
-    "ingest": ("pipeline.ingest", "corpus → images table, rejects, metrics"),
-    "embed": ("pipeline.embed", "images → CLIP and DINOv2 embedding shards"),
-    "mine": ("pipeline.mine", "embeddings → CLIP-blind pairs and funnel metrics"),
-    "export": ("pipeline.export", "pairs → display images and Label Studio tasks"),
-    "package": ("pipeline.package", "accepted annotations + images → versioned benchmark release"),
-    "verify": ("pipeline.verify", "recompute a release's SHA256SUMS: changed, missing, extra files"),
-    "remove": ("pipeline.remove", "take items out of a release (takedown) as a new version"),
-    "publish": ("pipeline.publish", "push a verified release to the Hugging Face Hub as a tagged revision"),
-    "tag": ("pipeline.tag", "git-tag a verified release as <name>@v<version>"),
-    "evaluate": ("pipeline.evaluate", "score CLIP encoders and VLMs on a release, MMVP or MMVP-VLM folder"),
-    "status": ("pipeline.status", "what the pipeline has produced so far"),
-    "bench": ("pipeline.bench", "benchmarks: speed as ratios measured in one run"),
-    "labelstudio": ("annotation.server", "start/stop the local Label Studio; add annotator accounts"),
-    "push": ("annotation.push", "tasks → the Label Studio question-writing project"),
-    "pull": ("annotation.pull", "Label Studio project → versioned export snapshot"),
-    "validate": ("annotation.validate", "writing snapshot → annotations table with reject reasons"),
-    "verify": ("annotation.verify", "valid questions → the Label Studio verification project"),
-    "accept": ("annotation.accept", "verified questions + adjudication → accepted pairs"),
-    "adjudicate": ("annotation.adjudication", "merge disputed questions into the lead's adjudication file"),
-}
+# (subcommand, module, one-line help), in pipeline order; modules load lazily so `--help` stays fast.
+_COMMANDS: list[tuple[str, str, str]] = [
+    ("sample-corpus", "pipeline.samplecorpus", "generate the deterministic demo corpus"),
+    ("ingest", "pipeline.ingest", "corpus → images table, rejects, metrics"),
+    ("embed", "pipeline.embed", "images → CLIP and DINOv2 embedding shards"),
+    ("mine", "pipeline.mine", "embeddings → CLIP-blind pairs and funnel metrics"),
+    ("export", "pipeline.export", "pairs → display images and Label Studio tasks"),
+    ("labelstudio", "annotation.server", "start/stop the local Label Studio; add annotator accounts"),
+    ("push", "annotation.push", "tasks → the Label Studio question-writing project"),
+    ("pull", "annotation.pull", "Label Studio project → versioned export snapshot"),
+    ("validate", "annotation.validate", "writing snapshot → annotations table with reject reasons"),
+    ("push-verification", "annotation.verify", "valid questions → the Label Studio verification project"),
+    ("accept", "annotation.accept", "verified questions + adjudication → accepted pairs"),
+    ("adjudicate", "annotation.adjudication", "merge disputed questions into the lead's adjudication file"),
+    ("package", "pipeline.package", "accepted annotations + images → versioned benchmark release"),
+    ("verify", "pipeline.verify", "recompute a release's SHA256SUMS: changed, missing, extra files"),
+    ("remove", "pipeline.remove", "take items out of a release (takedown) as a new version"),
+    ("tag", "pipeline.tag", "git-tag a verified release as <name>@v<version>"),
+    ("publish", "pipeline.publish", "push a verified release to the Hugging Face Hub as a tagged revision"),
+    ("evaluate", "pipeline.evaluate", "score CLIP encoders and VLMs on a release, MMVP or MMVP-VLM folder"),
+    ("status", "pipeline.status", "what the pipeline has produced so far"),
+    ("bench", "pipeline.bench", "benchmarks: speed as ratios measured in one run"),
+]
+COMMANDS: dict[str, tuple[str, str]] = {name: (module, help_) for name, module, help_ in _COMMANDS}
+if len(COMMANDS) != len(_COMMANDS):  # two modules must never claim one subcommand
+    raise RuntimeError("duplicate clipblind subcommand names in pipeline/cli.py")
 
 
 def usage() -> str:

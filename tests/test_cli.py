@@ -31,3 +31,10 @@ def test_sample_corpus_is_deterministic(tmp_path):
     files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
     assert files_a == files_b and len(files_a) == 2 * 9 + 4
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files_a)
+
+
+def test_verify_subcommand_checks_a_release_folder(tmp_path, capsys):
+    # `clipblind verify <release>` is the release checker; the verification push is `push-verification`
+    assert cli.main(["verify", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert "has no SHA256SUMS" in captured.out + captured.err
