@@ -27,7 +27,7 @@ from typing import Any, Callable, Literal, Protocol
 
 import numpy as np
 
-EncoderKind = Literal["open_clip", "dinov2"]
+EncoderKind = Literal["open_clip", "dinov2", "clip_retrieval"]  # clip_retrieval: imported, see pipeline.clipretrieval
 RANDOM = "random"
 HUB_HOST = "huggingface.co"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -56,7 +56,8 @@ class EncoderParams:
     model: str
     weights: str
     pooling: Literal["cls", "mean"] = "cls"  # dinov2 only
-    dtype: Literal["fp32", "bf16"] = "fp32"
+    dtype: Literal["fp32", "bf16", "auto"] = "fp32"  # auto: bf16 where the CPU computes it natively
+    device: Literal["cpu", "cuda"] = "cpu"
     image_size: int = 224
     seed: int = 0  # only used to initialise `weights: random`
     config: dict[str, Any] = field(default_factory=dict)  # architecture overrides for `weights: random`
@@ -68,6 +69,7 @@ class Encoder(Protocol):
     name: str
     dim: int
     random_init: bool
+    transform: Callable[[Any], Any]  # what `preprocess` applies: picklable without the model
 
     def preprocess(self, image: Any) -> Any:
         """Canonical RGB PIL image → a CHW float tensor."""
@@ -81,6 +83,11 @@ class Encoder(Protocol):
 
 def load_encoder(name: str, params: EncoderParams) -> Encoder:
     """Build the encoder `params` describe, from the registry."""
+    if params.kind == "clip_retrieval":
+        raise ValueError(
+            f"encoder {name!r}: kind clip_retrieval means precomputed vectors: import them with "
+            "`clipblind embed --clip-from DIR` instead of building a model"
+        )
     try:
         factory = REGISTRY[params.kind]
     except KeyError:
@@ -136,6 +143,52 @@ def _torch_dtype(dtype: str) -> Any:
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
 
 
+def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the CPU computes bf16 natively (AVX512-BF16, AMX-BF16 or Arm BF16); elsewhere bf16 is emulated and slow."""
+    try:
+        flags = set(Path(cpuinfo).read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """The compute dtype `dtype` means on `device`: `auto` is bf16 on CUDA and on CPUs with native bf16."""
+    if dtype != "auto":
+        return dtype
+    return "bf16" if device == "cuda" or cpu_has_native_bf16() else "fp32"
+
+
+class _Runner:
+    """Where and in which dtype a model runs: on CPU the weights are cast (autocast on CPU is
+    ~15x slower with open_clip); on CUDA the weights stay fp32 under autocast, fed from pinned memory."""
+
+    def __init__(self, params: EncoderParams) -> None:
+        import torch
+
+        if params.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("encoder device 'cuda' requested but torch sees no CUDA device; set device: cpu")
+        self.device = params.device
+        self.dtype = resolve_dtype(params.dtype, params.device)
+
+    def place(self, model: Any) -> Any:
+        """Move the model to its device (and, on CPU, to its compute dtype)."""
+        if self.device == "cuda":
+            return model.to("cuda")
+        return model.to(_torch_dtype(self.dtype))
+
+    def run(self, forward: Callable[[Any], Any], batch: Any) -> Any:
+        """`forward(batch)` on the device in the compute dtype, without autograd."""
+        import torch
+
+        with torch.inference_mode():
+            if self.device == "cuda":
+                batch = batch.pin_memory().to("cuda", non_blocking=True)
+                with torch.autocast("cuda", dtype=_torch_dtype(self.dtype), enabled=self.dtype != "fp32"):
+                    return forward(batch)
+            return forward(batch.to(_torch_dtype(self.dtype)))
+
+
 def _normalise(x: Any) -> np.ndarray:
     import torch
 
@@ -165,8 +218,10 @@ class OpenClipEncoder:
         model.eval()
         # On CPU, PyTorch's MHA fast path is slower for ViT-L and hides FLOPs from the counter.
         torch.backends.mha.set_fastpath_enabled(False)
-        self.model = model.to(_torch_dtype(params.dtype))
-        self.visual_preprocess = preprocess
+        self.attention = _use_sdpa(model.visual)
+        self.runner = _Runner(params)
+        self.model = self.runner.place(model)
+        self.transform = preprocess
         self.dim = int(model.visual.output_dim)
         self.weights_source = pretrained or RANDOM
 
@@ -190,13 +245,10 @@ class OpenClipEncoder:
         return weights
 
     def preprocess(self, image: Any) -> Any:
-        return self.visual_preprocess(image)
+        return self.transform(image)
 
     def encode(self, batch: Any) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            return _normalise(self.model.encode_image(batch.to(_torch_dtype(self.params.dtype))))
+        return _normalise(self.runner.run(self.model.encode_image, batch))
 
     def describe(self) -> dict[str, Any]:
         cfg = dict(getattr(self.model.visual, "preprocess_cfg", {}))
@@ -211,9 +263,49 @@ class OpenClipEncoder:
             "resolution": int(cfg.get("size", self.params.image_size) if not isinstance(cfg.get("size"), (list, tuple)) else cfg["size"][0]),
             "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
             "pooling": "clip_projection",
-            "dtype": self.params.dtype,
+            "attention": self.attention,
+            "dtype": self.runner.dtype,
             "versions": library_versions(),
         }
+
+
+def _sdpa_self_attention(mha: Any) -> Any:
+    """A drop-in for an open_clip ViT block's `nn.MultiheadAttention` running the same weights
+    through `scaled_dot_product_attention` (one fused kernel instead of bmm + softmax + bmm)."""
+    import torch
+    import torch.nn.functional as F
+
+    class SdpaSelfAttention(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.in_proj_weight = mha.in_proj_weight
+            self.in_proj_bias = mha.in_proj_bias
+            self.out_proj = mha.out_proj
+            self.num_heads = mha.num_heads
+
+        def forward(self, q_x: Any, k_x: Any = None, v_x: Any = None, need_weights: bool = False,
+                    attn_mask: Any = None) -> tuple[Any, None]:
+            n, length, width = q_x.shape
+            qkv = F.linear(q_x, self.in_proj_weight, self.in_proj_bias)
+            q, k, v = qkv.view(n, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+            return self.out_proj(x.transpose(1, 2).reshape(n, length, width)), None
+
+    return SdpaSelfAttention()
+
+
+def _use_sdpa(visual: Any) -> str:
+    """Route open_clip ViT self-attention through SDPA (same weights, same state dict keys); return the kind used."""
+    import torch
+
+    blocks = getattr(getattr(visual, "transformer", None), "resblocks", [])
+    replaced = 0
+    for block in blocks:
+        attn = getattr(block, "attn", None)
+        if isinstance(attn, torch.nn.MultiheadAttention) and attn.batch_first and attn._qkv_same_embed_dim:
+            block.attn = _sdpa_self_attention(attn)
+            replaced += 1
+    return "sdpa" if replaced and replaced == len(blocks) else "eager"
 
 
 def _register_open_clip_config(name: str, config: dict[str, Any]) -> str:
@@ -269,7 +361,8 @@ class Dinov2Encoder:
             raise ValueError(f"dinov2 weights must be 'pretrained' or 'random', got {params.weights!r}")
         model.eval()
         model.config._attn_implementation = "sdpa"
-        self.model = model.to(_torch_dtype(params.dtype))
+        self.runner = _Runner(params)
+        self.model = self.runner.place(model)
         self.dim = int(model.config.hidden_size)
         self.transform = _dinov2_transform(params.image_size)
 
@@ -289,10 +382,7 @@ class Dinov2Encoder:
         return self.transform(image)
 
     def encode(self, batch: Any) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            hidden = self.model(pixel_values=batch.to(_torch_dtype(self.params.dtype))).last_hidden_state
+        hidden = self.runner.run(lambda x: self.model(pixel_values=x).last_hidden_state, batch)
         pooled = hidden[:, 0] if self.params.pooling == "cls" else hidden[:, 1:].mean(dim=1)
         return _normalise(pooled)
 
@@ -318,7 +408,7 @@ class Dinov2Encoder:
                 "std": list(IMAGENET_STD),
             },
             "pooling": self.params.pooling,
-            "dtype": self.params.dtype,
+            "dtype": self.runner.dtype,
             "versions": library_versions(),
         }
 
