@@ -1,0 +1,326 @@
+"""bench embed: how close the embed stage runs to this machine's matmul rate, measured in one run.
+
+Prints, for ViT-L/14-sized CLIP (open_clip) and DINOv2 encoders at 224 px with random
+weights (same cost as trained ones):
+
+* the machine's own dense matmul rate, bf16 and fp32 (best of square GEMM sizes);
+* each encoder's forward FLOPs per image (torch.utils.flop_counter, attention counted on its
+  math path), model-only images/s, and achieved FLOP/s ÷ bf16 matmul FLOP/s (target ≥ 60 %);
+* the whole stage end to end (decode + preprocess + both models + shard writes) on generated
+  JPEGs, as a ratio to the model-only rate of both encoders together (target ≥ 90 %);
+* the largest difference of pairwise cosine similarities between bf16 and fp32 (limit 0.003);
+* optionally (`--resume-trials N`) N SIGKILL-and-resume trials of the embed stage with tiny
+  models: byte-identical output and at most one shard recomputed per worker.
+
+`--profile` adds the top operators by CPU time of one batch per encoder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from pipeline.encoders import Encoder, EncoderParams, load_encoder
+
+CLIP_L14 = EncoderParams(kind="open_clip", model="ViT-L-14", weights="random", dtype="bf16")
+DINO_L14 = EncoderParams(kind="dinov2", model="facebook/dinov2-large", weights="random", dtype="bf16")
+MATMUL_TARGET = 0.60
+STAGE_TARGET = 0.90
+COSINE_LIMIT = 0.003
+
+
+def matmul_rate(dtype: str, sizes: Sequence[int] = (2048, 4096), seconds: float = 2.0) -> float:
+    """Best dense square-GEMM rate in GFLOP/s over `sizes` for `dtype` ("bf16" or "fp32")."""
+    import torch
+
+    torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    best = 0.0
+    for n in sizes:
+        a = torch.randn(n, n, dtype=torch_dtype)
+        b = torch.randn(n, n, dtype=torch_dtype)
+        torch.mm(a, b)  # warm-up: kernels chosen, memory touched
+        runs, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / len(sizes) or runs < 2:
+            torch.mm(a, b)
+            runs += 1
+        best = max(best, 2 * n**3 * runs / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def forward_flops(encoder: Encoder, size: int = 224) -> float:
+    """FLOPs of one image's forward pass (matmuls and attention, counted by torch's flop counter)."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = torch.randn(1, 3, size, size)
+    # The CPU flash-attention kernel is not in the counter's table; its math path is.
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        encoder.encode(batch)
+    return float(counter.get_total_flops())
+
+
+def model_rate(encoder: Encoder, batch_size: int, batches: int, size: int = 224) -> float:
+    """Images/s of `encoder.encode` alone on preprocessed random batches (after one warm-up batch)."""
+    import torch
+
+    batch = torch.randn(batch_size, 3, size, size)
+    encoder.encode(batch)
+    start = time.perf_counter()
+    for _ in range(batches):
+        encoder.encode(batch)
+    return batch_size * batches / (time.perf_counter() - start)
+
+
+def profile(encoder: Encoder, batch_size: int, rows: int = 10, size: int = 224) -> str:
+    """The top operators by self CPU time for one batch."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    batch = torch.randn(batch_size, 3, size, size)
+    encoder.encode(batch)
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        encoder.encode(batch)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def cosine_drift(params: EncoderParams, images: Sequence[Any]) -> float:
+    """Largest |pairwise cosine (bf16) - pairwise cosine (fp32)| over `images` for one encoder."""
+    import torch
+
+    sims = []
+    for dtype in ("fp32", "bf16"):
+        encoder = load_encoder("drift", replace(params, dtype=dtype))
+        vectors = encoder.encode(torch.stack([encoder.preprocess(im) for im in images]))
+        sims.append(vectors @ vectors.T)
+        del encoder
+    return float(np.abs(sims[0] - sims[1]).max())
+
+
+def generated_jpegs(folder: Path, count: int, seed: int = 0) -> None:
+    """`count` distinct 640x480 JPEGs of the sample corpus's scenes (realistic decode cost)."""
+    import random
+
+    from pipeline.samplecorpus import draw, encode, random_scene
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        image = draw(random_scene(rng), size=640).resize((640, 480))
+        (folder / f"{i:05d}.jpg").write_bytes(encode(image, "JPEG"))
+
+
+def stage_rate(encoders: dict[str, Encoder], images: int, batch_size: int, workdir: Path) -> float:
+    """Images/s of the whole embed stage (decode, preprocess, both models, writes) on generated JPEGs."""
+    from pipeline.corpus import Corpus, SourceParams
+    from pipeline.embed import EmbedParams, embed_corpus
+    from pipeline.ingest import IngestParams, ingest
+
+    generated_jpegs(workdir / "corpus", images)
+    corpus = Corpus(SourceParams(kind="folder", name="bench"), workdir / "corpus")
+    table = ingest(corpus, IngestParams(source=corpus.params)).images
+    params = EmbedParams(clip=CLIP_L14, dino=DINO_L14, batch_size=batch_size, shard_size=4 * batch_size)
+    start = time.perf_counter()
+    embed_corpus(
+        table.column("image_id").to_pylist(), table.column("source_path").to_pylist(), corpus, encoders,
+        {n: workdir / n for n in encoders}, params, max_pixels=50_000_000,
+    )
+    return table.num_rows / (time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class ResumeTrial:
+    """One SIGKILL-and-resume trial of the embed stage."""
+
+    shards: int
+    complete_at_kill: int  # shards with every encoder's marker when the group was killed
+    started_unfinished: int  # shards with some file written but not every marker: work lost
+    rerun_written: int
+    rerun_reused: int
+    identical: bool  # every output file byte-identical to the uninterrupted run
+
+
+def _killable_embed(argv: list[str]) -> None:
+    os.setsid()  # its own process group, so the whole group can be killed like a scheduler would
+    from pipeline import embed
+
+    embed.main(argv)
+
+
+def resume_trial(argv_for: Callable[[Path], list[str]], reference: Path, workdir: Path, kill_after: int) -> ResumeTrial:
+    """Run the embed stage in its own process group, SIGKILL the group once every encoder has
+    `kill_after` completion markers, rerun to completion in this process, and compare with the `reference` output."""
+    from pipeline import embed
+
+    out = workdir / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    context = multiprocessing.get_context("forkserver")
+    # Import the heavy libraries once in the fork server, not in every killed run.
+    context.set_forkserver_preload(
+        ["pipeline.embed", "open_clip", "torchvision", "transformers.models.dinov2.modeling_dinov2"]
+    )
+    child = context.Process(target=_killable_embed, args=(argv_for(out),))
+    child.start()
+    names = sorted(p.name for p in reference.iterdir() if p.is_dir())
+    deadline = time.monotonic() + 300
+    while child.is_alive() and time.monotonic() < deadline and min(
+        len(list((out / n).glob("shard-*.done"))) for n in names
+    ) < kill_after:
+        time.sleep(0.002)
+    if not child.is_alive():
+        raise RuntimeError(f"the embed run ended (exit code {child.exitcode}) before {kill_after} markers existed")
+    os.killpg(child.pid, signal.SIGKILL)
+    child.join()
+    shard_files = {
+        n: {p.name.lstrip(".").split(".")[0] for p in (out / n).glob("*shard-*")} for n in names
+    }
+    done = {n: {p.name.split(".")[0] for p in (out / n).glob("shard-*.done")} for n in names}
+    complete = set.intersection(*done.values())
+    started = set.union(*shard_files.values()) - complete
+    embed.main(argv_for(out))
+    metrics = json.loads((out / "embed.json").read_text())
+    identical = all(_tree(out / n) == _tree(reference / n) for n in names)
+    return ResumeTrial(metrics["shards"], len(complete), len(started), metrics["shards_written"], metrics["shards_reused"], identical)
+
+
+def _tree(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def tiny_world(workdir: Path, scenes: int, shard_size: int) -> tuple[Callable[[Path], list[str]], Path]:
+    """A generated corpus, its images table and tiny-model params; returns the stage argv builder and the reference output."""
+    import yaml
+
+    from pipeline import embed, ingest
+    from pipeline.samplecorpus import generate
+
+    tiny_clip = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
+        "text_cfg": {"context_length": 16, "vocab_size": 1000, "width": 64, "heads": 2, "layers": 1},
+    }
+    tiny_dino = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "patch_size": 8, "mlp_ratio": 2}
+    params = {
+        "ingest": {"source": {"kind": "folder", "name": "bench"}, "max_pixels": 10_000_000},
+        "embed": {
+            "clip": {"kind": "open_clip", "model": "tiny-clip", "weights": "random", "image_size": 32, "config": tiny_clip},
+            "dino": {"kind": "dinov2", "model": "tiny-dino", "weights": "random", "image_size": 32, "config": tiny_dino},
+            "batch_size": max(1, shard_size // 2),
+            "shard_size": shard_size,
+        },
+    }
+    params_file = workdir / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    generate(workdir / "corpus", scenes=scenes, seed=1)
+    images = workdir / "images.parquet"
+    ingest.main(["--params", str(params_file), "--source", str(workdir / "corpus"), "--images", str(images),
+                 "--rejects", str(workdir / "rejects.parquet"), "--metrics", str(workdir / "ingest.json")])
+
+    def argv_for(out: Path) -> list[str]:
+        return ["--params", str(params_file), "--images", str(images), "--source", str(workdir / "corpus"),
+                "--clip", str(out / "clip"), "--dino", str(out / "dino"), "--metrics", str(out / "embed.json")]
+
+    reference = workdir / "reference"
+    embed.main(argv_for(reference))
+    return argv_for, reference
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: `clipblind bench embed [--batch-size 8] [--images 32] [--resume-trials 20] [--profile]`."""
+    parser = argparse.ArgumentParser(prog="clipblind bench embed", description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batches", type=int, default=3, help="timed batches per encoder (model-only)")
+    parser.add_argument("--images", type=int, default=32, help="generated JPEGs for the end-to-end run (0: skip)")
+    parser.add_argument("--drift-images", type=int, default=8, help="images for the bf16-vs-fp32 check (0: skip)")
+    parser.add_argument("--resume-trials", type=int, default=0, help="SIGKILL-and-resume trials with tiny models")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--profile", action="store_true", help="print the top operators of one batch per encoder")
+    parser.add_argument("--skip-models", action="store_true", help="only the resume trials")
+    args = parser.parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"bench embed: torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}", flush=True)
+    results: dict[str, Any] = {}
+    if not args.skip_models:
+        results.update(_model_benchmarks(args))
+    if args.resume_trials:
+        results["resume"] = _resume_benchmark(args.resume_trials)
+    print(json.dumps(results, indent=2, sort_keys=True))
+    return 0
+
+
+def _model_benchmarks(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    bf16, fp32 = matmul_rate("bf16"), matmul_rate("fp32")
+    results["matmul_gflops"] = {"bf16": round(bf16, 1), "fp32": round(fp32, 1)}
+    print(f"matmul: bf16 {bf16:.0f} GFLOP/s, fp32 {fp32:.0f} GFLOP/s", flush=True)
+    encoders = {"clip": load_encoder("clip", CLIP_L14), "dino": load_encoder("dino", DINO_L14)}
+    seconds_per_image = 0.0
+    for name, encoder in encoders.items():
+        flops = forward_flops(encoder)
+        rate = model_rate(encoder, args.batch_size, args.batches)
+        ratio = rate * flops / 1e9 / bf16
+        seconds_per_image += 1 / rate
+        results[name] = {
+            "gflop_per_image": round(flops / 1e9, 2), "images_per_s": round(rate, 3),
+            "gflops": round(rate * flops / 1e9, 1), "ratio_to_bf16_matmul": round(ratio, 3),
+            "meets_60_percent": ratio >= MATMUL_TARGET,
+        }
+        print(f"{name}: {flops / 1e9:.1f} GFLOP/img, {rate:.2f} img/s model-only = {rate * flops / 1e9:.0f} GFLOP/s "
+              f"= {ratio:.1%} of bf16 matmul (target {MATMUL_TARGET:.0%})", flush=True)
+        if args.profile:
+            print(profile(encoder, args.batch_size), flush=True)
+    model_only = 1 / seconds_per_image
+    results["model_only_both_images_per_s"] = round(model_only, 3)
+    if args.images:
+        with tempfile.TemporaryDirectory(prefix="clipblind-bench-") as tmp:
+            stage = stage_rate(encoders, args.images, args.batch_size, Path(tmp))
+        results["stage"] = {"images_per_s": round(stage, 3), "ratio_to_model_only": round(stage / model_only, 3),
+                            "meets_90_percent": stage / model_only >= STAGE_TARGET}
+        print(f"stage end to end: {stage:.2f} img/s vs model-only {model_only:.2f} img/s for both encoders "
+              f"= {stage / model_only:.1%} (target {STAGE_TARGET:.0%})", flush=True)
+    del encoders
+    if args.drift_images:
+        import random
+
+        from pipeline.samplecorpus import draw, random_scene
+
+        rng = random.Random(7)
+        images = [draw(random_scene(rng), size=256) for _ in range(args.drift_images)]
+        for name, params in (("clip", CLIP_L14), ("dino", DINO_L14)):
+            drift = cosine_drift(params, images)
+            results[name]["bf16_cosine_drift"] = round(drift, 5)
+            print(f"{name}: max |pairwise cosine bf16 - fp32| = {drift:.4f} (limit {COSINE_LIMIT})", flush=True)
+    return results
+
+
+def _resume_benchmark(trials: int) -> dict[str, Any]:
+    records = []
+    with tempfile.TemporaryDirectory(prefix="clipblind-resume-") as tmp:
+        argv_for, reference = tiny_world(Path(tmp), scenes=3, shard_size=2)
+        for trial in range(trials):
+            record = resume_trial(argv_for, reference, Path(tmp) / "trial", kill_after=1 + trial % 5)
+            records.append(record)
+            print(f"resume trial {trial + 1}: {record}", flush=True)
+    ok = all(r.identical and r.started_unfinished <= 1 and r.rerun_reused == r.complete_at_kill for r in records)
+    print(f"resume: {sum(r.identical for r in records)}/{trials} byte-identical, at most "
+          f"{max(r.started_unfinished for r in records)} shard recomputed per run", flush=True)
+    return {"trials": trials, "all_ok": ok, "records": [r.__dict__ for r in records]}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
