@@ -11,7 +11,7 @@ failed images (accepted + failed == images to embed), engine, dtype and random_i
 Each image is decoded once (the canonical decode) and preprocessed for every encoder that
 still needs it. Work is split into shards; `--shard i/n` runs only shards k with k % n == i,
 so n independent workers (a Slurm job array, any scheduler) share one output directory.
-The engine is a param: `local` overlaps decoding with the model in a loader thread; `ray`
+The engine is a param: `local` overlaps decoding with the model in loader threads; `ray`
 runs an actor pool of encoders on a Ray cluster (`pipeline.raydata`). Both give the same
 vectors: a shard is always encoded in the same batches.
 """
@@ -19,8 +19,8 @@ vectors: a shard is always encoded in the same batches.
 from __future__ import annotations
 
 import argparse
-import queue
-import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
@@ -44,6 +44,7 @@ class EngineParams:
 
     kind: Literal["local", "ray"] = "local"
     prefetch_batches: int = 2  # local: decoded batches queued ahead of the model
+    loader_threads: int = 1  # local: decode threads (PIL releases the GIL); raise it for a GPU
     address: str | None = None  # ray: cluster address ("auto", "ray://head:10001"); none starts a private local instance
     actors: int = 2  # ray: encoder actors (each holds both models)
     actor_cpus: float = 0.5  # ray: CPUs reserved per actor; fractions leave room for the read tasks
@@ -180,45 +181,34 @@ def run_local(
     max_pixels: int,
     params: EmbedParams,
 ) -> Iterator[ShardResult]:
-    """Encode shard by shard in this process; a loader thread decodes the next batches meanwhile."""
-    batches: queue.Queue[Any] = queue.Queue(maxsize=max(1, params.engine.prefetch_batches))
-    stop = threading.Event()
-    end = object()
+    """Encode shard by shard in this process while loader threads decode the next batches."""
+    engine = params.engine
+    units = ((job, rows) for job in jobs for rows in job.batches(params.batch_size))
+    pending: deque[Future[PreparedBatch]] = deque()
+    with ThreadPoolExecutor(max_workers=max(1, engine.loader_threads), thread_name_prefix="embed-loader") as pool:
 
-    def load() -> None:
-        try:
-            for job in jobs:
+        def submit_next() -> None:
+            unit = next(units, None)
+            if unit is not None:
+                job, rows = unit
                 preprocessors = {n: encoders[n].preprocess for n in job.encoders}
-                for rows in job.batches(params.batch_size):
-                    prepared = prepare_batch(
-                        job.plan.image_ids[rows], job.locations[rows], preprocessors, corpus, max_pixels
-                    )
-                    while not stop.is_set():
-                        try:
-                            batches.put(prepared, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
-            batches.put(end)
-        except BaseException as err:  # handed to the consumer, which re-raises it
-            batches.put(err)
+                pending.append(pool.submit(
+                    prepare_batch, job.plan.image_ids[rows], job.locations[rows], preprocessors, corpus, max_pixels
+                ))
 
-    loader = threading.Thread(target=load, name="embed-loader", daemon=True)
-    loader.start()
-    try:
-        for job in jobs:
-            result = ShardResult(job, {n: [] for n in job.encoders})
-            for _ in job.batches(params.batch_size):
-                prepared = batches.get()
-                if isinstance(prepared, BaseException):
-                    raise prepared
-                add_batch(result, prepared, lambda name, batch: encoders[name].encode(batch))
-            yield result
-    finally:
-        stop.set()
-        loader.join(timeout=5)
+        try:
+            for _ in range(max(1, engine.prefetch_batches)):
+                submit_next()
+            for job in jobs:
+                result = ShardResult(job, {n: [] for n in job.encoders})
+                for _ in job.batches(params.batch_size):
+                    prepared = pending.popleft().result()
+                    submit_next()
+                    add_batch(result, prepared, lambda name, batch: encoders[name].encode(batch))
+                yield result
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def add_batch(result: ShardResult, prepared: PreparedBatch, encode: Callable[[str, Any], np.ndarray]) -> None:
