@@ -10,6 +10,10 @@ dtype, library versions). Two kinds are registered:
 * `dinov2`: `model` is a hub id (e.g. `facebook/dinov2-large`) or a local directory saved
   with `save_pretrained`; `weights` is `pretrained` or `random`.
 
+`dtype` is fp32, bf16, or auto (bf16 on CUDA and on CPUs with native bf16, else fp32); the
+dtype used is part of the description. On CPU the weights are cast to it; on CUDA they stay
+fp32 under autocast. open_clip's ViT attention runs through SDPA with the same weights.
+
 `random` must be asked for explicitly; weights that cannot be had raise `WeightsUnavailable`
 within seconds, naming both fixes. There is no silent fallback to random weights.
 """
@@ -177,6 +181,12 @@ class _Runner:
             return model.to("cuda")
         return model.to(_torch_dtype(self.dtype))
 
+    def fuse_linears(self, model: Any) -> str:
+        """On CPU in bf16, swap the model's linear layers for oneDNN ones (see `_onednn_linears`); return the kind used."""
+        if self.device != "cpu" or self.dtype != "bf16":
+            return "torch"
+        return "onednn_fused" if _onednn_linears(model) else "torch"
+
     def run(self, forward: Callable[[Any], Any], batch: Any) -> Any:
         """`forward(batch)` on the device in the compute dtype, without autograd."""
         import torch
@@ -187,6 +197,54 @@ class _Runner:
                 with torch.autocast("cuda", dtype=_torch_dtype(self.dtype), enabled=self.dtype != "fp32"):
                     return forward(batch)
             return forward(batch.to(_torch_dtype(self.dtype)))
+
+
+def _onednn_linears(model: Any) -> int:
+    """Replace every bf16 `nn.Linear` of `model` by a oneDNN linear with a prepacked weight and the
+    bias fused into the GEMM, and fuse the exact GELU that follows an MLP's first layer into it;
+    return how many layers were replaced (0 where this torch build lacks the oneDNN ops).
+
+    PyTorch's CPU `addmm` first copies the broadcast bias into the output and then accumulates the
+    GEMM into it; in ViT-L that copy and the separate GELU pass cost a tenth of the forward."""
+    import torch
+
+    mkldnn = torch.ops.mkldnn
+    if not (torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_linear_pointwise")):
+        return 0
+
+    class OneDnnLinear(torch.nn.Module):
+        def __init__(self, linear: torch.nn.Linear, post_op: str) -> None:
+            super().__init__()
+            self.out_features = linear.out_features
+            self.packed = torch.nn.Parameter(mkldnn._reorder_linear_weight(linear.weight.detach(), None), requires_grad=False)
+            self.bias = linear.bias
+            self.post_op, self.algorithm = (post_op, "none") if post_op == "gelu" else ("none", "")
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            flat = x.reshape(-1, x.shape[-1])
+            out = mkldnn._linear_pointwise(flat, self.packed, self.bias, self.post_op, [], self.algorithm)
+            return out.reshape(*x.shape[:-1], self.out_features)
+
+    def exact_gelu(module: Any) -> bool:
+        if isinstance(module, torch.nn.GELU):
+            return module.approximate == "none"
+        return type(module).__name__ == "GELUActivation"  # transformers' exact (erf) GELU
+
+    replaced = 0
+    for parent in list(model.modules()):
+        # The MLPs whose first linear is followed by a GELU: open_clip's Sequential(c_fc, gelu, c_proj)
+        # and transformers' Dinov2MLP(fc1, activation_fn, fc2).
+        mlp = {"c_fc": "gelu", "fc1": "activation_fn"}
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, torch.nn.Linear) or child.weight.dtype != torch.bfloat16:
+                continue
+            act_name = mlp.get(name)
+            fuse = act_name is not None and exact_gelu(getattr(parent, act_name, None))
+            setattr(parent, name, OneDnnLinear(child, "gelu" if fuse else "none"))
+            if fuse:
+                setattr(parent, act_name, torch.nn.Identity())
+            replaced += 1
+    return replaced
 
 
 def _normalise(x: Any) -> np.ndarray:
@@ -221,6 +279,7 @@ class OpenClipEncoder:
         self.attention = _use_sdpa(model.visual)
         self.runner = _Runner(params)
         self.model = self.runner.place(model)
+        self.linear = self.runner.fuse_linears(self.model.visual)
         self.transform = preprocess
         self.dim = int(model.visual.output_dim)
         self.weights_source = pretrained or RANDOM
@@ -264,6 +323,7 @@ class OpenClipEncoder:
             "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
             "pooling": "clip_projection",
             "attention": self.attention,
+            "linear": self.linear,
             "dtype": self.runner.dtype,
             "versions": library_versions(),
         }
@@ -363,6 +423,7 @@ class Dinov2Encoder:
         model.config._attn_implementation = "sdpa"
         self.runner = _Runner(params)
         self.model = self.runner.place(model)
+        self.linear = self.runner.fuse_linears(self.model)
         self.dim = int(model.config.hidden_size)
         self.transform = _dinov2_transform(params.image_size)
 
@@ -408,6 +469,8 @@ class Dinov2Encoder:
                 "std": list(IMAGENET_STD),
             },
             "pooling": self.params.pooling,
+            "attention": "sdpa",
+            "linear": self.linear,
             "dtype": self.runner.dtype,
             "versions": library_versions(),
         }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -53,7 +54,10 @@ def run_ray(
             for b, rows in enumerate(job.batches(params.batch_size))
         ]
         transforms = {name: encoder.transform for name, encoder in encoders.items()}
-        encoder_params = {name: getattr(params, name) for name in encoders}
+        # The driver's resolved dtype, so `auto` cannot mean bf16 on one node and fp32 on another.
+        encoder_params = {
+            name: replace(getattr(params, name), dtype=encoder.describe()["dtype"]) for name, encoder in encoders.items()
+        }
         threads = engine.actor_threads or max(1, int(engine.actor_cpus))
         dataset = (
             ray.data.from_items(units, override_num_blocks=min(len(units), 200))

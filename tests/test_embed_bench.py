@@ -1,14 +1,18 @@
 """The pieces `clipblind bench embed` measures with, checked on tiny models."""
 
+import dataclasses
+
 import numpy as np
+import pytest
 
 from pipeline.benchmarks.embed import MatmulProbe, forward_flops
 from pipeline.encoders import load_encoder
 from tests.test_encoders import TINY_CLIP
 
 
-def test_forward_flops_counts_every_matmul_including_sdpa_attention():
-    encoder = load_encoder("c", TINY_CLIP)
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_forward_flops_counts_every_matmul_including_sdpa_attention(dtype):
+    encoder = load_encoder("c", dataclasses.replace(TINY_CLIP, dtype=dtype))
     assert encoder.describe()["attention"] == "sdpa"
     width, tokens, layers, patch, embed = 64, (32 // 8) ** 2 + 1, 2, 8, 32
     per_layer = (

@@ -84,10 +84,17 @@ def forward_flops(encoder: Encoder, size: int = 224) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     batch = torch.randn(1, 3, size, size)
-    # The CPU flash-attention kernel is not in the counter's table; its math path is.
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+    # Neither the CPU flash-attention kernel nor oneDNN's fused linear is in the counter's table:
+    # attention is counted on its math path, the fused linear as the GEMM it is.
+    fused_linear = {torch.ops.mkldnn._linear_pointwise: _linear_flops} if hasattr(
+        torch.ops.mkldnn, "_linear_pointwise") else {}
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False, custom_mapping=fused_linear) as counter:
         encoder.encode(batch)
     return float(counter.get_total_flops())
+
+
+def _linear_flops(x_shape: Sequence[int], w_shape: Sequence[int], *args: Any, out_shape: Sequence[int], **kwargs: Any) -> int:
+    return 2 * int(np.prod(x_shape)) * int(out_shape[-1])
 
 
 def model_rate(encoder: Encoder, batch_size: int, batches: int, probe: MatmulProbe, size: int = 224) -> float:
