@@ -338,15 +338,17 @@ def _sdpa_self_attention(mha: Any) -> Any:
     class SdpaSelfAttention(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.in_proj_weight = mha.in_proj_weight
-            self.in_proj_bias = mha.in_proj_bias
+            # A Linear module (same tensors) so the oneDNN fusion sees the qkv projection too.
+            self.in_proj = torch.nn.Linear(mha.embed_dim, 3 * mha.embed_dim, bias=mha.in_proj_bias is not None, device="meta")
+            self.in_proj.weight = mha.in_proj_weight
+            self.in_proj.bias = mha.in_proj_bias
             self.out_proj = mha.out_proj
             self.num_heads = mha.num_heads
 
         def forward(self, q_x: Any, k_x: Any = None, v_x: Any = None, need_weights: bool = False,
                     attn_mask: Any = None) -> tuple[Any, None]:
             n, length, width = q_x.shape
-            qkv = F.linear(q_x, self.in_proj_weight, self.in_proj_bias)
+            qkv = self.in_proj(q_x)
             q, k, v = qkv.view(n, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
             return self.out_proj(x.transpose(1, 2).reshape(n, length, width)), None

@@ -105,10 +105,6 @@ class _Encode:
 
 
 def _ray() -> Any:
-    if "ray" not in __import__("sys").modules:
-        # Must be set before Ray reads its constants: a private instance then advertises and
-        # binds the loopback address instead of this machine's public one.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
         import ray.data  # noqa: F401
@@ -129,7 +125,10 @@ def _connect(ray: Any, address: str | None) -> bool:
         return False
     from ray._private import ray_constants
 
-    ray_constants.ENABLE_RAY_CLUSTER = False  # in case Ray was imported before the variable was set
+    # A private instance advertises and binds the loopback address instead of this machine's
+    # public one: the variable for the worker processes, the constant for this already-imported Ray.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
     ray.init(
         address="local",
         num_cpus=os.cpu_count(),
