@@ -1,30 +1,55 @@
 """embed: images table + corpus → CLIP and DINOv2 embeddings, one shard directory per encoder.
 
-Inputs: the images table, the corpus source it was read from, params section `embed`.
+Inputs: the images table, the corpus source it was read from, params section `embed`;
+optionally `--clip-from DIR`, a clip-retrieval output (img_emb/*.npy + metadata/*.parquet)
+used as the CLIP side instead of computing it (`embed.clip.kind: clip_retrieval`).
 Outputs: `--clip DIR` and `--dino DIR` in the format of `pipeline.embeddings` (float16,
-L2-normalised, row-aligned with the images table, resumable shard by shard).
-Metrics: images, shards written, shards reused, decode failures, random_init per encoder.
-Each image is decoded once (the canonical decode) and preprocessed for both encoders.
+L2-normalised, keyed by image id, resumable shard by shard, grown incrementally).
+Metrics: images, shards (planned, owned by this worker, written, reused), images embedded,
+failed images (accepted + failed == images to embed), engine, dtype and random_init per encoder.
+
+Each image is decoded once (the canonical decode) and preprocessed for every encoder that
+still needs it. Work is split into shards; `--shard i/n` runs only shards k with k % n == i,
+so n independent workers (a Slurm job array, any scheduler) share one output directory.
+The engine is a param: `local` overlaps decoding with the model in loader threads; `ray`
+runs an actor pool of encoders on a Ray cluster (`pipeline.raydata`). Both give the same
+vectors: a shard is always encoded in the same batches.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 
 from pipeline import embeddings, schemas
 from pipeline.config import load_section
 from pipeline.corpus import Corpus
-from pipeline.decode import decode
+from pipeline.decode import DecodeError, decode
 from pipeline.encoders import Encoder, EncoderParams, load_encoder
 from pipeline.ingest import IngestParams
 from pipeline.report import progress, summary, warn, write_metrics
 
 STAGE = "embed"
+
+
+@dataclass(frozen=True)
+class EngineParams:
+    """Where the encoders run (section `embed.engine`)."""
+
+    kind: Literal["local", "ray"] = "local"
+    prefetch_batches: int = 2  # local: decoded batches queued ahead of the model
+    loader_threads: int = 1  # local: decode threads (PIL releases the GIL); raise it for a GPU
+    address: str | None = None  # ray: cluster address ("auto", "ray://head:10001"); none starts a private local instance
+    actors: int = 2  # ray: encoder actors (each holds both models)
+    actor_cpus: float = 0.5  # ray: CPUs reserved per actor; fractions leave room for the read tasks
+    read_cpus: float = 0.25  # ray: CPUs reserved per decode task
+    actor_threads: int = 0  # ray: torch threads per actor; 0 = the CPUs the actor reserved, at least 1
 
 
 @dataclass(frozen=True)
@@ -36,72 +61,247 @@ class EmbedParams:
     batch_size: int = 16
     shard_size: int = 4096
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    engine: EngineParams = field(default_factory=EngineParams)
 
 
 class EmbedFailure(RuntimeError):
-    """An image that ingest accepted could not be read or decoded again."""
+    """Images that ingest accepted could not be embedded; the message names them and the fix."""
+
+
+@dataclass(frozen=True)
+class ShardSlice:
+    """Worker `index` of `count`: it owns the shards k with k % count == index."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> ShardSlice:
+        """Parse `i/n` (0 <= i < n)."""
+        try:
+            index, count = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+        if not 0 <= index < count:
+            raise ValueError(f"--shard {text}: need 0 <= i < n")
+        return cls(index, count)
+
+    def owns(self, shard: int) -> bool:
+        """Whether shard number `shard` is this worker's."""
+        return shard % self.count == self.index
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard to compute: its live ids, where they are, and the encoders it still lacks."""
+
+    plan: embeddings.ShardPlan
+    locations: tuple[str, ...]
+    encoders: tuple[str, ...]
+
+    def batches(self, batch_size: int) -> list[slice]:
+        """The row ranges encoded together; fixed per shard so every engine gives the same vectors."""
+        return [slice(s, s + batch_size) for s in range(0, len(self.plan.image_ids), batch_size)]
+
+
+@dataclass
+class ShardResult:
+    """A computed shard: vectors per encoder for the ids that decoded, and the ids that did not."""
+
+    job: ShardJob
+    vectors: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    kept: list[str] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (image_id, why)
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A decoded, preprocessed batch: a tensor per encoder for the ids in `kept`."""
+
+    tensors: dict[str, Any]
+    kept: list[str]
+    failures: list[tuple[str, str]]
+
+
+Preprocessors = Mapping[str, Callable[[Any], Any]]
+
+
+def prepare_batch(
+    ids: Sequence[str], locations: Sequence[str], preprocessors: Preprocessors, corpus: Corpus, max_pixels: int
+) -> PreparedBatch:
+    """Read and decode each image once, preprocess it for every encoder; a failure costs only its image."""
+    import torch
+
+    per_encoder: dict[str, list[Any]] = {n: [] for n in preprocessors}
+    kept: list[str] = []
+    failures: list[tuple[str, str]] = []
+    for image_id, location in zip(ids, locations):
+        try:
+            image = decode(corpus.read(location), max_pixels=max_pixels).image
+        except DecodeError as err:
+            failures.append((image_id, f"{location}: {err}"))
+            continue
+        for name, preprocess in preprocessors.items():
+            per_encoder[name].append(preprocess(image))
+        kept.append(image_id)
+    tensors = {n: torch.stack(t) for n, t in per_encoder.items() if t}
+    return PreparedBatch(tensors, kept, failures)
+
+
+def plan_jobs(
+    plan: Sequence[embeddings.ShardPlan],
+    location_of: Mapping[str, str],
+    complete: Callable[[str, embeddings.ShardPlan], bool],
+    encoder_names: Sequence[str],
+    worker: ShardSlice,
+) -> tuple[list[ShardJob], int, int]:
+    """This worker's shards that some encoder still lacks; also how many it owns and how many are done."""
+    live = frozenset(location_of)
+    jobs: list[ShardJob] = []
+    owned = reused = 0
+    for shard in plan:
+        if not worker.owns(shard.index):
+            continue
+        shard = shard.live(live)
+        if not shard.image_ids:
+            continue  # every image of this shard left the corpus
+        owned += 1
+        todo = tuple(n for n in encoder_names if not complete(n, shard))
+        if not todo:
+            reused += 1
+            continue
+        jobs.append(ShardJob(shard, tuple(location_of[i] for i in shard.image_ids), todo))
+    return jobs, owned, reused
+
+
+def run_local(
+    jobs: Sequence[ShardJob],
+    encoders: Mapping[str, Encoder],
+    corpus: Corpus,
+    max_pixels: int,
+    params: EmbedParams,
+) -> Iterator[ShardResult]:
+    """Encode shard by shard in this process while loader threads decode the next batches."""
+    engine = params.engine
+    units = ((job, rows) for job in jobs for rows in job.batches(params.batch_size))
+    pending: deque[Future[PreparedBatch]] = deque()
+    with ThreadPoolExecutor(max_workers=max(1, engine.loader_threads), thread_name_prefix="embed-loader") as pool:
+
+        def submit_next() -> None:
+            unit = next(units, None)
+            if unit is not None:
+                job, rows = unit
+                preprocessors = {n: encoders[n].preprocess for n in job.encoders}
+                pending.append(pool.submit(
+                    prepare_batch, job.plan.image_ids[rows], job.locations[rows], preprocessors, corpus, max_pixels
+                ))
+
+        try:
+            for _ in range(max(1, engine.prefetch_batches)):
+                submit_next()
+            for job in jobs:
+                result = ShardResult(job, {n: [] for n in job.encoders})
+                for _ in job.batches(params.batch_size):
+                    prepared = pending.popleft().result()
+                    submit_next()
+                    add_batch(result, prepared, lambda name, batch: encoders[name].encode(batch))
+                yield result
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def add_batch(result: ShardResult, prepared: PreparedBatch, encode: Callable[[str, Any], np.ndarray]) -> None:
+    """Encode one prepared batch into the shard being assembled."""
+    result.failures.extend(prepared.failures)
+    if prepared.kept:
+        result.kept.extend(prepared.kept)
+        for name in result.job.encoders:
+            result.vectors[name].append(encode(name, prepared.tensors[name]))
 
 
 def embed_corpus(
     image_ids: Sequence[str],
     locations: Sequence[str],
     corpus: Corpus,
-    encoders: dict[str, Encoder],
-    out_dirs: dict[str, Path],
+    encoders: Mapping[str, Encoder],
+    out_dirs: Mapping[str, Path],
     params: EmbedParams,
     max_pixels: int,
+    worker: ShardSlice = ShardSlice(),
+    engine: Callable[..., Iterable[ShardResult]] | None = None,
 ) -> dict[str, Any]:
-    """Embed every image with every encoder into its shard directory; return the metrics."""
+    """Embed every image that lacks a finished vector, for each encoder; return the metrics.
+
+    `engine(jobs, encoders, corpus, max_pixels, params)` yields computed shards; the default
+    is the one `params.engine.kind` names.
+    """
     fingerprints = {}
     for name, encoder in encoders.items():
         description = encoder.describe()
         fingerprints[name] = embeddings.fingerprint(description)
         out_dirs[name].mkdir(parents=True, exist_ok=True)
         embeddings.write_description(out_dirs[name], description)
-    plans = embeddings.plan_shards(list(image_ids), params.shard_size)
+    plan = embeddings.sync_plan([out_dirs[n] for n in encoders], image_ids, params.shard_size)
+    mine_shards = [s.index for s in plan if worker.owns(s.index)]
     for name in encoders:
-        embeddings.remove_stale(out_dirs[name], keep=len(plans))
-    location_of = dict(zip(image_ids, locations))
-    written = reused = 0
-    for plan in progress(plans, desc="embed shards", unit="shard"):
-        todo = [n for n in encoders if not embeddings.shard_complete(out_dirs[n], plan, fingerprints[n])]
-        if not todo:
-            reused += 1
-            continue
-        vectors = {n: [] for n in todo}
-        for start in range(0, len(plan.image_ids), params.batch_size):
-            batch_ids = plan.image_ids[start : start + params.batch_size]
-            images = [_decode_again(corpus, location_of[i], i, max_pixels) for i in batch_ids]
-            for n in todo:
-                vectors[n].append(_encode(encoders[n], images))
-        for n in todo:
-            embeddings.write_shard(out_dirs[n], plan, np.concatenate(vectors[n]), fingerprints[n])
-        written += 1
+        embeddings.remove_leftovers(out_dirs[name], mine_shards)
+    jobs, owned, reused = plan_jobs(
+        plan,
+        dict(zip(image_ids, locations)),
+        lambda name, shard: embeddings.shard_complete(out_dirs[name], shard, fingerprints[name]),
+        list(encoders),
+        worker,
+    )
+    run = engine or _engine(params.engine.kind)
+    written = embedded = 0
+    failures: list[tuple[str, str]] = []
+    results = run(jobs, encoders, corpus, max_pixels, params)
+    for result in progress(results, desc="embed shards", total=len(jobs), unit="shard"):
+        failures.extend(result.failures)
+        embedded += len(result.kept)
+        if result.kept:
+            # A shard missing failed images is still published (its marker lists what it holds),
+            # so the rest of the shard is usable; it stays incomplete and is retried next run.
+            shard = embeddings.ShardPlan(result.job.plan.index, tuple(result.kept))
+            for name in result.job.encoders:
+                embeddings.write_shard(out_dirs[name], shard, np.concatenate(result.vectors[name]), fingerprints[name])
+            written += 1
+    to_embed = sum(len(j.plan.image_ids) for j in jobs)
     return {
         "images": len(image_ids),
-        "shards": len(plans),
+        "images_to_embed": to_embed,
+        "images_embedded": embedded,
+        "images_failed": len(failures),
+        "failures": [{"image_id": i, "error": e} for i, e in sorted(failures)[:100]],
+        "shards": len(plan),
+        "shards_owned": owned,
         "shards_written": written,
         "shards_reused": reused,
+        "worker": f"{worker.index}/{worker.count}",
+        "engine": params.engine.kind,
+        "dtype": {n: e.describe()["dtype"] for n, e in encoders.items()},
         "random_init": {n: e.random_init for n, e in encoders.items()},
         "dims": {n: e.dim for n, e in encoders.items()},
     }
 
 
-def _decode_again(corpus: Corpus, location: str, image_id: str, max_pixels: int) -> Any:
-    try:
-        return decode(corpus.read(location), max_pixels=max_pixels).image
-    except Exception as err:
-        raise EmbedFailure(
-            f"image {image_id} at {location!r} no longer decodes ({err}); the corpus changed since ingest: "
-            "rerun `dvc repro` so ingest sees it"
-        ) from err
+def _engine(kind: str) -> Callable[..., Iterable[ShardResult]]:
+    if kind == "ray":
+        from pipeline.raydata import run_ray
+
+        return run_ray
+    return run_local
 
 
-def _encode(encoder: Encoder, images: list[Any]) -> np.ndarray:
-    import torch
-
-    batch = torch.stack([encoder.preprocess(im) for im in images])
-    return encoder.encode(batch)
+def load_encoders(params: EmbedParams, names: Iterable[str] = ("clip", "dino")) -> dict[str, Encoder]:
+    """The stage's encoders, built from params (warning loudly about random weights)."""
+    encoders = {name: load_encoder(name, getattr(params, name)) for name in names}
+    for name, encoder in encoders.items():
+        if encoder.random_init:
+            warn(STAGE, f"{name} encoder uses RANDOMLY INITIALISED weights (weights: random): "
+                        "its similarities mean nothing about images")
+    return encoders
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,36 +313,65 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clip", required=True, help="output directory for CLIP embeddings")
     parser.add_argument("--dino", required=True, help="output directory for DINOv2 embeddings")
     parser.add_argument("--metrics", required=True)
+    parser.add_argument("--shard", default="0/1", help="i/n: run only shards k with k %% n == i (default 0/1: all)")
+    parser.add_argument("--clip-from", help="clip-retrieval output to import as the CLIP side (embed.clip.kind: clip_retrieval)")
     args = parser.parse_args(argv)
     params = load_section(args.params, STAGE, EmbedParams)
     ingest_params = load_section(args.params, "ingest", IngestParams)
+    worker = ShardSlice.parse(args.shard)
     if params.threads:
         import torch
 
         torch.set_num_threads(params.threads)
     images = schemas.read_table(args.images, "images")
-    encoders = {"clip": load_encoder("clip", params.clip), "dino": load_encoder("dino", params.dino)}
-    for name, encoder in encoders.items():
-        if encoder.random_init:
-            warn(STAGE, f"{name} encoder uses RANDOMLY INITIALISED weights (weights: random): "
-                        "its similarities mean nothing about images")
-    metrics = embed_corpus(
-        images.column("image_id").to_pylist(),
+    image_ids = images.column("image_id").to_pylist()
+    out_dirs = {"clip": Path(args.clip), "dino": Path(args.dino)}
+    metrics: dict[str, Any] = {}
+    names = ["clip", "dino"]
+    if params.clip.kind == "clip_retrieval":
+        from pipeline.clipretrieval import import_clip_retrieval
+
+        if not args.clip_from:
+            parser.error("embed.clip.kind is clip_retrieval: give --clip-from DIR (the clip-retrieval output folder)")
+        metrics["clip_import"] = import_clip_retrieval(
+            Path(args.clip_from), images, out_dirs["clip"], params.clip, params.shard_size
+        )
+        names = ["dino"]
+    encoders = load_encoders(params, names)
+    metrics.update(embed_corpus(
+        image_ids,
         images.column("source_path").to_pylist(),
         Corpus(ingest_params.source, args.source),
         encoders,
-        {"clip": Path(args.clip), "dino": Path(args.dino)},
+        {n: out_dirs[n] for n in names},
         params,
         ingest_params.max_pixels,
-    )
+        worker,
+    ))
     write_metrics(args.metrics, metrics)
     random_note = [n for n, r in metrics["random_init"].items() if r]
     summary(
         STAGE,
-        f"{metrics['images']} images × {len(encoders)} encoders in {metrics['shards']} shards "
-        f"({metrics['shards_written']} written, {metrics['shards_reused']} reused)"
+        f"{metrics['images_embedded']} of {metrics['images']} images embedded by {', '.join(names)} "
+        f"(worker {metrics['worker']}, {metrics['engine']} engine): {metrics['shards_written']} shards written, "
+        f"{metrics['shards_reused']} reused, {metrics['images_failed']} images failed"
         + (f"; RANDOM weights: {', '.join(random_note)}" if random_note else ""),
     )
+    problems = []
+    if metrics["images_failed"]:
+        examples = "; ".join(f"{f['image_id'][:12]} {f['error']}" for f in metrics["failures"][:3])
+        problems.append(
+            f"{metrics['images_failed']} images no longer decode (e.g. {examples}); the corpus changed since "
+            "ingest: rerun `dvc repro` so ingest sees it"
+        )
+    missing = metrics.get("clip_import", {}).get("images_missing", 0)
+    if missing:
+        problems.append(
+            f"{missing} images have no vector in {args.clip_from} (listed in {args.metrics}); rerun clip-retrieval "
+            "on them or set embed.clip to an open_clip encoder"
+        )
+    if problems:
+        raise EmbedFailure(" | ".join(problems))
     return 0
 
 

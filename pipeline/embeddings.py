@@ -1,14 +1,20 @@
-"""The embedding format: L2-normalised float16 shards, row-aligned with the images table.
+"""The embedding format: L2-normalised float16 shards, keyed by image id, grown incrementally.
 
 A directory per encoder holds, for shard k:
 
-    shard-0000k.npy        float16 [rows, dim], L2-normalised
+    shard-0000k.npy         float16 [rows, dim], L2-normalised
     shard-0000k.ids.parquet the image_id of each row (table kind `embedding_ids`)
-    shard-0000k.done       completion marker, written last: rows, checksums, encoder fingerprint
+    shard-0000k.done        completion marker, written last: rows, checksums, encoder fingerprint
 
-and `encoder.json`, the encoder's full description. A shard counts only when its marker
-exists and matches the encoder fingerprint, so a killed run resumes at the first shard
-without a marker and never reads a half-written one (every file is published atomically).
+plus `encoder.json` (the encoder's full description) and `plan.parquet` (table kind
+`embedding_plan`: which image ids each shard covers). The plan only ever grows: image ids
+it has not seen are appended as new shards, so a grown corpus embeds only its new images,
+and a rerun after a kill recomputes exactly the shards without a marker, with the same rows
+in the same batches: the result is byte-identical to an uninterrupted run.
+
+A shard counts only when its marker matches the encoder fingerprint and the ids the shard
+should hold now (its planned ids still in the images table), so no half-written shard is
+ever read (every file is published atomically) and a changed encoder recomputes every shard.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +34,17 @@ from pipeline.atomic import write_bytes, write_json
 
 FORMAT_VERSION = 1
 DESCRIPTION_FILE = "encoder.json"
+PLAN_FILE = "plan.parquet"
+
+EMBEDDING_PLAN = schemas.register(
+    "embedding_plan",
+    pa.schema(
+        [
+            pa.field("shard", pa.int32(), nullable=False),
+            pa.field("image_id", pa.string(), nullable=False),
+        ]
+    ),
+)
 
 
 class EmbeddingsError(ValueError):
@@ -36,30 +53,88 @@ class EmbeddingsError(ValueError):
 
 def fingerprint(description: dict[str, Any]) -> str:
     """A short hash of what determines the vectors (library versions excluded: they are recorded)."""
-    stable = {k: v for k, v in description.items() if k != "versions"}
+    stable = {k: v for k, v in description.items() if k not in ("versions", "format_version")}
     return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def shard_name(index: int) -> str:
+    """File stem of shard `index`."""
     return f"shard-{index:05d}"
 
 
 @dataclass(frozen=True)
 class ShardPlan:
-    """Shard `index` covers these image ids, in images-table order."""
+    """Shard `index` covers these image ids, in order."""
 
     index: int
     image_ids: tuple[str, ...]
 
+    def live(self, wanted: set[str] | frozenset[str]) -> ShardPlan:
+        """The same shard restricted to the ids in `wanted` (images removed since it was planned drop out)."""
+        return ShardPlan(self.index, tuple(i for i in self.image_ids if i in wanted))
 
-def plan_shards(image_ids: Sequence[str], shard_size: int) -> list[ShardPlan]:
-    """Split the images table's ids into consecutive shards of `shard_size` rows."""
+
+def plan_shards(image_ids: Sequence[str], shard_size: int, first_index: int = 0) -> list[ShardPlan]:
+    """Split ids into consecutive shards of `shard_size` rows, numbered from `first_index`."""
     if shard_size <= 0:
         raise ValueError(f"shard_size must be positive, got {shard_size}")
     return [
-        ShardPlan(i // shard_size, tuple(image_ids[i : i + shard_size]))
+        ShardPlan(first_index + i // shard_size, tuple(image_ids[i : i + shard_size]))
         for i in range(0, len(image_ids), shard_size)
     ]
+
+
+def extend_plan(plan: Sequence[ShardPlan], image_ids: Sequence[str], shard_size: int) -> list[ShardPlan]:
+    """`plan` plus new shards for the ids it does not cover yet, in the order of `image_ids`."""
+    covered = {i for shard in plan for i in shard.image_ids}
+    new = [i for i in dict.fromkeys(image_ids) if i not in covered]
+    first = max((s.index for s in plan), default=-1) + 1
+    return list(plan) + plan_shards(new, shard_size, first)
+
+
+def read_plan(directory: str | Path) -> list[ShardPlan]:
+    """The shard plan stored in an embeddings directory (empty when there is none yet)."""
+    path = Path(directory) / PLAN_FILE
+    if not path.exists():
+        return []
+    table = schemas.read_table(path, "embedding_plan")
+    shards: dict[int, list[str]] = {}
+    for index, image_id in zip(table.column("shard").to_pylist(), table.column("image_id").to_pylist()):
+        shards.setdefault(index, []).append(image_id)
+    return [ShardPlan(index, tuple(ids)) for index, ids in sorted(shards.items())]
+
+
+def write_plan(directory: str | Path, plan: Sequence[ShardPlan]) -> None:
+    """Store the shard plan (atomically; workers sharing a directory write identical plans)."""
+    shards = [s.index for s in plan for _ in s.image_ids]
+    ids = [i for s in plan for i in s.image_ids]
+    table = pa.table(
+        {"shard": pa.array(shards, pa.int32()), "image_id": pa.array(ids, pa.string())}, schema=EMBEDDING_PLAN
+    )
+    schemas.write_table(table, Path(directory) / PLAN_FILE, "embedding_plan")
+
+
+def sync_plan(directories: Iterable[str | Path], image_ids: Sequence[str], shard_size: int) -> list[ShardPlan]:
+    """Extend the longest stored plan with the ids it lacks and store it in every directory.
+
+    Plans of sibling directories (one per encoder) are equal or prefixes of one another;
+    anything else means the directories were mixed up by hand and is an error.
+    """
+    directories = [Path(d) for d in directories]
+    stored = [read_plan(d) for d in directories]
+    base = max(stored, key=len)
+    for directory, plan in zip(directories, stored):
+        if plan != base[: len(plan)]:
+            raise EmbeddingsError(
+                f"{directory / PLAN_FILE} disagrees with the plan of {[str(d) for d in directories]}: "
+                "the directories come from different runs; delete them and rerun the embed stage"
+            )
+    plan = extend_plan(base, image_ids, shard_size)
+    for directory, old in zip(directories, stored):
+        if old != plan:
+            directory.mkdir(parents=True, exist_ok=True)
+            write_plan(directory, plan)
+    return plan
 
 
 def write_description(directory: str | Path, description: dict[str, Any]) -> None:
@@ -111,19 +186,30 @@ def write_shard(directory: str | Path, plan: ShardPlan, vectors: np.ndarray, enc
     )
 
 
-def remove_stale(directory: str | Path, keep: int) -> None:
-    """Delete shard files numbered `keep` and above (left by a larger earlier corpus)."""
-    for path in Path(directory).glob("shard-*"):
-        index = int(path.name.split(".")[0].split("-")[1])
-        if index >= keep:
-            path.unlink()
+def remove_leftovers(directory: str | Path, shards: Iterable[int]) -> int:
+    """Delete the temporary files a killed writer left for these shards; return how many."""
+    directory = Path(directory)
+    removed = 0
+    for index in shards:
+        for path in directory.glob(f".{shard_name(index)}.*.tmp"):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def remove_shard(directory: str | Path, index: int) -> None:
+    """Delete shard `index` (marker first, so a reader never sees a marker without its data)."""
+    directory = Path(directory)
+    name = shard_name(index)
+    for suffix in (".done", ".npy", ".ids.parquet"):
+        (directory / f"{name}{suffix}").unlink(missing_ok=True)
 
 
 def load(directory: str | Path, image_ids: Sequence[str]) -> tuple[np.ndarray, dict[str, Any]]:
     """Vectors for `image_ids`, in that order, as float16 [n, dim], and the encoder description."""
     directory = Path(directory)
     description = read_description(directory)
-    expected_fp = fingerprint({k: v for k, v in description.items() if k != "format_version"})
+    expected_fp = fingerprint(description)
     position = {image_id: i for i, image_id in enumerate(image_ids)}
     dim = int(description["dim"])
     out = np.zeros((len(image_ids), dim), dtype=np.float16)
@@ -134,12 +220,13 @@ def load(directory: str | Path, image_ids: Sequence[str]) -> tuple[np.ndarray, d
             continue
         name = marker.name[: -len(".done")]
         ids = schemas.read_table(directory / f"{name}.ids.parquet", "embedding_ids").column("image_id").to_pylist()
-        vectors = np.load(directory / f"{name}.npy")
-        for row, image_id in enumerate(ids):
-            i = position.get(image_id)
-            if i is not None:
-                out[i] = vectors[row]
-                seen[i] = True
+        rows = [(row, position[i]) for row, i in enumerate(ids) if i in position]
+        if not rows:
+            continue
+        vectors = np.load(directory / f"{name}.npy", mmap_mode="r")
+        src, dst = (np.fromiter(c, dtype=np.int64, count=len(rows)) for c in zip(*rows))
+        out[dst] = vectors[src]
+        seen[dst] = True
     if not seen.all():
         missing = [image_ids[i] for i in np.flatnonzero(~seen)[:3]]
         raise EmbeddingsError(

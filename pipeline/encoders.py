@@ -10,6 +10,10 @@ dtype, library versions). Two kinds are registered:
 * `dinov2`: `model` is a hub id (e.g. `facebook/dinov2-large`) or a local directory saved
   with `save_pretrained`; `weights` is `pretrained` or `random`.
 
+`dtype` is fp32, bf16, or auto (bf16 on CUDA and on CPUs with native bf16, else fp32); the
+dtype used is part of the description. On CPU the weights are cast to it; on CUDA they stay
+fp32 under autocast. open_clip's ViT attention runs through SDPA with the same weights.
+
 `random` must be asked for explicitly; weights that cannot be had raise `WeightsUnavailable`
 within seconds, naming both fixes. There is no silent fallback to random weights.
 """
@@ -27,7 +31,7 @@ from typing import Any, Callable, Literal, Protocol
 
 import numpy as np
 
-EncoderKind = Literal["open_clip", "dinov2"]
+EncoderKind = Literal["open_clip", "dinov2", "clip_retrieval"]  # clip_retrieval: imported, see pipeline.clipretrieval
 RANDOM = "random"
 HUB_HOST = "huggingface.co"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -56,7 +60,8 @@ class EncoderParams:
     model: str
     weights: str
     pooling: Literal["cls", "mean"] = "cls"  # dinov2 only
-    dtype: Literal["fp32", "bf16"] = "fp32"
+    dtype: Literal["fp32", "bf16", "auto"] = "fp32"  # auto: bf16 where the CPU computes it natively
+    device: Literal["cpu", "cuda"] = "cpu"
     image_size: int = 224
     seed: int = 0  # only used to initialise `weights: random`
     config: dict[str, Any] = field(default_factory=dict)  # architecture overrides for `weights: random`
@@ -68,6 +73,7 @@ class Encoder(Protocol):
     name: str
     dim: int
     random_init: bool
+    transform: Callable[[Any], Any]  # what `preprocess` applies: picklable without the model
 
     def preprocess(self, image: Any) -> Any:
         """Canonical RGB PIL image → a CHW float tensor."""
@@ -81,6 +87,11 @@ class Encoder(Protocol):
 
 def load_encoder(name: str, params: EncoderParams) -> Encoder:
     """Build the encoder `params` describe, from the registry."""
+    if params.kind == "clip_retrieval":
+        raise ValueError(
+            f"encoder {name!r}: kind clip_retrieval means precomputed vectors: import them with "
+            "`clipblind embed --clip-from DIR` instead of building a model"
+        )
     try:
         factory = REGISTRY[params.kind]
     except KeyError:
@@ -136,6 +147,106 @@ def _torch_dtype(dtype: str) -> Any:
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
 
 
+def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the CPU computes bf16 natively (AVX512-BF16, AMX-BF16 or Arm BF16); elsewhere bf16 is emulated and slow."""
+    try:
+        flags = set(Path(cpuinfo).read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """The compute dtype `dtype` means on `device`: `auto` is bf16 on CUDA and on CPUs with native bf16."""
+    if dtype != "auto":
+        return dtype
+    return "bf16" if device == "cuda" or cpu_has_native_bf16() else "fp32"
+
+
+class _Runner:
+    """Where and in which dtype a model runs: on CPU the weights are cast (autocast on CPU is
+    ~15x slower with open_clip); on CUDA the weights stay fp32 under autocast, fed from pinned memory."""
+
+    def __init__(self, params: EncoderParams) -> None:
+        import torch
+
+        if params.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("encoder device 'cuda' requested but torch sees no CUDA device; set device: cpu")
+        self.device = params.device
+        self.dtype = resolve_dtype(params.dtype, params.device)
+
+    def place(self, model: Any) -> Any:
+        """Move the model to its device (and, on CPU, to its compute dtype)."""
+        if self.device == "cuda":
+            return model.to("cuda")
+        return model.to(_torch_dtype(self.dtype))
+
+    def fuse_linears(self, model: Any) -> str:
+        """On CPU in bf16, swap the model's linear layers for oneDNN ones (see `_onednn_linears`); return the kind used."""
+        if self.device != "cpu" or self.dtype != "bf16":
+            return "torch"
+        return "onednn_fused" if _onednn_linears(model) else "torch"
+
+    def run(self, forward: Callable[[Any], Any], batch: Any) -> Any:
+        """`forward(batch)` on the device in the compute dtype, without autograd."""
+        import torch
+
+        with torch.inference_mode():
+            if self.device == "cuda":
+                batch = batch.pin_memory().to("cuda", non_blocking=True)
+                with torch.autocast("cuda", dtype=_torch_dtype(self.dtype), enabled=self.dtype != "fp32"):
+                    return forward(batch)
+            return forward(batch.to(_torch_dtype(self.dtype)))
+
+
+def _onednn_linears(model: Any) -> int:
+    """Replace every bf16 `nn.Linear` of `model` by a oneDNN linear with a prepacked weight and the
+    bias fused into the GEMM, and fuse the exact GELU that follows an MLP's first layer into it;
+    return how many layers were replaced (0 where this torch build lacks the oneDNN ops).
+
+    PyTorch's CPU `addmm` first copies the broadcast bias into the output and then accumulates the
+    GEMM into it; in ViT-L that copy and the separate GELU pass cost a tenth of the forward."""
+    import torch
+
+    mkldnn = torch.ops.mkldnn
+    if not (torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_linear_pointwise")):
+        return 0
+
+    class OneDnnLinear(torch.nn.Module):
+        def __init__(self, linear: torch.nn.Linear, post_op: str) -> None:
+            super().__init__()
+            self.out_features = linear.out_features
+            self.packed = torch.nn.Parameter(mkldnn._reorder_linear_weight(linear.weight.detach(), None), requires_grad=False)
+            self.bias = linear.bias
+            self.post_op, self.algorithm = (post_op, "none") if post_op == "gelu" else ("none", "")
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            flat = x.reshape(-1, x.shape[-1])
+            out = mkldnn._linear_pointwise(flat, self.packed, self.bias, self.post_op, [], self.algorithm)
+            return out.reshape(*x.shape[:-1], self.out_features)
+
+    def exact_gelu(module: Any) -> bool:
+        if isinstance(module, torch.nn.GELU):
+            return module.approximate == "none"
+        return type(module).__name__ == "GELUActivation"  # transformers' exact (erf) GELU
+
+    replaced = 0
+    for parent in list(model.modules()):
+        # The MLPs whose first linear is followed by a GELU: open_clip's Sequential(c_fc, gelu, c_proj)
+        # and transformers' Dinov2MLP(fc1, activation_fn, fc2).
+        mlp = {"c_fc": "gelu", "fc1": "activation_fn"}
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, torch.nn.Linear) or child.weight.dtype != torch.bfloat16:
+                continue
+            act_name = mlp.get(name)
+            fuse = act_name is not None and exact_gelu(getattr(parent, act_name, None))
+            setattr(parent, name, OneDnnLinear(child, "gelu" if fuse else "none"))
+            if fuse:
+                setattr(parent, act_name, torch.nn.Identity())
+            replaced += 1
+    return replaced
+
+
 def _normalise(x: Any) -> np.ndarray:
     import torch
 
@@ -165,8 +276,11 @@ class OpenClipEncoder:
         model.eval()
         # On CPU, PyTorch's MHA fast path is slower for ViT-L and hides FLOPs from the counter.
         torch.backends.mha.set_fastpath_enabled(False)
-        self.model = model.to(_torch_dtype(params.dtype))
-        self.visual_preprocess = preprocess
+        self.attention = _use_sdpa(model.visual)
+        self.runner = _Runner(params)
+        self.model = self.runner.place(model)
+        self.linear = self.runner.fuse_linears(self.model.visual)
+        self.transform = preprocess
         self.dim = int(model.visual.output_dim)
         self.weights_source = pretrained or RANDOM
 
@@ -190,13 +304,10 @@ class OpenClipEncoder:
         return weights
 
     def preprocess(self, image: Any) -> Any:
-        return self.visual_preprocess(image)
+        return self.transform(image)
 
     def encode(self, batch: Any) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            return _normalise(self.model.encode_image(batch.to(_torch_dtype(self.params.dtype))))
+        return _normalise(self.runner.run(self.model.encode_image, batch))
 
     def describe(self) -> dict[str, Any]:
         cfg = dict(getattr(self.model.visual, "preprocess_cfg", {}))
@@ -211,9 +322,52 @@ class OpenClipEncoder:
             "resolution": int(cfg.get("size", self.params.image_size) if not isinstance(cfg.get("size"), (list, tuple)) else cfg["size"][0]),
             "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
             "pooling": "clip_projection",
-            "dtype": self.params.dtype,
+            "attention": self.attention,
+            "linear": self.linear,
+            "dtype": self.runner.dtype,
             "versions": library_versions(),
         }
+
+
+def _sdpa_self_attention(mha: Any) -> Any:
+    """A drop-in for an open_clip ViT block's `nn.MultiheadAttention` running the same weights
+    through `scaled_dot_product_attention` (one fused kernel instead of bmm + softmax + bmm)."""
+    import torch
+    import torch.nn.functional as F
+
+    class SdpaSelfAttention(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            # A Linear module (same tensors) so the oneDNN fusion sees the qkv projection too.
+            self.in_proj = torch.nn.Linear(mha.embed_dim, 3 * mha.embed_dim, bias=mha.in_proj_bias is not None, device="meta")
+            self.in_proj.weight = mha.in_proj_weight
+            self.in_proj.bias = mha.in_proj_bias
+            self.out_proj = mha.out_proj
+            self.num_heads = mha.num_heads
+
+        def forward(self, q_x: Any, k_x: Any = None, v_x: Any = None, need_weights: bool = False,
+                    attn_mask: Any = None) -> tuple[Any, None]:
+            n, length, width = q_x.shape
+            qkv = self.in_proj(q_x)
+            q, k, v = qkv.view(n, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+            return self.out_proj(x.transpose(1, 2).reshape(n, length, width)), None
+
+    return SdpaSelfAttention()
+
+
+def _use_sdpa(visual: Any) -> str:
+    """Route open_clip ViT self-attention through SDPA (same weights, same state dict keys); return the kind used."""
+    import torch
+
+    blocks = getattr(getattr(visual, "transformer", None), "resblocks", [])
+    replaced = 0
+    for block in blocks:
+        attn = getattr(block, "attn", None)
+        if isinstance(attn, torch.nn.MultiheadAttention) and attn.batch_first and attn._qkv_same_embed_dim:
+            block.attn = _sdpa_self_attention(attn)
+            replaced += 1
+    return "sdpa" if replaced and replaced == len(blocks) else "eager"
 
 
 def _register_open_clip_config(name: str, config: dict[str, Any]) -> str:
@@ -269,7 +423,9 @@ class Dinov2Encoder:
             raise ValueError(f"dinov2 weights must be 'pretrained' or 'random', got {params.weights!r}")
         model.eval()
         model.config._attn_implementation = "sdpa"
-        self.model = model.to(_torch_dtype(params.dtype))
+        self.runner = _Runner(params)
+        self.model = self.runner.place(model)
+        self.linear = self.runner.fuse_linears(self.model)
         self.dim = int(model.config.hidden_size)
         self.transform = _dinov2_transform(params.image_size)
 
@@ -289,10 +445,7 @@ class Dinov2Encoder:
         return self.transform(image)
 
     def encode(self, batch: Any) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            hidden = self.model(pixel_values=batch.to(_torch_dtype(self.params.dtype))).last_hidden_state
+        hidden = self.runner.run(lambda x: self.model(pixel_values=x).last_hidden_state, batch)
         pooled = hidden[:, 0] if self.params.pooling == "cls" else hidden[:, 1:].mean(dim=1)
         return _normalise(pooled)
 
@@ -318,7 +471,9 @@ class Dinov2Encoder:
                 "std": list(IMAGENET_STD),
             },
             "pooling": self.params.pooling,
-            "dtype": self.params.dtype,
+            "attention": "sdpa",
+            "linear": self.linear,
+            "dtype": self.runner.dtype,
             "versions": library_versions(),
         }
 

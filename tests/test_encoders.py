@@ -104,3 +104,29 @@ def test_hub_weights_offline_fail_fast_naming_both_fixes(params, monkeypatch):
     assert time.monotonic() - start < 20
     message = str(err.value)
     assert "connect" in message and "local" in message
+
+
+@pytest.mark.parametrize("params", [TINY_CLIP, TINY_DINO], ids=["open_clip", "dinov2"])
+def test_bf16_with_fused_onednn_linears_stays_within_cosine_tolerance_of_fp32(params):
+    import dataclasses
+
+    import torch
+
+    fp32 = load_encoder("a", params)
+    bf16 = load_encoder("b", dataclasses.replace(params, dtype="bf16"))
+    if torch.backends.mkldnn.is_available():
+        assert bf16.describe()["linear"] == "onednn_fused" and fp32.describe()["linear"] == "torch"
+    batch = torch.stack([fp32.preprocess(im) for im in _images(6)])
+    a, b = fp32.encode(batch), bf16.encode(batch)
+    assert bf16.describe()["dtype"] == "bf16" and not np.array_equal(a, b)
+    assert np.abs(a @ a.T - b @ b.T).max() <= 0.003
+
+
+def test_auto_dtype_follows_the_cpu_flags(tmp_path):
+    from pipeline.encoders import cpu_has_native_bf16, resolve_dtype
+
+    with_bf16, without = tmp_path / "with", tmp_path / "without"
+    with_bf16.write_text("flags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile\n")
+    without.write_text("flags\t\t: fpu sse2 avx2\n")
+    assert cpu_has_native_bf16(with_bf16) and not cpu_has_native_bf16(without)
+    assert resolve_dtype("fp32", "cuda") == "fp32" and resolve_dtype("auto", "cuda") == "bf16"
