@@ -187,9 +187,13 @@ def test_clip_weights_from_a_local_checkpoint_file_offline(built, tmp_path, monk
     import torch
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    random_scorer = evaluate.ClipScorer(TINY_CLIP)
+    import open_clip
+
+    random_scorer = evaluate.ClipScorer(TINY_CLIP)  # also registers the tiny config with open_clip
     checkpoint = tmp_path / "tiny-clip.pt"
-    torch.save(random_scorer.encoder.model.state_dict(), checkpoint)
+    # a checkpoint as open_clip writes it (the scorer's own model may have fused, CPU-packed layers)
+    torch.manual_seed(TINY_CLIP.seed)
+    torch.save(open_clip.create_model("tiny-clip-text", pretrained=None).state_dict(), checkpoint)
     other_seed = EncoderParams(kind="open_clip", model="tiny-clip-text", weights=str(checkpoint), image_size=32,
                                config=TINY_CLIP_TEXT_CONFIG, seed=123)
     loaded = evaluate.ClipScorer(other_seed)
