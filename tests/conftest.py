@@ -33,7 +33,10 @@ def tiny_params(**sections: dict) -> dict:
             "batch_size": 8,
             "shard_size": 16,
         },
+        "search": {"recall_clip_threshold": 0.8, "block_size": 64, "near_duplicate": {"clip": 0.9999, "dino": 0.9999},
+                   "sample_pairs": 2000, "clusters": 4, "seed": 0},
         "mine": {"clip_threshold": 0.9, "dino_threshold": 0.99},
+        "calibrate": {"clip_grid": [0.8, 0.9, 0.95], "dino_grid": [0.5, 0.9, 0.99], "scatter_points": 1000, "seed": 0},
         "export": {"url_prefix": "/data/local-files/?d=", "display_max_side": 128, "jpeg_quality": 90},
     }
     params.update(sections)
