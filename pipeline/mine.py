@@ -177,6 +177,7 @@ def mine(
         "thresholded": thresholded.num_rows,
         **select_metrics,
         "pairs": table.num_rows,
+        **{k: search[k] for k in ("recall_against_exact", "recall_sample_rows", "recall_sample_pairs") if k in search},
         "clip_threshold": t_clip,
         "dino_threshold": t_dino,
         "clip_threshold_given": describe(params.clip_threshold),
@@ -208,7 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics["random_init_encoders"] = random_init
     if random_init:
         warn(STAGE, f"pairs come from RANDOMLY INITIALISED encoders ({', '.join(random_init)})")
-    pairs_meta = {"encoders": encoders, **{k: metrics[k] for k in ("search", "clip_threshold", "dino_threshold")}}
+    # The data card states how the pairs were searched (exact, or partitioned with its measured recall).
+    pairs_meta = {"encoders": encoders, "search_details": meta["search"],
+                  **{k: metrics[k] for k in ("search", "clip_threshold", "dino_threshold")}}
     schemas.write_table(table, args.pairs, "pairs", meta=pairs_meta)
     write_metrics(args.metrics, metrics)
     summary(

@@ -82,10 +82,11 @@ class NearDuplicateGuard:
 class PartitionParams:
     """Partitioned mode: k-means partitions, each vector also searched in its `probes` nearest other partitions."""
 
-    partitions: int = 16
-    probes: int = 2
+    partitions: int = 48
+    probes: int = 4
     train_size: int = 100_000  # vectors sampled to train the k-means centroids
     iterations: int = 20
+    recall_sample_rows: int = 1000  # rows whose pairs are also searched exactly, to measure recall
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,15 @@ def bf16_error_bound(max_norm: float, dim: int) -> float:
     return float(max_norm**2 * ((1 + BF16_UNIT_ROUNDOFF) ** 3 * (1 + gamma) - 1))
 
 
+def max_norm(vectors: np.ndarray, chunk: int = 65536) -> float:
+    """Largest row norm, computed a chunk at a time (a float32 copy of the matrix would double its memory)."""
+    largest = 0.0
+    for start in range(0, len(vectors), chunk):
+        block = vectors[start : start + chunk].astype(np.float32)
+        largest = max(largest, float(np.sqrt(np.einsum("nd,nd->n", block, block).max())))
+    return largest
+
+
 def pair_similarity(vectors: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = 8192) -> np.ndarray:
     """Inner product of rows i[k] and j[k], accumulated in float64 and returned as float32.
 
@@ -184,8 +194,7 @@ class TileKernel:
         if self.device.type == "cuda":
             # Reduced-precision reductions would break the error bound the margin relies on.
             torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
-        norms = np.linalg.norm(vectors.astype(np.float32), axis=1) if len(vectors) else np.zeros(1)
-        self.margin = bf16_error_bound(float(norms.max(initial=0.0)) * (1 + 1e-6), vectors.shape[1])
+        self.margin = bf16_error_bound(max_norm(vectors) * (1 + 1e-6), vectors.shape[1])
         self.low = torch.from_numpy(np.ascontiguousarray(vectors)).to(self.device, torch.bfloat16)
         self._buffer = torch.empty(block_size * block_size, dtype=torch.bfloat16, device=self.device)
         self.counts = SearchCounts()
@@ -371,12 +380,14 @@ def ids_digest(image_ids: Sequence[str]) -> str:
 
 
 def find_candidates(
-    clip: np.ndarray, dino: np.ndarray, params: SearchParams, counts: SearchCounts, groups: NearDuplicateGroups
+    clip: np.ndarray, dino: np.ndarray, params: SearchParams, counts: SearchCounts, groups: NearDuplicateGroups,
+    watch_rows: np.ndarray | None = None, watched: list[PairChunk] | None = None,
 ) -> Iterator[pa.Table]:
     """Candidate tables (CANDIDATES schema) of all pairs with CLIP cosine > the recall threshold, chunk by chunk.
 
     Near-duplicates (both cosines above the guard) are not emitted: they are counted in
-    `counts.near_duplicates` and merged into `groups`.
+    `counts.near_duplicates` and merged into `groups`. Pairs touching `watch_rows` are also
+    appended to `watched`, before the guard (to measure recall).
     """
     if clip.shape[0] != dino.shape[0]:
         raise ValueError(f"embeddings not row-aligned: clip {clip.shape}, dino {dino.shape}")
@@ -387,7 +398,13 @@ def find_candidates(
 
         chunks = partitioned_pairs(clip, params.recall_clip_threshold, params, counts)
     guard = params.near_duplicate
+    watch = np.zeros(clip.shape[0], dtype=bool)
+    if watch_rows is not None:
+        watch[watch_rows] = True
     for chunk in chunks:
+        if watched is not None:
+            touching = watch[chunk.i] | watch[chunk.j]
+            watched.append(PairChunk(chunk.i[touching], chunk.j[touching], chunk.sim[touching]))
         dino_sim = pair_similarity(dino, chunk.i, chunk.j)
         near_dup = (chunk.sim > guard.clip) & (dino_sim > guard.dino)
         counts.near_duplicates += int(near_dup.sum())
@@ -462,17 +479,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     counts = SearchCounts()
     groups = NearDuplicateGroups(n)
     written = 0
+    partitioned = params.mode == "partitioned"
+    watch_rows = None
+    watched: list[PairChunk] = []
+    if partitioned:
+        from pipeline.partition import recall_against_exact, recall_rows
+
+        watch_rows = recall_rows(n, params.partition.recall_sample_rows, params.seed)
     with schemas.open_writer(args.candidates, "candidates") as writer:
-        for table in find_candidates(clip, dino, params, counts, groups):
+        for table in find_candidates(clip, dino, params, counts, groups, watch_rows, watched):
             writer.write(table)
             written += table.num_rows
         metrics = search_metrics(n, params, counts, written, time.perf_counter() - started)
+        if partitioned:
+            metrics.update(recall_against_exact(clip, PairChunk.concat(watched), watch_rows, params.recall_clip_threshold,
+                                                params.block_size, params.device))
         clip_sample, dino_sample = sample_similarities(clip, dino, params.sample_pairs, params.seed)
         writer.meta = {
             "images_sha256": ids_digest(image_ids),
             "encoders": {"clip": clip_desc, "dino": dino_desc},
-            "search": {k: metrics[k] for k in ("images", "pairs_possible", "mode", "recall_clip_threshold",
-                                                "candidates", "near_duplicates_dropped")},
+            "search": {k: metrics[k] for k in ("images", "pairs_possible", "mode", "recall_clip_threshold", "candidates",
+                                                "near_duplicates_dropped", "dot_products", "recall_against_exact",
+                                                "recall_sample_rows", "recall_sample_pairs") if k in metrics},
             "near_duplicate": {"clip": params.near_duplicate.clip, "dino": params.near_duplicate.dino},
             "sample": {"pairs": int(len(clip_sample)), "seed": params.seed, "grid": [float(q) for q in QUANTILE_GRID],
                        "clip": quantile_table(clip_sample), "dino": quantile_table(dino_sample)},
