@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("pipeline.search", "embeddings → candidate pairs above the recall threshold (exact or partitioned)"),
     "mine": ("pipeline.mine", "candidates → CLIP-blind pairs (thresholds, selection) and funnel metrics"),
     "calibrate": ("pipeline.calibrate", "candidates → threshold grid, quantiles and plots"),
+    "gallery": ("pipeline.gallery", "pairs → self-contained HTML gallery for review"),
     "export": ("pipeline.export", "pairs → display images and Label Studio tasks"),
     "status": ("pipeline.status", "what the pipeline has produced so far"),
     "bench": ("pipeline.bench", "benchmarks: speed as ratios measured in one run"),

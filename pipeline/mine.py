@@ -6,7 +6,8 @@ search mode and the resolved thresholds in its metadata.
 Metrics (the funnel): images, pairs_possible, candidates (CLIP above the search's recall
 threshold), near_duplicates_dropped (by the search's guard), clip_candidates (CLIP above the
 threshold), dino_rejected, thresholded, then one count per selection filter and pairs
-(clip_candidates == dino_rejected + thresholded; thresholded == pairs + the selection drops);
+(candidates == clip_rejected + clip_candidates; clip_candidates == dino_rejected + thresholded;
+thresholded == pairs + the selection drops);
 the thresholds as given and as resolved, the search mode, random-weight encoders.
 
 Thresholds are given as a cosine (`0.95` or `{value: 0.95}`) or as a quantile of the
@@ -172,6 +173,7 @@ def mine(
         "recall_clip_threshold": float(search["recall_clip_threshold"]),
         "candidates": candidates.num_rows,
         "near_duplicates_dropped": int(search["near_duplicates_dropped"]),
+        "clip_rejected": int((~above).sum()),  # candidates at or below the CLIP threshold
         "clip_candidates": int(above.sum()),
         "dino_rejected": int((above & ~passing).sum()),
         "thresholded": thresholded.num_rows,

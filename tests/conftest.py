@@ -37,6 +37,7 @@ def tiny_params(**sections: dict) -> dict:
                    "sample_pairs": 2000, "clusters": 4, "seed": 0},
         "mine": {"clip_threshold": 0.9, "dino_threshold": 0.99},
         "calibrate": {"clip_grid": [0.8, 0.9, 0.95], "dino_grid": [0.5, 0.9, 0.99], "scatter_points": 1000, "seed": 0},
+        "gallery": {"thumb_size": 64, "jpeg_quality": 80, "max_pairs": 0, "title": "test gallery"},
         "export": {"url_prefix": "/data/local-files/?d=", "display_max_side": 128, "jpeg_quality": 90},
     }
     params.update(sections)

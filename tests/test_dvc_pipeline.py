@@ -42,7 +42,7 @@ def dvc_repo(tmp_path):
 
 def test_repro_runs_every_stage_once_and_reruns_only_what_a_param_touches(dvc_repo):
     first = _run([sys.executable, "-m", "dvc", "repro"], dvc_repo)
-    assert _ran(first) == {"sample_corpus", "ingest", "embed", "search", "mine", "calibrate", "export"}
+    assert _ran(first) == {"sample_corpus", "ingest", "embed", "search", "mine", "calibrate", "export", "gallery"}
     for path in ["data/images.parquet", "data/embeddings/clip/encoder.json", "data/embeddings/dino/encoder.json",
                  "data/pairs.parquet", "data/tasks.json", "metrics/mine.json"]:
         assert (dvc_repo / path).exists(), path
@@ -55,5 +55,5 @@ def test_repro_runs_every_stage_once_and_reruns_only_what_a_param_touches(dvc_re
     params = yaml.safe_load((dvc_repo / "params.yaml").read_text())
     params["mine"]["clip_threshold"] = 0.95
     (dvc_repo / "params.yaml").write_text(yaml.safe_dump(params))
-    assert _ran(_run([sys.executable, "-m", "dvc", "repro"], dvc_repo)) == {"mine", "calibrate", "export"}
+    assert _ran(_run([sys.executable, "-m", "dvc", "repro"], dvc_repo)) == {"mine", "calibrate", "export", "gallery"}
     assert json.loads((dvc_repo / "metrics/mine.json").read_text())["clip_threshold"] == 0.95

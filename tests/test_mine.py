@@ -108,6 +108,8 @@ def test_mine_equals_brute_force_including_pairs_at_the_thresholds(world, tmp_pa
     assert len(expected) == 4  # the planted pairs on the accepting side of both thresholds
     assert metrics["pairs"] == 4 and metrics["search"] == "exhaustive"
     assert metrics["clip_candidates"] == metrics["thresholded"] + metrics["dino_rejected"]
+    assert metrics["candidates"] == metrics["clip_rejected"] + metrics["clip_candidates"]
+    assert metrics["thresholded"] == metrics["pairs"] + sum(v for k, v in metrics.items() if k.startswith("select_dropped"))
     search_metrics = json.loads((tmp_path / "search.json").read_text())
     assert search_metrics["candidates"] + search_metrics["near_duplicates_dropped"] == search_metrics["pairs_above_recall_threshold"]
     assert search_metrics["near_duplicates_dropped"] == 1  # the planted (0.999, 0.999) pair
