@@ -122,10 +122,10 @@ def _run_on_ray(vectors: np.ndarray, tasks: Sequence[tuple[int, np.ndarray, np.n
         raise ImportError("search.engine: ray needs Ray: pip install 'clipblind[ray]'") from err
     started_here = not ray.is_initialized()
     if started_here:
-        # Locally bound; fractional CPUs per task, so a two-core machine does not deadlock.
+        # Bound to 127.0.0.1 (Ray listens on every interface by default).
         ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     try:
-        remote = ray.remote(num_cpus=0.5)(search_partition)
+        remote = ray.remote(num_cpus=1)(search_partition)
         pending = {}
         for q, core, visitors in tasks:
             members = np.concatenate([core, visitors])

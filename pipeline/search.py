@@ -65,6 +65,7 @@ IMAGE_GROUPS = schemas.register(
     ),
 )
 
+ROW_GROUP_ROWS = 1 << 20
 QUANTILE_GRID = np.round(np.linspace(0.0, 1.0, 1001), 3)
 BF16_UNIT_ROUNDOFF = 2.0**-8  # bfloat16 keeps 8 significant bits
 FP32_UNIT_ROUNDOFF = 2.0**-24
@@ -487,9 +488,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         watch_rows = recall_rows(n, params.partition.recall_sample_rows, params.seed)
     with schemas.open_writer(args.candidates, "candidates") as writer:
+        pending: list[pa.Table] = []  # tiles yield few pairs each: gather them into row groups of ~1M rows
         for table in find_candidates(clip, dino, params, counts, groups, watch_rows, watched):
-            writer.write(table)
+            pending.append(table)
             written += table.num_rows
+            if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
+                writer.write(pa.concat_tables(pending))
+                pending = []
+        if pending or written == 0:
+            writer.write(pa.concat_tables(pending) if pending else CANDIDATES.empty_table())
         metrics = search_metrics(n, params, counts, written, time.perf_counter() - started)
         if partitioned:
             metrics.update(recall_against_exact(clip, PairChunk.concat(watched), watch_rows, params.recall_clip_threshold,

@@ -207,3 +207,14 @@ def test_candidates_for_another_images_table_are_refused(world, tmp_path):
     ids, *_ = world(clip, dino)
     with pytest.raises(schemas.SchemaError, match="rerun the search"):
         search.read_candidates(tmp_path / "candidates.parquet", list(reversed(ids)))
+
+
+def test_candidates_stream_to_disk_in_row_groups(world, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(search, "ROW_GROUP_ROWS", 2)
+    clip, dino = planted(seed=6)
+    ids, candidates, meta, groups = world(clip, dino, {"block_size": 16})
+    assert pq.ParquetFile(tmp_path / "candidates.parquet").metadata.num_row_groups > 1
+    table, _ = mine.mine(ids, candidates, meta, MineParams(0.95, 0.6), groups)
+    assert _found(table, ids) == brute_force(clip, dino, 0.95, 0.6)
