@@ -151,7 +151,7 @@ def bf16_error_bound(max_norm: float, dim: int) -> float:
     return float(max_norm**2 * ((1 + BF16_UNIT_ROUNDOFF) ** 3 * (1 + gamma) - 1))
 
 
-def max_norm(vectors: np.ndarray, chunk: int = 65536) -> float:
+def max_norm(vectors: np.ndarray, chunk: int = 8192) -> float:
     """Largest row norm, computed a chunk at a time (a float32 copy of the matrix would double its memory)."""
     largest = 0.0
     for start in range(0, len(vectors), chunk):
@@ -160,7 +160,7 @@ def max_norm(vectors: np.ndarray, chunk: int = 65536) -> float:
     return largest
 
 
-def pair_similarity(vectors: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = 8192) -> np.ndarray:
+def pair_similarity(vectors: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = 2048) -> np.ndarray:
     """Inner product of rows i[k] and j[k], accumulated in float64 and returned as float32.
 
     Every pair's score depends only on its two rows, never on the batch it is computed in, so
