@@ -5,9 +5,12 @@ Outputs: the candidates table (kind `candidates`): every unordered pair of image
 cosine is strictly above `recall_clip_threshold`, with its CLIP and DINOv2 cosines, minus the
 near-duplicates the guard drops. Its metadata holds the quantiles of both similarity
 distributions over all pairs (from a seeded random sample) so thresholds can be given as
-quantiles and chosen again without recomputing a single product.
+quantiles and chosen again without recomputing a single product. The image_groups table: per
+image, its near-duplicate group (linked through pairs the guard dropped) and its k-means
+cluster over CLIP embeddings, for pair selection.
 Metrics: images, pairs_possible, dot_products, rescored, candidates, near_duplicates_dropped
-(candidates + near_duplicates_dropped == pairs above the recall threshold), mode, seconds.
+(candidates + near_duplicates_dropped == pairs_above_recall_threshold), mode, seconds; in
+partitioned mode also recall_against_exact on a seeded sample of rows.
 
 Exact mode computes the upper triangle of the CLIP similarity matrix in tiles of
 `block_size` × `block_size` in bfloat16 (tiled in both dimensions, so memory stays flat in N),

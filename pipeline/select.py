@@ -20,7 +20,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Mapping
 
-import numpy as np
 import pyarrow as pa
 
 from pipeline import schemas
@@ -110,7 +109,3 @@ def select_pairs(
 def _gap(row: dict) -> float:
     return float(row["clip_sim"]) - float(row["dino_sim"])
 
-
-def clusters_of(labels: np.ndarray, image_ids: list[str]) -> dict[str, int]:
-    """Image id → label, from a label array row-aligned with the images table."""
-    return dict(zip(image_ids, labels.tolist()))
