@@ -218,3 +218,18 @@ def test_candidates_stream_to_disk_in_row_groups(world, tmp_path, monkeypatch):
     assert pq.ParquetFile(tmp_path / "candidates.parquet").metadata.num_row_groups > 1
     table, _ = mine.mine(ids, candidates, meta, MineParams(0.95, 0.6), groups)
     assert _found(table, ids) == brute_force(clip, dino, 0.95, 0.6)
+
+
+def test_threshold_params_take_a_value_or_a_quantile(tmp_path):
+    from pipeline.config import ParamsError, load_section
+
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"mine": {"clip_threshold": {"quantile": 0.9999}, "dino_threshold": 0.6}}))
+    params = load_section(path, "mine", MineParams)
+    assert params.clip_threshold == Threshold(quantile=0.9999) and params.dino_threshold == 0.6
+    assert mine.describe(params.clip_threshold) == {"quantile": 0.9999} and mine.describe(0.6) == {"value": 0.6}
+    with pytest.raises(ParamsError, match="exactly one of value or quantile"):
+        mine.describe(Threshold(value=0.9, quantile=0.99))
+    path.write_text(yaml.safe_dump({"mine": {"clip_threshold": {"percentile": 99}}}))
+    with pytest.raises(ParamsError, match="percentile"):
+        load_section(path, "mine", MineParams)
