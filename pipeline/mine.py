@@ -1,91 +1,155 @@
-"""mine: CLIP and DINOv2 embeddings → CLIP-blind pairs (CLIP cosine > t_clip, DINOv2 cosine < t_dino).
+"""mine: candidates → CLIP-blind pairs (CLIP cosine > t_clip, DINOv2 cosine < t_dino), then selection.
 
-Inputs: the images table and both embedding directories; params section `mine`.
+Inputs: the images table and the candidates table of the search stage; params section `mine`.
 Outputs: the pairs table (unordered pairs, image_a < image_b, both similarities), with the
-search mode and thresholds in its metadata.
-Metrics (the funnel): images, pairs_possible, clip_candidates, dino_rejected, pairs, the
-search mode (exhaustive or not), thresholds, and whether any encoder had random weights.
+search mode and the resolved thresholds in its metadata.
+Metrics (the funnel): images, pairs_possible, candidates (CLIP above the search's recall
+threshold), near_duplicates_dropped (by the search's guard), clip_candidates (CLIP above the
+threshold), dino_rejected, thresholded, then one count per selection filter and pairs
+(candidates == clip_rejected + clip_candidates; clip_candidates == dino_rejected + thresholded;
+thresholded == pairs + the selection drops);
+the thresholds as given and as resolved, the search mode, random-weight encoders.
 
-The CLIP search is exhaustive: every pair above the threshold is found. DINOv2 similarity is
-computed only for those candidates.
+Thresholds are given as a cosine (`0.95` or `{value: 0.95}`) or as a quantile of the
+similarity over all pairs (`{quantile: 0.9999}`), for encoders whose similarity ranges differ
+from the paper's. The CLIP quantile is exact (counted from the candidates); the DINOv2
+quantile comes from the search's seeded random sample of pairs. No product is recomputed:
+a threshold change reruns this stage only.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline import embeddings, schemas
-from pipeline.config import load_section
+from pipeline import schemas
+from pipeline.config import ParamsError, load_section
 from pipeline.report import summary, warn, write_metrics
+from pipeline.search import read_candidates, read_groups
+from pipeline.select import SelectParams, select_pairs
 
 STAGE = "mine"
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A threshold given either as a cosine (`value`) or as a quantile over all pairs (`quantile`)."""
+
+    value: float | None = None
+    quantile: float | None = None
 
 
 @dataclass(frozen=True)
 class MineParams:
     """Params of the mine stage (section `mine`)."""
 
-    clip_threshold: float = 0.95  # keep pairs with CLIP cosine strictly above
-    dino_threshold: float = 0.6  # ... and DINOv2 cosine strictly below
+    clip_threshold: float | Threshold = 0.95  # keep pairs with CLIP cosine strictly above
+    dino_threshold: float | Threshold = 0.6  # ... and DINOv2 cosine strictly below
+    select: SelectParams = field(default_factory=SelectParams)
 
 
-@dataclass(frozen=True)
-class Candidates:
-    """Pairs of row indices (i < j) with their CLIP similarity."""
-
-    i: np.ndarray
-    j: np.ndarray
-    sim: np.ndarray
+class ThresholdError(ValueError):
+    """A threshold cannot be resolved from the candidates the search kept."""
 
 
-def clip_candidates(vectors: np.ndarray, threshold: float) -> Candidates:
-    """Every pair of rows with inner product strictly above `threshold`, exhaustively (FAISS flat index)."""
-    import faiss
-
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
-    n, dim = x.shape
-    if n < 2:
-        return Candidates(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
-    index = faiss.IndexFlatIP(dim)
-    index.add(x)
-    lims, sims, ids = index.range_search(x, threshold)
-    queries = np.repeat(np.arange(n, dtype=np.int64), np.diff(lims).astype(np.int64))
-    ids = ids.astype(np.int64)
-    # range_search returns each pair from both sides and the query itself; keep i < j once.
-    keep = (queries < ids) & (sims > threshold)
-    return Candidates(queries[keep], ids[keep], sims[keep].astype(np.float32))
+def _spec(threshold: float | Threshold, name: str) -> Threshold:
+    if isinstance(threshold, Threshold):
+        if (threshold.value is None) == (threshold.quantile is None):
+            raise ParamsError(f"params 'mine.{name}': give exactly one of value or quantile, got {threshold}")
+        if threshold.quantile is not None and not 0.0 <= threshold.quantile <= 1.0:
+            raise ParamsError(f"params 'mine.{name}.quantile' must lie in [0, 1], got {threshold.quantile}")
+        return threshold
+    return Threshold(value=float(threshold))
 
 
-def pair_similarity(vectors: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """Cosine similarity of rows i[k] and j[k] (vectors are L2-normalised), in float32."""
-    out = np.empty(len(i), dtype=np.float32)
-    for start in range(0, len(i), chunk):
-        a = vectors[i[start : start + chunk]].astype(np.float32)
-        b = vectors[j[start : start + chunk]].astype(np.float32)
-        out[start : start + chunk] = np.einsum("nd,nd->n", a, b)
-    return out
+def describe(threshold: float | Threshold) -> dict[str, float]:
+    """The threshold as written in params, e.g. {"value": 0.95} or {"quantile": 0.9999}."""
+    spec = _spec(threshold, "threshold")
+    return {"value": spec.value} if spec.value is not None else {"quantile": float(spec.quantile)}  # type: ignore[arg-type]
 
 
-def mine(image_ids: Sequence[str], clip: np.ndarray, dino: np.ndarray, params: MineParams) -> tuple[pa.Table, dict[str, Any]]:
-    """Find CLIP-blind pairs among row-aligned embeddings; return the pairs table and funnel metrics."""
-    if len(image_ids) != clip.shape[0] or clip.shape[0] != dino.shape[0]:
-        raise ValueError(f"embeddings not row-aligned: {len(image_ids)} ids, clip {clip.shape}, dino {dino.shape}")
-    candidates = clip_candidates(clip, params.clip_threshold)
-    dino_sim = pair_similarity(dino, candidates.i, candidates.j)
-    keep = dino_sim < params.dino_threshold
+def resolve_clip_threshold(threshold: float | Threshold, clip_sims: np.ndarray, meta: dict[str, Any]) -> float:
+    """The CLIP cosine threshold: a given value, or the exact quantile over all pairs counted from the candidates.
+
+    A quantile q resolves to the cosine with floor((1 − q) · pairs_possible) pairs strictly above it.
+    """
+    spec = _spec(threshold, "clip_threshold")
+    search = meta["search"]
+    recall = float(search["recall_clip_threshold"])
+    if spec.value is not None:
+        if spec.value < recall:
+            raise ThresholdError(
+                f"mine.clip_threshold {spec.value} is below the search's recall threshold {recall}: pairs in between "
+                f"were never kept; lower search.recall_clip_threshold to ≤ {spec.value} and rerun the search"
+            )
+        return spec.value
+    above = math.floor((1.0 - float(spec.quantile)) * int(search["pairs_possible"]))  # type: ignore[arg-type]
+    guarded = int(search["near_duplicates_dropped"])
+    stored = np.sort(clip_sims)[::-1]
+    rank = above - guarded  # guarded pairs all lie above the guard's CLIP cosine
+    if rank >= len(stored):
+        raise ThresholdError(
+            f"mine.clip_threshold quantile {spec.quantile} needs the {above + 1}th most similar pair, but only "
+            f"{len(stored) + guarded} pairs lie above the search's recall threshold {recall}: lower "
+            "search.recall_clip_threshold and rerun the search"
+        )
+    guard_clip = float(meta["near_duplicate"]["clip"])
+    if rank < 0 or stored[rank] >= guard_clip:
+        raise ThresholdError(
+            f"mine.clip_threshold quantile {spec.quantile} falls among the near-duplicates the search dropped "
+            f"(CLIP > {guard_clip}): raise search.near_duplicate.clip or use a lower quantile"
+        )
+    return float(stored[rank])
+
+
+def resolve_dino_threshold(threshold: float | Threshold, meta: dict[str, Any]) -> float:
+    """The DINOv2 cosine threshold: a given value, or a quantile of the search's random sample of pairs."""
+    spec = _spec(threshold, "dino_threshold")
+    if spec.value is not None:
+        return spec.value
+    sample = meta["sample"]
+    if not sample["dino"]:
+        raise ThresholdError("mine.dino_threshold is a quantile but the search sampled no pairs: set search.sample_pairs > 0")
+    return float(np.interp(float(spec.quantile), sample["grid"], sample["dino"]))  # type: ignore[arg-type]
+
+
+def check_guard(dino_threshold: float, meta: dict[str, Any]) -> None:
+    """Refuse a DINOv2 threshold that near-duplicates dropped by the search could have passed."""
+    guard_dino = float(meta["near_duplicate"]["dino"])
+    if dino_threshold > guard_dino and int(meta["search"]["near_duplicates_dropped"]) > 0:
+        raise ThresholdError(
+            f"mine.dino_threshold {dino_threshold} is above search.near_duplicate.dino {guard_dino}: pairs the "
+            "near-duplicate guard dropped could pass it; raise the guard above the threshold and rerun the search"
+        )
+
+
+def mine(
+    image_ids: Sequence[str], candidates: pa.Table, meta: dict[str, Any], params: MineParams, groups: pa.Table | None = None
+) -> tuple[pa.Table, dict[str, Any]]:
+    """CLIP-blind pairs among the candidates, after thresholds and selection; the pairs table and funnel metrics.
+
+    `groups` (an image_groups table) gives each image's near-duplicate group and cluster for selection.
+    """
+    clip_sims = candidates.column("clip_sim").to_numpy()
+    dino_sims = candidates.column("dino_sim").to_numpy()
+    t_clip = resolve_clip_threshold(params.clip_threshold, clip_sims, meta)
+    t_dino = resolve_dino_threshold(params.dino_threshold, meta)
+    check_guard(t_dino, meta)
+    above = clip_sims > t_clip
+    passing = above & (dino_sims < t_dino)
+    rows_a = candidates.column("row_a").to_numpy()[passing]
+    rows_b = candidates.column("row_b").to_numpy()[passing]
     ids = np.asarray(image_ids, dtype=object)
-    a, b = ids[candidates.i[keep]], ids[candidates.j[keep]]
-    first = np.where(a < b, a, b)
-    second = np.where(a < b, b, a)
-    rows = sorted(
-        zip(first.tolist(), second.tolist(), candidates.sim[keep].tolist(), dino_sim[keep].tolist()),
-    )
-    table = pa.table(
+    a, b = ids[rows_a], ids[rows_b]
+    first = np.where(a < b, a, b).tolist()
+    second = np.where(a < b, b, a).tolist()
+    rows = sorted(zip(first, second, clip_sims[passing].tolist(), dino_sims[passing].tolist()))
+    thresholded = pa.table(
         {
             "pair_id": pa.array([schemas.pair_id(x, y) for x, y, _, _ in rows], pa.string()),
             "image_a": pa.array([r[0] for r in rows], pa.string()),
@@ -95,46 +159,68 @@ def mine(image_ids: Sequence[str], clip: np.ndarray, dino: np.ndarray, params: M
         },
         schema=schemas.PAIRS,
     )
-    n = len(image_ids)
+    duplicate_group, cluster = None, None
+    if groups is not None:
+        rows = groups.column("row").to_numpy()
+        duplicate_group = dict(zip(ids[rows].tolist(), groups.column("duplicate_group").to_pylist()))
+        cluster = dict(zip(ids[rows].tolist(), groups.column("cluster").to_pylist()))
+    table, select_metrics = select_pairs(thresholded, params.select, duplicate_group, cluster)
+    search = meta["search"]
     metrics = {
-        "images": n,
-        "pairs_possible": n * (n - 1) // 2,
-        "clip_candidates": int(len(candidates.i)),
-        "dino_rejected": int((~keep).sum()),
+        "images": len(image_ids),
+        "pairs_possible": int(search["pairs_possible"]),
+        "search": "exhaustive" if search["mode"] == "exact" else search["mode"],
+        "recall_clip_threshold": float(search["recall_clip_threshold"]),
+        "candidates": candidates.num_rows,
+        "near_duplicates_dropped": int(search["near_duplicates_dropped"]),
+        "clip_rejected": int((~above).sum()),  # candidates at or below the CLIP threshold
+        "clip_candidates": int(above.sum()),
+        "dino_rejected": int((above & ~passing).sum()),
+        "thresholded": thresholded.num_rows,
+        **select_metrics,
         "pairs": table.num_rows,
-        "search": "exhaustive",
-        "clip_threshold": params.clip_threshold,
-        "dino_threshold": params.dino_threshold,
+        **{k: search[k] for k in ("recall_against_exact", "recall_sample_rows", "recall_sample_pairs") if k in search},
+        "clip_threshold": t_clip,
+        "dino_threshold": t_dino,
+        "clip_threshold_given": describe(params.clip_threshold),
+        "dino_threshold_given": describe(params.dino_threshold),
     }
     return table, metrics
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: `python -m pipeline.mine --images T --clip DIR --dino DIR --pairs OUT --metrics M`."""
+    """Command line: `python -m pipeline.mine --images T --candidates C --pairs OUT --metrics M`."""
     parser = argparse.ArgumentParser(prog="clipblind mine", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--images", required=True)
-    parser.add_argument("--clip", required=True)
-    parser.add_argument("--dino", required=True)
+    parser.add_argument("--candidates", required=True, help="candidates table written by the search stage")
+    parser.add_argument("--groups", required=True, help="image_groups table written by the search stage")
     parser.add_argument("--pairs", required=True)
     parser.add_argument("--metrics", required=True)
     args = parser.parse_args(argv)
     params = load_section(args.params, STAGE, MineParams)
     image_ids = schemas.read_table(args.images, "images").column("image_id").to_pylist()
-    clip, clip_desc = embeddings.load(args.clip, image_ids)
-    dino, dino_desc = embeddings.load(args.dino, image_ids)
-    table, metrics = mine(image_ids, clip, dino, params)
-    random_init = [d["name"] for d in (clip_desc, dino_desc) if d.get("random_init")]
+    candidates, meta = read_candidates(args.candidates, image_ids)
+    groups = read_groups(args.groups, image_ids)
+    try:
+        table, metrics = mine(image_ids, candidates, meta, params, groups)
+    except ThresholdError as err:
+        raise SystemExit(f"clipblind mine: {err}") from None
+    encoders = meta.get("encoders", {})
+    random_init = [d["name"] for d in encoders.values() if d.get("random_init")]
     metrics["random_init_encoders"] = random_init
     if random_init:
         warn(STAGE, f"pairs come from RANDOMLY INITIALISED encoders ({', '.join(random_init)})")
-    meta = {"encoders": {"clip": clip_desc, "dino": dino_desc}, **{k: metrics[k] for k in ("search", "clip_threshold", "dino_threshold")}}
-    schemas.write_table(table, args.pairs, "pairs", meta=meta)
+    # The data card states how the pairs were searched (exact, or partitioned with its measured recall).
+    pairs_meta = {"encoders": encoders, "search_details": meta["search"],
+                  **{k: metrics[k] for k in ("search", "clip_threshold", "dino_threshold")}}
+    schemas.write_table(table, args.pairs, "pairs", meta=pairs_meta)
     write_metrics(args.metrics, metrics)
     summary(
         STAGE,
         f"{metrics['images']} images, {metrics['pairs_possible']} possible pairs → {metrics['clip_candidates']} with "
-        f"CLIP > {params.clip_threshold} → {metrics['pairs']} with DINOv2 < {params.dino_threshold} ({metrics['search']})",
+        f"CLIP > {metrics['clip_threshold']:.4f} → {metrics['thresholded']} with DINOv2 < {metrics['dino_threshold']:.4f} "
+        f"→ {metrics['pairs']} selected ({metrics['search']})",
     )
     return 0
 

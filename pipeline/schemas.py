@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -128,6 +129,33 @@ def write_table(table: pa.Table, path: str | Path, kind: str, meta: Mapping[str,
         pq.write_table(table, tmp, compression="zstd", write_statistics=False)
 
 
+class TableWriter:
+    """Appends checked row groups to a table being written by `open_writer`; set `meta` before it closes."""
+
+    def __init__(self, writer: pq.ParquetWriter, kind: str, where: str) -> None:
+        self._writer = writer
+        self.kind = kind
+        self.where = where
+        self.meta: Mapping[str, Any] | None = None
+
+    def write(self, table: pa.Table) -> None:
+        """Append `table` (checked against the kind's schema) as row groups."""
+        _check(table.schema, TABLES[self.kind], self.kind, self.where)
+        self._writer.write_table(table.cast(TABLES[self.kind]))
+
+
+@contextmanager
+def open_writer(path: str | Path, kind: str) -> Iterator[TableWriter]:
+    """Stream a table of `kind` to `path` chunk by chunk; the file appears atomically when the block ends."""
+    schema = TABLES[kind].with_metadata({_META_KIND: kind.encode(), _META_VERSION: SCHEMA_VERSION.encode()})
+    with atomic_path(path) as tmp:
+        with pq.ParquetWriter(tmp, schema, compression="zstd", write_statistics=False) as writer:
+            handle = TableWriter(writer, kind, str(path))
+            yield handle
+            if handle.meta:
+                writer.add_key_value_metadata({_META_EXTRA: json.dumps(dict(handle.meta), sort_keys=True).encode()})
+
+
 def read_table(path: str | Path, kind: str) -> pa.Table:
     """Read a parquet table written by `write_table`, refusing another kind or version."""
     path = Path(path)
@@ -151,7 +179,8 @@ def read_table(path: str | Path, kind: str) -> pa.Table:
 def read_meta(path: str | Path) -> dict[str, Any]:
     """The extra metadata a stage stored with a table (empty when none)."""
     metadata = pq.read_schema(path).metadata or {}
-    raw = metadata.get(_META_EXTRA)
+    # A streamed table (open_writer) adds its metadata to the file footer once all rows are in.
+    raw = metadata.get(_META_EXTRA) or (pq.read_metadata(path).metadata or {}).get(_META_EXTRA)
     return json.loads(raw) if raw else {}
 
 

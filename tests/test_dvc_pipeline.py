@@ -44,8 +44,8 @@ def dvc_repo(tmp_path):
 
 def test_repro_runs_every_stage_once_and_reruns_only_what_a_param_touches(dvc_repo):
     first = _run([sys.executable, "-m", "dvc", "repro"], dvc_repo)
-    assert _ran(first) == {"sample_corpus", "ingest", "embed", "mine", "export", "validate", "accept", "gate",
-                           "package", "evaluate"}
+    assert _ran(first) == {"sample_corpus", "ingest", "embed", "search", "mine", "calibrate", "export", "gallery",
+                           "validate", "accept", "gate", "package", "evaluate"}
     for path in ["data/images.parquet", "data/embeddings/clip/encoder.json", "data/embeddings/dino/encoder.json",
                  "data/pairs.parquet", "data/tasks.json", "metrics/mine.json"]:
         assert (dvc_repo / path).exists(), path
@@ -62,8 +62,8 @@ def test_repro_runs_every_stage_once_and_reruns_only_what_a_param_touches(dvc_re
     params = yaml.safe_load((dvc_repo / "params.yaml").read_text())
     params["mine"]["clip_threshold"] = 0.95
     (dvc_repo / "params.yaml").write_text(yaml.safe_dump(params))
-    # a new threshold reruns mining and stages downstream of it, never ingest or embed
+    # a new threshold reruns mining and stages downstream of it, never ingest, embed or the search
     rerun = _ran(_run([sys.executable, "-m", "dvc", "repro"], dvc_repo))
-    assert {"mine", "export", "validate", "accept", "package"} <= rerun
-    assert not rerun & {"sample_corpus", "ingest", "embed"}
+    assert {"mine", "calibrate", "export", "gallery", "validate", "accept", "package"} <= rerun
+    assert not rerun & {"sample_corpus", "ingest", "embed", "search"}
     assert json.loads((dvc_repo / "metrics/mine.json").read_text())["clip_threshold"] == 0.95
