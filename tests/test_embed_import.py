@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline import embed, embeddings, mine, schemas
+from pipeline import embed, embeddings, mine, schemas, search
 from tests.conftest import tiny_params
 from tests.test_embed import _ingest
 
@@ -60,9 +60,14 @@ def test_clip_retrieval_output_is_imported_and_mined(sample_corpus, tmp_path):
     assert description["kind"] == "clip_retrieval" and description["model"] == "ViT-L-14"
     np.testing.assert_allclose(np.linalg.norm(clip.astype(np.float32), axis=1), 1.0, atol=2e-3)
 
+    candidates, groups = tmp_path / "candidates.parquet", tmp_path / "groups.parquet"
+    assert search.main([
+        "--params", str(params_file), "--images", str(images), "--clip", str(out / "clip"), "--dino", str(out / "dino"),
+        "--candidates", str(candidates), "--groups", str(groups), "--metrics", str(tmp_path / "search.json"),
+    ]) == 0
     assert mine.main([
-        "--params", str(params_file), "--images", str(images), "--clip", str(out / "clip"),
-        "--dino", str(out / "dino"), "--pairs", str(tmp_path / "pairs.parquet"), "--metrics", str(tmp_path / "mine.json"),
+        "--params", str(params_file), "--images", str(images), "--candidates", str(candidates), "--groups", str(groups),
+        "--pairs", str(tmp_path / "pairs.parquet"), "--metrics", str(tmp_path / "mine.json"),
     ]) == 0
     pairs = schemas.read_table(tmp_path / "pairs.parquet", "pairs").to_pylist()
     assert [(p["image_a"], p["image_b"]) for p in pairs] == [tuple(sorted(ids[:2]))]
