@@ -172,17 +172,26 @@ def stage_vs_model(
         generated_jpegs(workdir / f"corpus-{r}", per_round, seed=r)
         corpus = Corpus(SourceParams(kind="folder", name="bench"), workdir / f"corpus-{r}")
         table = ingest(corpus, IngestParams(source=corpus.params)).images
-        start = time.perf_counter()
-        for _ in range(0, per_round, batch_size):
-            for encoder in encoders.values():
-                encoder.encode(batch)
-        model_round = time.perf_counter() - start
-        start = time.perf_counter()
-        embed_corpus(
-            table.column("image_id").to_pylist(), table.column("source_path").to_pylist(), corpus, encoders,
-            {n: workdir / f"out-{r}" / n for n in encoders}, params, max_pixels=50_000_000,
-        )
-        stage_round = time.perf_counter() - start
+
+        def models_alone() -> None:
+            for _ in range(0, per_round, batch_size):
+                for encoder in encoders.values():
+                    encoder.encode(batch)
+
+        def whole_stage() -> None:
+            embed_corpus(
+                table.column("image_id").to_pylist(), table.column("source_path").to_pylist(), corpus, encoders,
+                {n: workdir / f"out-{r}" / n for n in encoders}, params, max_pixels=50_000_000,
+            )
+
+        # Alternate which runs first, so load that drifts during a round favours neither.
+        order = (models_alone, whole_stage) if r % 2 == 0 else (whole_stage, models_alone)
+        took = {}
+        for step in order:
+            start = time.perf_counter()
+            step()
+            took[step] = time.perf_counter() - start
+        model_round, stage_round = took[models_alone], took[whole_stage]
         model_s += model_round
         stage_s += stage_round
         ratios.append(model_round / stage_round)
