@@ -13,10 +13,16 @@ from typing import Any, Sequence
 import yaml
 
 HEADLINES: dict[str, tuple[str, ...]] = {
-    "ingest": ("inputs", "accepted", "duplicates", "rejected"),
+    "ingest": ("inputs", "accepted", "duplicates", "blocked", "rejected"),
     "embed": ("images", "shards_written", "shards_reused"),
-    "mine": ("images", "clip_candidates", "pairs", "search"),
+    "search": ("mode", "candidates", "near_duplicates_dropped"),
+    "mine": ("clip_candidates", "thresholded", "pairs", "search"),
     "export": ("tasks", "display_images"),
+    "gallery": ("shown", "thumbnails"),
+    "validate": ("inputs", "accepted", "rejected"),
+    "accept": ("written", "valid", "verified", "accepted"),
+    "gate": ("ran", "inputs", "dropped"),
+    "package": ("status", "version", "packaged", "items"),
 }
 
 
@@ -60,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print("clipblind pipeline status:")
     print("\n".join(report(Path(args.dvc_yaml))))
-    print("next: review data/tasks.json, then annotate in Label Studio (README: 'Annotate').")
+    print("next: review the pairs in data/gallery/index.html, then annotate them in Label Studio "
+          "(README: 'Annotate'); `dvc repro` after each pull packages what was accepted.")
     return 0
 
 
