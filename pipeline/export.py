@@ -4,7 +4,8 @@ Inputs: the pairs table, the images table, the corpus source; params section `ex
 Outputs: a display folder of JPEG copies made from the canonical decode (the folder Label
 Studio serves, whatever the corpus source), and a task JSON list, one task per pair, whose
 image URLs point into that folder.
-Metrics: pairs, tasks, display_images, random_init_encoders.
+Metrics: pairs = tasks + pairs_skipped (a pair whose image no longer reads is skipped and
+its image named in images_failed), display_images, random_init_encoders.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline import schemas
 from pipeline.atomic import write_bytes, write_json
 from pipeline.config import load_section
 from pipeline.corpus import Corpus
-from pipeline.decode import decode
+from pipeline.decode import DecodeError, decode
 from pipeline.ingest import IngestParams
-from pipeline.report import progress, summary, write_metrics
+from pipeline.report import progress, summary, warn, write_metrics
 
 STAGE = "export"
 
@@ -78,17 +80,25 @@ def build_tasks(pairs: pa.Table, params: ExportParams, meta: dict[str, Any]) -> 
 
 def write_display_images(
     image_ids: Sequence[str], images: pa.Table, corpus: Corpus, display_dir: Path, params: ExportParams, max_pixels: int
-) -> int:
-    """Write display copies of `image_ids` into `display_dir`; skip copies already there."""
+) -> tuple[int, dict[str, str]]:
+    """Write display copies of `image_ids` into `display_dir`, skipping copies already there.
+
+    Returns how many were written and, for each image that no longer reads or decodes, why.
+    """
     location = dict(zip(images.column("image_id").to_pylist(), images.column("source_path").to_pylist()))
     written = 0
+    failed: dict[str, str] = {}
     for image_id in progress(sorted(set(image_ids)), desc="display images", unit="img"):
         target = display_dir / display_name(image_id)
         if target.exists():
             continue
-        write_bytes(target, display_bytes(corpus.read(location[image_id]), params, max_pixels))
+        try:
+            write_bytes(target, display_bytes(corpus.read(location[image_id]), params, max_pixels))
+        except DecodeError as err:
+            failed[image_id] = err.reason.value
+            continue
         written += 1
-    return written
+    return written, failed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,13 +124,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     display_dir.mkdir(parents=True, exist_ok=True)
     needed = pairs.column("image_a").to_pylist() + pairs.column("image_b").to_pylist()
     corpus = Corpus(ingest_params.source, args.source)
-    written = write_display_images(needed, images, corpus, display_dir, params, ingest_params.max_pixels)
+    written, failed = write_display_images(needed, images, corpus, display_dir, params, ingest_params.max_pixels)
+    # a pair whose image no longer reads (the corpus changed since ingest) costs only that pair
+    usable = pc.invert(pc.or_(pc.is_in(pairs.column("image_a"), pa.array(list(failed), pa.string())),
+                              pc.is_in(pairs.column("image_b"), pa.array(list(failed), pa.string()))))
     meta = {"random_init_encoders": ",".join(random_init)} if random_init else {}
-    tasks = build_tasks(pairs, params, meta)
+    tasks = build_tasks(pairs.filter(usable), params, meta)
     write_json(args.tasks, tasks)
+    if failed:
+        warn(STAGE, f"{len(failed)} image(s) no longer read or decode, e.g. {next(iter(failed))} "
+                    f"({next(iter(failed.values()))}): their pairs were left out; rerun `dvc repro` so ingest sees the change")
     metrics = {
         "pairs": pairs.num_rows,
         "tasks": len(tasks),
+        "pairs_skipped": pairs.num_rows - len(tasks),
+        "images_failed": dict(sorted(failed.items())),
         "display_images": len(set(needed)),
         "display_images_written": written,
         "random_init_encoders": random_init,

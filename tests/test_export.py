@@ -43,4 +43,39 @@ def test_export_writes_display_copies_and_one_task_per_pair(sample_corpus, param
     assert shown.shape == (128, 128, 3)
     assert np.abs(shown - np.asarray(reference, dtype=np.float32)).mean() < 6
     metrics = json.loads((tmp_path / "e.json").read_text())
-    assert metrics == {"pairs": 2, "tasks": 2, "display_images": 3, "display_images_written": 3, "random_init_encoders": ["clip"]}
+    assert metrics == {"pairs": 2, "tasks": 2, "pairs_skipped": 0, "images_failed": {}, "display_images": 3,
+                       "display_images_written": 3, "random_init_encoders": ["clip"]}
+
+
+def test_an_image_gone_since_ingest_costs_only_its_pairs(sample_corpus, params_file, tmp_path, capsys):
+    import shutil
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(sample_corpus, corpus)
+    data = tmp_path / "data"
+    ingest.main([
+        "--params", str(params_file), "--source", str(corpus), "--images", str(data / "images.parquet"),
+        "--rejects", str(data / "rejects.parquet"), "--metrics", str(tmp_path / "i.json"),
+    ])
+    images = schemas.read_table(data / "images.parquet", "images").to_pylist()
+    a, b, c = (r["image_id"] for r in images[:3])
+    pairs = pa.table(
+        {
+            "pair_id": [schemas.pair_id(a, b), schemas.pair_id(b, c)],
+            "image_a": [a, b], "image_b": [b, c],
+            "clip_sim": pa.array([0.97, 0.96], pa.float32()), "dino_sim": pa.array([0.5, 0.4], pa.float32()),
+        }
+    )
+    schemas.write_table(pairs, data / "pairs.parquet", "pairs")
+    (corpus / images[0]["source_path"]).write_bytes(b"")  # image a is emptied after ingest
+    assert export.main([
+        "--params", str(params_file), "--pairs", str(data / "pairs.parquet"), "--images", str(data / "images.parquet"),
+        "--source", str(corpus), "--display", str(data / "display"), "--tasks", str(data / "tasks.json"),
+        "--metrics", str(tmp_path / "e.json"),
+    ]) == 0
+    tasks = json.loads((data / "tasks.json").read_text())
+    assert [t["data"]["pair_id"] for t in tasks] == [schemas.pair_id(b, c)]
+    metrics = json.loads((tmp_path / "e.json").read_text())
+    assert metrics["pairs"] == metrics["tasks"] + metrics["pairs_skipped"] == 2
+    assert metrics["images_failed"] == {a: "empty_file"}
+    assert a in capsys.readouterr().err
