@@ -233,6 +233,8 @@ def provenance(pairs_meta: Mapping[str, Any], mine_metrics: Mapping[str, Any], i
         "clip_threshold": pairs_meta.get("clip_threshold"),
         "dino_threshold": pairs_meta.get("dino_threshold"),
         "search": pairs_meta.get("search", "unknown"),
+        # partitioned mode measures its recall against exact search on a sample; the card states it
+        "search_recall": pairs_meta.get("search_details", {}).get("recall_against_exact"),
         "funnel": {
             "corpus_files": ingest_metrics.get("inputs"),
             "images": ingest_metrics.get("accepted"),

@@ -324,3 +324,15 @@ def test_accepted_pairs_that_all_fail_packaging_are_refused_with_a_clear_message
     assert package.main(package_args(dict(world["inputs"], accepted=bad), tmp_path / "out", tmp_path / "m.json")) == 1
     assert f"no pairs to release ({table.num_rows} accepted, {table.num_rows} rejected)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("recall, expected", [(0.992, "99.2 % of the pairs an exhaustive search finds"),
+                                              (None, "approximate; recall not measured")])
+def test_card_states_the_recall_of_a_partitioned_search(world, recall, expected):
+    from pipeline import card
+
+    manifest = release.read_manifest(world["release"])
+    manifest["provenance"] = {**manifest["provenance"], "search": "partitioned", "search_recall": recall}
+    text = card.renderer()(manifest, (world["release"] / release.CHANGELOG).read_text())
+    assert "**partitioned**" in text and expected in text
+    assert "every pair of images above the CLIP threshold was found" not in text
