@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from pipeline import embed, export, ingest, mine
+from pipeline import embed, export, ingest, mine, search
 from tests.conftest import tiny_params
 
 URL_PREFIX = "/data/local-files/?d=display/"
@@ -29,9 +29,11 @@ def run_pipeline(corpus: Path, root: Path) -> tuple[Path, list[dict[str, Any]]]:
     assert embed.main(common + ["--images", str(data / "images.parquet"), "--source", str(corpus),
                                 "--clip", str(data / "clip"), "--dino", str(data / "dino"),
                                 "--metrics", str(m / "embed.json")]) == 0
-    assert mine.main(common + ["--images", str(data / "images.parquet"), "--clip", str(data / "clip"),
-                               "--dino", str(data / "dino"), "--pairs", str(data / "pairs.parquet"),
-                               "--metrics", str(m / "mine.json")]) == 0
+    candidates = ["--candidates", str(data / "candidates.parquet"), "--groups", str(data / "groups.parquet")]
+    assert search.main(common + ["--images", str(data / "images.parquet"), "--clip", str(data / "clip"),
+                                 "--dino", str(data / "dino"), *candidates, "--metrics", str(m / "search.json")]) == 0
+    assert mine.main(common + ["--images", str(data / "images.parquet"), *candidates,
+                               "--pairs", str(data / "pairs.parquet"), "--metrics", str(m / "mine.json")]) == 0
     assert export.main(common + ["--pairs", str(data / "pairs.parquet"), "--images", str(data / "images.parquet"),
                                  "--source", str(corpus), "--display", str(data / "display"),
                                  "--tasks", str(data / "tasks.json"), "--metrics", str(m / "export.json")]) == 0
