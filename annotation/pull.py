@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -128,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise LabelStudioError(f"no project {title!r} on {params.url}: run `clipblind push` first")
         snap, metrics = snapshot(client.export(project["id"]), client.users(), args.project)
     except (LabelStudioError, ServerError) as err:
-        print(f"[{STAGE}] error: {err}")
+        print(f"[{STAGE}] error: {err}", file=sys.stderr)
         return 1
     changed = write_snapshot(out, snap)
     write_metrics(metrics_path, metrics)

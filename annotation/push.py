@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,14 +215,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params = load_params(args.params)
     if not Path(args.tasks).exists():
-        print(f"[{STAGE}] error: no task file at {args.tasks}: run `dvc repro export` first")
+        print(f"[{STAGE}] error: no task file at {args.tasks}: run `dvc repro export` first", file=sys.stderr)
         return 1
     tasks = json.loads(Path(args.tasks).read_text())
     suggestions = json.loads(Path(args.suggestions).read_text()) if args.suggestions else {}
     try:
         metrics = push(Client.from_params(params), params, tasks, Path(args.display), suggestions)
     except (LabelStudioError, ServerError) as err:
-        print(f"[{STAGE}] error: {err}")
+        print(f"[{STAGE}] error: {err}", file=sys.stderr)
         return 1
     write_metrics(args.metrics, metrics)
     summary(STAGE, f"{metrics['imported']} imported, {metrics['already_present']} already there, "

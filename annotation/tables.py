@@ -19,7 +19,6 @@ PATTERNS: tuple[str, ...] = (
     "Viewpoint and Perspective",
 )
 OPTIONS: tuple[str, str] = ("(a)", "(b)")
-UNANSWERABLE = "unanswerable"
 
 # Why a written annotation is not a valid question (validate stage).
 INVALID_REASONS: tuple[str, ...] = (

@@ -12,6 +12,7 @@ Metrics: inputs (valid questions), imported, already_present, stale_marked, stal
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -62,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         metrics = push_verification(Client.from_params(params), params, annotations, Path(args.display), verifiers)
     except (LabelStudioError, ServerError) as err:
-        print(f"[{STAGE}] error: {err}")
+        print(f"[{STAGE}] error: {err}", file=sys.stderr)
         return 1
     write_metrics(args.metrics, metrics)
     summary(STAGE, f"{metrics['imported']} verification tasks imported, {metrics['already_present']} already there "

@@ -150,10 +150,6 @@ class Corpus:
             for entry in part.entries():
                 yield entry.item
 
-    def source_of(self, location: str) -> str:
-        """The name of the source a location belongs to."""
-        return location.partition(":")[0] if self.qualified else self.params.name
-
     def read(self, location: str) -> bytes:
         """The bytes at `location`, confined to the source's root; `DecodeError` when they cannot be had."""
         if not self.qualified:

@@ -197,14 +197,6 @@ def remove_leftovers(directory: str | Path, shards: Iterable[int]) -> int:
     return removed
 
 
-def remove_shard(directory: str | Path, index: int) -> None:
-    """Delete shard `index` (marker first, so a reader never sees a marker without its data)."""
-    directory = Path(directory)
-    name = shard_name(index)
-    for suffix in (".done", ".npy", ".ids.parquet"):
-        (directory / f"{name}{suffix}").unlink(missing_ok=True)
-
-
 def load(directory: str | Path, image_ids: Sequence[str]) -> tuple[np.ndarray, dict[str, Any]]:
     """Vectors for `image_ids`, in that order, as float16 [n, dim], and the encoder description."""
     directory = Path(directory)

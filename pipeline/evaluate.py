@@ -20,7 +20,7 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -35,8 +35,6 @@ from pipeline.vlm import Backend, CachedBackend, VlmParams, build_prompt, load_b
 STAGE = "evaluate"
 UNLABELLED = "unlabelled"  # MMVP's Questions.csv carries no pattern per question
 CLIP_TEXT = "a photo of {statement}"  # MMVP-VLM's text prompt
-
-BenchmarkFormat = Literal["auto", "release", "mmvp", "mmvp_vlm"]
 
 
 @dataclass(frozen=True)
