@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import tarfile
-import tempfile
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -315,7 +315,9 @@ def write_release(
 def _publish(files: Mapping[str, bytes], out: Path) -> None:
     """Write `files` and their SHA256SUMS into a staging folder, then swap it in for `out` whole."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    # mkdir, not mkdtemp (0700): the release folder gets the permissions the umask gives any output
+    staging = out.parent / f".{out.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
     try:
         for rel, data in files.items():
             target = staging / rel
@@ -471,8 +473,13 @@ def read_manifest(release_dir: str | Path) -> dict[str, Any]:
 
 
 def sums_text(files: Mapping[str, bytes]) -> str:
-    """SHA256SUMS text (`sha256sum -c` format) for relative path → bytes, sorted by path."""
-    return "".join(f"{sha256_hex(files[p])}  {p}\n" for p in sorted(files))
+    """SHA256SUMS text for relative path → bytes, sorted by path, byte for byte as `sha256sum` writes it."""
+    lines = []
+    for path in sorted(files):
+        escaped = path.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+        prefix = "\\" if escaped != path else ""  # sha256sum marks an escaped name with a leading backslash
+        lines.append(f"{prefix}{sha256_hex(files[path])}  {escaped}\n")
+    return "".join(lines)
 
 
 def file_sha256(path: Path) -> str:
@@ -490,49 +497,174 @@ class VerifyReport:
 
     checked: int
     changed: tuple[str, ...]
-    missing: tuple[str, ...]
+    missing: tuple[str, ...]  # listed but not readable (absent, a folder, outside the release)
     extra: tuple[str, ...]
-    malformed: tuple[str, ...]  # SHA256SUMS lines that do not parse
+    malformed: tuple[str, ...]  # SHA256SUMS lines that `sha256sum -c` would call improperly formatted
     fetched: tuple[str, ...]  # withheld images fetched into place (expected, not listed)
+    matched: tuple[str, ...] = ()  # listed files whose bytes match
+
+    @property
+    def sums_ok(self) -> bool:
+        """The verdict of `sha256sum --strict -c SHA256SUMS` run inside the release folder."""
+        return bool(self.matched) and not (self.changed or self.missing or self.malformed)
 
     @property
     def ok(self) -> bool:
         """True when every listed file matches and nothing unexpected is present."""
-        return not (self.changed or self.missing or self.extra or self.malformed)
+        return self.sums_ok and not self.extra
 
 
-_SUMS_LINE = re.compile(r"^([0-9a-f]{64})  (.+)$")
+@dataclass(frozen=True)
+class SumsEntry:
+    """One well-formed SHA256SUMS line: its number, the expected digest (lower case) and the file name."""
+
+    line: int
+    digest: str
+    name: bytes
+
+
+SUMS_DIGEST_HEX = 64
+_WHITE = (ord(" "), ord("\t"))
+_TAG = b"SHA256"
+
+
+def parse_sums(data: bytes) -> tuple[list[SumsEntry], list[str]]:
+    """Read SHA256SUMS bytes line by line as GNU coreutils' `sha256sum -c` (9.x) does.
+
+    Returns the well-formed entries and one description per improperly formatted line. The
+    rules are sha256sum's: lines end at b"\\n" only (a vertical tab or form feed is part of the
+    line); one trailing b"\\r" is dropped; empty lines and lines starting with '#' are skipped;
+    `<64 hex>  <name>` (text) or `<64 hex> *<name>` (binary), or, decided by the first such line
+    and then required of all, `<64 hex> <name>`; a leading backslash marks a name escaped with
+    \\\\, \\n and \\r; `SHA256 (<name>) = <64 hex>` is the tagged form. Everything after the
+    separator is the name, spaces included.
+    """
+    entries: list[SumsEntry] = []
+    malformed: list[str] = []
+    state = {"reversed": -1}  # sha256sum's "bsd reversed" mode: -1 undecided, 0 no, 1 yes
+    pieces = data.split(b"\n")
+    if pieces and pieces[-1] == b"":
+        pieces.pop()  # the text after the last newline: nothing
+    for number, line in enumerate(pieces, 1):
+        if line.startswith(b"#"):
+            continue
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line:
+            continue
+        parsed = _split_sums_line(line, state)
+        if parsed is None:
+            malformed.append(f"line {number}: {line[:100]!r}")
+            continue
+        entries.append(SumsEntry(number, parsed[0].decode("ascii").lower(), parsed[1]))
+    return entries, malformed
+
+
+def _split_sums_line(s: bytes, state: dict[str, int]) -> tuple[bytes, bytes] | None:
+    """(hex digest, file name) of one line, or None where sha256sum calls it improperly formatted."""
+    i = 0
+    while i < len(s) and s[i] in _WHITE:
+        i += 1
+    escaped = s[i : i + 1] == b"\\"
+    i += escaped
+    if s[i : i + len(_TAG)] == _TAG:
+        i += len(_TAG)
+        i += s[i : i + 1] == b" "
+        if s[i : i + 1] != b"(":
+            return None
+        return _split_tagged(s[i + 1 :], escaped)
+    # the shortest line: a digest, one blank and a one-character name
+    if len(s) - i < SUMS_DIGEST_HEX + 2 + (s[i : i + 1] == b"\\"):
+        return None
+    digest = s[i : i + SUMS_DIGEST_HEX]
+    i += SUMS_DIGEST_HEX
+    if not _is_hex(digest) or s[i] not in _WHITE:  # checked before the line may decide the file's form
+        return None
+    i += 1
+    if len(s) - i == 1 or s[i : i + 1] not in (b" ", b"*"):
+        if state["reversed"] == 0:  # sha256sum refuses to mix the two forms in one file
+            return None
+        state["reversed"] = 1
+    elif state["reversed"] != 1:
+        state["reversed"] = 0
+        i += 1
+    name = _unescape(s[i:]) if escaped else s[i:].split(b"\0", 1)[0]
+    return None if name is None else (digest, name)
+
+
+def _split_tagged(s: bytes, escaped: bool) -> tuple[bytes, bytes] | None:
+    """`<name>) = <digest>` of a tagged line (the name ends at the last ')')."""
+    end = s.rfind(b")")
+    if end < 0:
+        return None
+    name = _unescape(s[:end]) if escaped else s[:end].split(b"\0", 1)[0]
+    rest = s[end + 1 :].lstrip(b" \t")
+    if name is None or not rest.startswith(b"="):
+        return None
+    digest = rest[1:].lstrip(b" \t")
+    return (digest, name) if _is_hex(digest) else None
+
+
+def _is_hex(digest: bytes) -> bool:
+    return len(digest) == SUMS_DIGEST_HEX and all(c in b"0123456789abcdefABCDEF" for c in digest)
+
+
+_ESCAPES = {ord("\\"): b"\\", ord("n"): b"\n", ord("r"): b"\r"}
+
+
+def _unescape(name: bytes) -> bytes | None:
+    """A name written escaped (\\\\, \\n, \\r), or None for any other escape, a trailing backslash or a NUL."""
+    out = bytearray()
+    i = 0
+    while i < len(name):
+        c = name[i]
+        if c == 0:
+            return None
+        if c == ord("\\"):
+            if i + 1 == len(name) or name[i + 1] not in _ESCAPES:
+                return None
+            out += _ESCAPES[name[i + 1]]
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return bytes(out)
+
+
+def _display(name: bytes) -> str:
+    return name.decode("utf-8", "surrogateescape")
 
 
 def verify(release_dir: str | Path) -> VerifyReport:
-    """Recompute every file's sha256 and compare with SHA256SUMS."""
+    """Recompute every listed file's sha256 and compare with SHA256SUMS, read as `sha256sum -c` reads it."""
     root = Path(release_dir)
     sums_path = root / SUMS
     if not sums_path.exists():
         raise ReleaseError(f"{root} has no {SUMS}: not a release folder, or it was damaged")
-    listed: dict[str, str] = {}
-    malformed = []
-    try:
-        text = sums_path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        text = sums_path.read_bytes().decode("utf-8", errors="replace")
-        malformed.append("<not UTF-8>")
-    for number, line in enumerate(text.splitlines(), 1):
-        match = _SUMS_LINE.match(line)
-        if not match or match[2] in listed:
-            malformed.append(f"line {number}: {line[:80]!r}")
-            continue
-        listed[match[2]] = match[1]
-    if not text.endswith("\n"):
-        malformed.append("no final newline")
+    entries, malformed = parse_sums(sums_path.read_bytes())
+    if not entries:
+        malformed.append("no properly formatted SHA256 checksum lines")
+    real_root = root.resolve()
+    matched, changed, missing = set(), set(), set()
+    digests: dict[str, str | None] = {}
+    for entry in entries:
+        name = _display(entry.name)
+        if name not in digests:
+            path = root / os.fsdecode(entry.name)
+            inside = os.path.realpath(path).startswith(str(real_root) + os.sep)
+            try:
+                digests[name] = file_sha256(path) if inside else None
+            except OSError:
+                digests[name] = None
+        actual = digests[name]
+        (missing if actual is None else matched if actual == entry.digest else changed).add(name)
     present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {SUMS}
     expected_fetched = _withheld_target_paths(root)
-    changed = sorted(p for p in listed if p in present and file_sha256(root / p) != listed[p])
-    missing = sorted(p for p in listed if p not in present)
-    unlisted = present - set(listed)
+    unlisted = present - set(digests)
     fetched = sorted(unlisted & expected_fetched)
     extra = sorted(unlisted - expected_fetched)
-    return VerifyReport(len(listed), tuple(changed), tuple(missing), tuple(extra), tuple(malformed), tuple(fetched))
+    return VerifyReport(len(digests), tuple(sorted(changed)), tuple(sorted(missing)), tuple(extra), tuple(malformed),
+                        tuple(fetched), tuple(sorted(matched)))
 
 
 def _withheld_target_paths(root: Path) -> set[str]:
