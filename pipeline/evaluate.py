@@ -33,6 +33,7 @@ from pipeline.report import progress, summary, warn, write_metrics
 from pipeline.vlm import Backend, CachedBackend, VlmParams, build_prompt, load_backend
 
 STAGE = "evaluate"
+CACHE_DIR = ".cache/evaluate"  # VLM reply caches; dvc.yaml and README name the same folder
 UNLABELLED = "unlabelled"  # MMVP's Questions.csv carries no pattern per question
 CLIP_TEXT = "a photo of {statement}"  # MMVP-VLM's text prompt
 
@@ -287,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results", required=True, help="output results JSON (DVC metrics)")
     parser.add_argument("--table", help="output markdown table")
     parser.add_argument("--chart", help="output SVG chart of pair accuracy per pattern")
-    parser.add_argument("--cache", default=".cache/vlm", help="folder of VLM response caches (resume)")
+    parser.add_argument("--cache", default=CACHE_DIR, help=f"folder of VLM response caches (resume); default {CACHE_DIR}")
     args = parser.parse_args(argv)
     params = load_section(args.params, STAGE, EvaluateParams)
     folder = Path(args.folder)

@@ -2,9 +2,22 @@
 
 Pure functions over plain data so every number can be checked by hand:
 
-* A vision-language model's reply becomes "(a)", "(b)" or None by `extract_answer`:
-  the option letter first ("(a)", "a)", "A.", "b"), then the option text; anything else is
-  unanswered (counted, and scored wrong).
+* A vision-language model's reply becomes "(a)", "(b)" or None (unanswered: counted, and
+  scored wrong) by `extract_answer`, by these rules, in order (case never matters):
+
+  1. A letter in parentheses anywhere ("(b)", "( B )", "I think it's (b) Red"): one distinct
+     letter is the answer; both letters ("(a) Blue (b) Red") are unanswered.
+  2. Otherwise a marked letter: at the start of the reply, or after "answer", "answer is",
+     "option" or "choice" (a ":" or "-" may follow). "b" counts as a word of its own ("b",
+     "B red", "The answer is B."); "a" only when the reply ends there or ")", ".", ":", ",",
+     ";" follows ("A", "a) Blue", "A. Blue", "Answer: a"). "A" or "An" followed by a word is
+     the English article, not a letter ("A red square.", "An apple"): rule 4 reads it.
+  3. A letter whose following text begins with the other option's text rather than its own
+     contradicts itself ("A. Red" for (a) Blue (b) Red) and is unanswered. Options are tried
+     longest first, so (a) Red (b) Red and blue reads "(b) Red and blue" as (b).
+  4. No letter: the options' texts as whole words, longest first (a match inside a longer
+     option's match does not count): exactly one option found is the answer ("Red.",
+     "It is blue."); none or both ("Blue and red") are unanswered.
 * A pair scores only when both of its questions are right (MMVP's pair accuracy); chance is
   1/2 per question and 1/4 per pair.
 * CLIP-family encoders follow MMVP-VLM's script: each statement of a pair is set against the
@@ -20,31 +33,59 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-ANSWERS = ("(a)", "(b)")
+from pipeline.patterns import ANSWERS
+
 CHANCE_QUESTION = 0.5
 CHANCE_PAIR = 0.25
 
+_LETTERS = "ab"  # ANSWERS[k] is the option written "(<_LETTERS[k]>)"
 _PAREN = re.compile(r"\(\s*([ab])\s*\)", re.IGNORECASE)
-_LEADING = re.compile(r"^\s*(?:option\s+|answer\s*:?\s*)?([ab])(?:[\s).:,]|$)", re.IGNORECASE)
+# "b" as a word of its own; "a" only before the end or ) . : , ; (otherwise it is the article)
+_MARKED = re.compile(
+    r"(?:^\s*|\b(?:answer|option|choice)(?:\s+is)?\s*[:\-]?\s*)(?:(b)\b|(a)(?=\s*$|\s*[).:,;]))", re.IGNORECASE
+)
 
 
 def extract_answer(reply: str, options: Sequence[str]) -> str | None:
-    """The option a reply chose: "(a)", "(b)", or None when it names neither (or both)."""
+    """The option a reply chose: "(a)", "(b)", or None when it names neither, both, or contradicts itself.
+
+    The rules are stated in this module's docstring.
+    """
     text = reply.strip()
-    letters = {m.lower() for m in _PAREN.findall(text)}
-    if len(letters) == 1:
-        return f"({letters.pop()})"
-    if not letters:
-        leading = _LEADING.match(text)
-        if leading:
-            return f"({leading[1].lower()})"
-    lowered = text.lower()
-    found = [ANSWERS[k] for k, option in enumerate(options) if option.strip() and _contains_word(lowered, option.strip().lower())]
-    return found[0] if len(found) == 1 else None
+    marks = [(m[1].lower(), m.end()) for m in _PAREN.finditer(text)]
+    if not marks:
+        marks = [((m[1] or m[2]).lower(), m.end()) for m in _MARKED.finditer(text)]
+    if marks:
+        letters = {letter for letter, _ in marks}
+        if len(letters) != 1:
+            return None
+        letter, end = marks[0]
+        chosen = _LETTERS.index(letter)
+        follows = _options_in(text[end:].lstrip(" \t.:)-,;").lower(), options, at_start=True)
+        if follows and follows[0] != chosen:
+            return None
+        return ANSWERS[chosen]
+    found = _options_in(text.lower(), options, at_start=False)
+    return ANSWERS[found[0]] if len(found) == 1 else None
 
 
-def _contains_word(text: str, phrase: str) -> bool:
-    return re.search(r"(?<!\w)" + re.escape(phrase) + r"(?!\w)", text) is not None
+def _options_in(text: str, options: Sequence[str], at_start: bool) -> list[int]:
+    """Indices of the options whose text occurs in `text` as whole words, longest option first.
+
+    A match inside a longer option's match does not count; `at_start` looks only at the start of `text`.
+    """
+    found = []
+    for k in sorted(range(len(options)), key=lambda k: -len(options[k].strip())):
+        phrase = options[k].strip().lower()
+        if not phrase:
+            continue
+        pattern = re.compile(("^" if at_start else r"(?<!\w)") + re.escape(phrase) + r"(?!\w)")
+        if pattern.search(text):
+            found.append(k)
+            if at_start:
+                break
+            text = pattern.sub(" ", text)
+    return found
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,39 @@ def test_answer_extraction_letter_first_then_option_text(reply, expected):
     assert scoring.extract_answer(reply, ("Left", "Right")) == expected
 
 
+BLUE_RED = ("Blue", "Red")
+
+
+@pytest.mark.parametrize("reply,expected", [
+    ("A red square.", "(b)"),  # a leading article is not the letter (a)
+    ("a blue square", "(a)"),
+    ("An apple", None),
+    ("A", "(a)"), ("a.", "(a)"), ("A)", "(a)"), ("A, blue", "(a)"), ("b", "(b)"), ("B red", "(b)"),
+    ("(b)", "(b)"), ("( B )", "(b)"), ("a) Blue", "(a)"), ("A. Blue", "(a)"),
+    ("Answer: a", "(a)"), ("The answer is B.", "(b)"), ("Option A", "(a)"), ("Answer: A red square", "(b)"),
+    ("I think it's (b) Red", "(b)"), ("I'd say the answer is (a).", "(a)"), ("Blue (a)", "(a)"),
+    ("A. Red", None), ("(a) Red", None), ("b) blue!", None),  # the letter and the option text disagree
+    ("(a) Blue (b) Red", None), ("A or B", None),
+    ("Red.", "(b)"), ("RED", "(b)"), ("bright red", "(b)"), ("It is blue.", "(a)"),
+    ("Blue and red", None), ("Bluish", None), ("", None), ("Neither", None),
+])
+def test_answer_extraction_reply_shapes(reply, expected):
+    assert scoring.extract_answer(reply, BLUE_RED) == expected
+
+
+@pytest.mark.parametrize("options,reply,expected", [
+    (("Red", "Red and blue"), "Red and blue", "(b)"),  # the longer option is matched first
+    (("Red", "Red and blue"), "Red.", "(a)"),
+    (("Red", "Red and blue"), "(a) Red and blue", None),
+    (("Red", "Red and blue"), "(b) Red and blue", "(b)"),
+    (("Yes", "No"), "(a) Yes, there is no dog", "(a)"),  # only the text right after the letter is checked
+    (("Yes", "No"), "No.", "(b)"),
+    (("Open", "Closed"), "(a) It is not closed", "(a)"),
+])
+def test_answer_extraction_with_overlapping_options(options, reply, expected):
+    assert scoring.extract_answer(reply, options) == expected
+
+
 def test_question_and_pair_accuracy_by_hand():
     Q = scoring.QuestionResult
     results = [
@@ -130,6 +163,21 @@ def test_tiny_vlm_scores_a_release_and_resumes_from_its_cache(built, tiny_vlm_di
     assert evaluate.evaluate_vlm(pairs, resumed) == result and resumed.calls == 4
     again = CachedBackend(backend, cache)
     assert evaluate.evaluate_vlm(pairs, again) == result and again.calls == 0
+
+
+def test_reply_cache_has_one_location_for_the_command_dvc_and_readme(built, tiny_vlm_dir, tmp_path, monkeypatch):
+    from tests.conftest import REPO
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"evaluate": {"clip": [], "vlm": [
+        {"backend": "transformers", "model": str(tiny_vlm_dir), "max_new_tokens": 6}]}}))
+    monkeypatch.chdir(tmp_path)
+    assert evaluate.main([str(built), "--params", str(params), "--results", str(tmp_path / "r.json")]) == 0
+    caches = sorted(p.relative_to(tmp_path) for p in tmp_path.glob(".cache/**/*.jsonl"))
+    assert [c.parent for c in caches] == [Path(evaluate.CACHE_DIR)]  # the command's default
+    command = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["evaluate"]["cmd"].split()
+    assert command[command.index("--cache") + 1] == evaluate.CACHE_DIR
+    assert f"`{evaluate.CACHE_DIR}/" in (REPO / "README.md").read_text()
 
 
 @pytest.mark.slow
