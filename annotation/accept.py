@@ -25,8 +25,8 @@ import pyarrow as pa
 
 from annotation import adjudication, results
 from annotation.pull import read_snapshot
-from annotation.tables import INVALID_REASONS, OUTCOME_REASONS, OUTCOMES, PATTERNS
-from pipeline import schemas
+from annotation.tables import INVALID_REASONS, OUTCOME_REASONS, OUTCOMES
+from pipeline import patterns, schemas
 from pipeline.atomic import write_bytes
 from pipeline.config import load_section
 from pipeline.report import summary, write_metrics
@@ -81,7 +81,7 @@ def accept(
     accepted_pairs: set[str] = set()
     self_answers = verified = 0
     # per pattern: [questions answered, image answers right, image answers, pairs right, pair answers]
-    tally: dict[str, list[int]] = {p: [0, 0, 0, 0, 0] for p in ("all", *PATTERNS)}
+    tally: dict[str, list[int]] = {p: [0, 0, 0, 0, 0] for p in ("all", *patterns.KEYS)}
     for row in annotations.to_pylist():
         mine = [a for a in answers.get(row["question_id"], []) if a.verifier != row["writer"]]
         self_answers += len(answers.get(row["question_id"], [])) - len(mine)
@@ -154,7 +154,7 @@ def accept(
         "rejected_by_reason": {r: reasons.get(r, 0) for r in (*INVALID_REASONS, *OUTCOME_REASONS)},
         "self_verifications_ignored": self_answers,
         "human_accuracy": accuracy(tally["all"]),
-        "per_pattern": {p: {"accepted": per_pattern_accepted.get(p, 0), **accuracy(tally[p])} for p in PATTERNS},
+        "per_pattern": {p: {"accepted": per_pattern_accepted.get(p, 0), **accuracy(tally[p])} for p in patterns.KEYS},
     }
     return accepted_table, outcomes_table, sorted(queue, key=lambda r: r["question_id"]), metrics
 

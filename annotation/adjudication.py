@@ -3,8 +3,9 @@
 `accept` writes the queue (data/adjudication_queue.csv); `clipblind adjudicate` merges it
 into the lead's file (labels/adjudication.csv, versioned), keeping decisions already made.
 The lead sets `decision` to `accept` or `reject`; `accept` applies the decisions on its next run.
-Annotation text is untrusted: a cell that a spreadsheet would read as a formula (leading
-= + - @, tab or carriage return) is written with a leading apostrophe, and read back exactly.
+Annotation text is untrusted: a cell that a spreadsheet would read as a formula
+(`formula_like`) is written with a leading apostrophe, and read back exactly. The same rule
+makes `validate` reject such text, so released files never need the guard.
 """
 
 from __future__ import annotations
@@ -20,7 +21,16 @@ from pipeline.atomic import write_bytes
 COLUMNS = ("question_id", "pair_id", "pattern", "question", "option_a", "option_b", "writer",
            "writer_answer_a", "writer_answer_b", "verifier_answers_a", "verifier_answers_b", "decision", "note")
 DECISIONS = ("accept", "reject")
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")  # "'" too, so that unguarding is unambiguous
+# Excel, LibreOffice and Google Sheets evaluate a cell that starts with one of these (OWASP, "CSV
+# Injection"); tab and carriage return start one too. Leading spaces are looked past: some
+# spreadsheet imports trim them before deciding.
+FORMULA_START = ("=", "+", "-", "@")
+_CONTROL_START = ("\t", "\r")
+
+
+def formula_like(text: str) -> bool:
+    """Whether a spreadsheet opening a CSV with `text` in a cell could evaluate it as a formula."""
+    return text.startswith(_CONTROL_START) or text.lstrip().startswith(FORMULA_START)
 
 
 class AdjudicationError(ValueError):
@@ -29,12 +39,13 @@ class AdjudicationError(ValueError):
 
 def guard(cell: str) -> str:
     """A cell value a spreadsheet shows as text, never evaluates."""
-    return "'" + cell if cell.startswith(_FORMULA_START) else cell
+    return "'" + cell if formula_like(cell) or cell.startswith("'") else cell  # "'" too: unguarding is unambiguous
 
 
 def unguard(cell: str) -> str:
     """The original value of a guarded cell."""
-    return cell[1:] if cell.startswith("'") and cell[1:].startswith(_FORMULA_START) else cell
+    inner = cell[1:]
+    return inner if cell.startswith("'") and (formula_like(inner) or inner.startswith("'")) else cell
 
 
 def encode(rows: list[dict[str, str]]) -> bytes:

@@ -1,24 +1,14 @@
-"""Tables the annotation stages hand on, registered with pipeline.schemas, and their closed sets."""
+"""Tables the annotation stages hand on, registered with pipeline.schemas, and their closed sets.
+
+The nine visual patterns and the answer letters are defined in pipeline.patterns; these tables
+store a pattern's stable key (`Pattern.key`), never one of its display names.
+"""
 
 from __future__ import annotations
 
 import pyarrow as pa
 
 from pipeline import schemas
-
-# MMVP's nine visual patterns, in the paper's order.
-PATTERNS: tuple[str, ...] = (
-    "Orientation and Direction",
-    "Presence of Specific Features",
-    "State and Condition",
-    "Quantity and Count",
-    "Positional and Relational Context",
-    "Color and Appearance",
-    "Structural and Physical Characteristics",
-    "Text",
-    "Viewpoint and Perspective",
-)
-OPTIONS: tuple[str, str] = ("(a)", "(b)")
 
 # Why a written annotation is not a valid question (validate stage).
 INVALID_REASONS: tuple[str, ...] = (
@@ -27,8 +17,9 @@ INVALID_REASONS: tuple[str, ...] = (
     "missing_question",
     "missing_option",
     "identical_options",
+    "formula_like",  # question, option or statement a spreadsheet would evaluate (leading = + - @, tab, CR)
     "unknown_pattern",  # primary pattern (or a secondary tag) outside MMVP's nine
-    "answer_not_an_option",  # an answer missing or other than (a)/(b)
+    "answer_not_an_option",  # an answer missing or other than the two answer letters
     "same_answer",  # MMVP's invariant: the two images' answers differ
 )
 
@@ -50,8 +41,8 @@ ANNOTATIONS = schemas.register("annotations", pa.schema([
     pa.field("image_b", pa.string(), nullable=False),
     pa.field("image_a_url", pa.string(), nullable=False),
     pa.field("image_b_url", pa.string(), nullable=False),
-    pa.field("pattern", pa.string(), nullable=False),
-    pa.field("tags", pa.list_(pa.string()), nullable=False),
+    pa.field("pattern", pa.string(), nullable=False),  # pattern key; "" when the choice is none of the nine
+    pa.field("tags", pa.list_(pa.string()), nullable=False),  # pattern keys
     pa.field("question", pa.string(), nullable=False),  # untrusted text, stored exactly as typed
     pa.field("option_a", pa.string(), nullable=False),
     pa.field("option_b", pa.string(), nullable=False),
@@ -68,7 +59,7 @@ ANNOTATIONS = schemas.register("annotations", pa.schema([
 OUTCOMES = schemas.register("question_outcomes", pa.schema([
     pa.field("question_id", pa.string(), nullable=False),
     pa.field("pair_id", pa.string(), nullable=False),
-    pa.field("pattern", pa.string(), nullable=False),
+    pa.field("pattern", pa.string(), nullable=False),  # pattern key (as in annotations)
     pa.field("status", pa.string(), nullable=False),  # accepted | rejected | pending
     pa.field("reason", pa.string(), nullable=True),  # INVALID_REASONS or OUTCOME_REASONS
     pa.field("verification", pa.string(), nullable=True),  # verified | adjudicated when accepted

@@ -4,8 +4,11 @@ Inputs: the writing snapshot `clipblind pull` wrote (labels/writing.json), the p
 params section `validate`.
 Output: the annotations table (kind `annotations`): one row per submitted writing
 annotation, in question_id order, the text exactly as typed, `valid` and, when not valid,
-a reason from annotation.tables.INVALID_REASONS and a detail sentence.
-Metrics: inputs (written), accepted (valid), rejected, rejected_by_reason, per pattern.
+a reason from annotation.tables.INVALID_REASONS and a detail sentence. The pattern the writer
+chose (Label Studio shows and stores its paper name) is stored as its stable key
+(pipeline.patterns); text a spreadsheet would evaluate is rejected (`formula_like`) so that
+the writer rephrases it, and released files hold exactly what was written.
+Metrics: inputs (written), accepted (valid), rejected, rejected_by_reason, valid per pattern key.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from typing import Any, Sequence
 import pyarrow as pa
 
 from annotation import results
+from annotation.adjudication import formula_like
 from annotation.pull import read_snapshot
-from annotation.tables import ANNOTATIONS, INVALID_REASONS, OPTIONS, PATTERNS
-from pipeline import schemas
+from annotation.tables import ANNOTATIONS, INVALID_REASONS
+from pipeline import patterns, schemas
 from pipeline.config import load_section
 from pipeline.report import progress, summary, write_metrics
 
@@ -34,11 +38,24 @@ class ValidateParams:
     options_ignore_case: bool = True  # "Left" and "left " count as identical options
 
 
+# Released as cells of MMVP's CSV files: none may be text a spreadsheet evaluates.
+TEXT_FIELDS = ("question", "option_a", "option_b", "statement_a", "statement_b")
+
+
+def pattern_key(choice: str) -> str | None:
+    """The stable key of a pattern choice (any of its spellings), or None when it is none of the nine."""
+    try:
+        return patterns.lookup(choice).key
+    except patterns.PatternError:
+        return None
+
+
 def check(values: dict[str, list[str]], pair_known: bool, params: ValidateParams) -> tuple[str | None, str | None]:
     """The first reason (and a detail) this written annotation is not a valid question, or (None, None)."""
     option_a, option_b = results.text(values, "option_a"), results.text(values, "option_b")
     answers = results.choice(values, "answer_a"), results.choice(values, "answer_b")
-    unknown = [p for p in [results.choice(values, "pattern"), *results.choices(values, "tags")] if p not in PATTERNS]
+    unknown = [p for p in [results.choice(values, "pattern"), *results.choices(values, "tags")] if pattern_key(p) is None]
+    formulas = [(f, results.text(values, f)) for f in TEXT_FIELDS if formula_like(results.text(values, f))]
     norm = (lambda s: " ".join(s.casefold().split())) if params.options_ignore_case else (lambda s: s)
     checks = [
         ("pair_rejected", bool(results.choice(values, "reject")),
@@ -47,9 +64,13 @@ def check(values: dict[str, list[str]], pair_known: bool, params: ValidateParams
         ("missing_question", not results.text(values, "question"), "no question was written"),
         ("missing_option", not option_a or not option_b, "option (a) or option (b) is empty"),
         ("identical_options", norm(option_a) == norm(option_b), "options (a) and (b) are the same"),
-        ("unknown_pattern", bool(unknown), f"not one of MMVP's nine patterns: {unknown}"),
-        ("answer_not_an_option", any(a not in OPTIONS for a in answers),
-         f"answers must be (a) or (b), got {list(answers)}"),
+        ("formula_like", bool(formulas),
+         "; ".join(f"{f} {t!r} starts like a spreadsheet formula (= + - @, tab or CR)" for f, t in formulas)
+         + ": rephrase it so that it starts with a word or a digit (e.g. 'minus 5' for '-5')"),
+        ("unknown_pattern", bool(unknown),
+         f"not one of MMVP's nine patterns: {unknown}; choose one of {list(patterns.PAPER_NAMES)}"),
+        ("answer_not_an_option", any(a not in patterns.ANSWERS for a in answers),
+         f"answers must be one of {list(patterns.ANSWERS)}, got {list(answers)}"),
         ("same_answer", answers[0] == answers[1], f"both images have answer {answers[0]}: the answers must differ"),
     ]
     for reason, failed, detail in checks:
@@ -81,8 +102,8 @@ def validate(snapshot: dict[str, Any], pairs: pa.Table, params: ValidateParams) 
                 "image_b": _image_id(data, "image_b"),
                 "image_a_url": str(data.get("image_a", "")),
                 "image_b_url": str(data.get("image_b", "")),
-                "pattern": results.choice(values, "pattern"),
-                "tags": results.choices(values, "tags"),
+                "pattern": pattern_key(results.choice(values, "pattern")) or "",
+                "tags": sorted({k for k in map(pattern_key, results.choices(values, "tags")) if k}),
                 "question": results.text(values, "question"),
                 "option_a": results.text(values, "option_a"),
                 "option_b": results.text(values, "option_b"),
@@ -103,13 +124,13 @@ def metrics_of(table: pa.Table) -> dict[str, Any]:
     """Counts of the annotations table: written, valid, rejected by reason, per pattern."""
     rows = table.to_pylist()
     reasons = Counter(r["reason"] for r in rows if not r["valid"])
-    patterns = Counter(r["pattern"] for r in rows if r["valid"])
+    per_pattern = Counter(r["pattern"] for r in rows if r["valid"])
     return {
         "inputs": len(rows),
         "accepted": len(rows) - sum(reasons.values()),
         "rejected": sum(reasons.values()),
         "rejected_by_reason": {reason: reasons.get(reason, 0) for reason in INVALID_REASONS},
-        "valid_per_pattern": {p: patterns.get(p, 0) for p in PATTERNS},
+        "valid_per_pattern": {key: per_pattern.get(key, 0) for key in patterns.KEYS},
     }
 
 

@@ -12,9 +12,10 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from annotation import accept, adjudication, validate, verify
+from annotation import accept, adjudication, results, validate, verify
 from annotation.pull import encode
-from annotation.tables import INVALID_REASONS, PATTERNS
+from annotation.tables import INVALID_REASONS
+from pipeline import patterns
 from pipeline import schemas
 
 PAYLOADS = [
@@ -38,7 +39,8 @@ def _pairs(*ids: str) -> pa.Table:
     }, schema=schemas.PAIRS)
 
 
-def _result(**fields: Any) -> list[dict[str, Any]]:
+def label_studio_result(**fields: Any) -> list[dict[str, Any]]:
+    """Label Studio result regions: a list value is a choice control, a string a text area."""
     out = []
     for name, value in fields.items():
         if isinstance(value, list):
@@ -48,11 +50,20 @@ def _result(**fields: Any) -> list[dict[str, Any]]:
     return out
 
 
-GOOD = {"pattern": ["Quantity and Count"], "question": "How many dots?", "option_a": "Two", "option_b": "Three",
+QUANTITY = patterns.by_key("quantity")
+TEXT = patterns.by_key("text")
+# Label Studio stores the pattern choice as the writing config shows it: the paper's name.
+GOOD = {"pattern": [QUANTITY.paper], "question": "How many dots?", "option_a": "Two", "option_b": "Three",
         "answer_a": ["(a)"], "answer_b": ["(b)"]}
 
 
-def _writing(cases: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def label_studio_fields(fields: dict[str, Any]) -> dict[str, list[str]]:
+    """The control → values mapping validate reads from one annotation with `fields`."""
+    return results.fields(label_studio_result(**fields))
+
+
+def writing_snapshot(cases: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A writing snapshot as `clipblind pull` writes it: one task per pair id, one annotation with `fields`."""
     tasks = []
     for n, (pair, fields) in enumerate(sorted(cases.items()), start=1):
         tasks.append({"task_id": n, "stale": False,
@@ -60,7 +71,7 @@ def _writing(cases: dict[str, dict[str, Any]]) -> dict[str, Any]:
                                "image_b": f"/data/local-files/?d=display/b{pair}.jpg",
                                "image_a_id": f"a{pair}", "image_b_id": f"b{pair}"},
                       "annotations": [{"id": 100 + n, "annotator": "writer@example.org", "lead_time": 30.0,
-                                       "created_at": "t", "updated_at": "t", "result": _result(**fields)}]})
+                                       "created_at": "t", "updated_at": "t", "result": label_studio_result(**fields)}]})
     return {"version": 1, "project": "writing", "tasks": tasks}
 
 
@@ -73,13 +84,14 @@ REASON_CASES = {
     "unknown_pattern": {**GOOD, "pattern": ["Vibes"]},
     "answer_not_an_option": {**GOOD, "answer_b": []},
     "same_answer": {**GOOD, "answer_b": ["(a)"]},
+    "formula_like": {**GOOD, "option_a": "-2 dots"},
 }
 
 
 def test_every_rejection_reason_is_detected_and_counted() -> None:
     cases = {f"p-{reason}": fields for reason, fields in REASON_CASES.items()} | {"p-good": GOOD}
     pairs = _pairs(*[p for p in cases if p != "p-stale_pair"])
-    table = validate.validate(_writing(cases), pairs, validate.ValidateParams())
+    table = validate.validate(writing_snapshot(cases), pairs, validate.ValidateParams())
     got = {r["pair_id"]: r["reason"] for r in table.to_pylist()}
     assert got == {f"p-{reason}": reason for reason in INVALID_REASONS} | {"p-good": None}
     assert all(r["detail"] for r in table.to_pylist() if r["reason"])
@@ -87,34 +99,40 @@ def test_every_rejection_reason_is_detected_and_counted() -> None:
     assert metrics["accepted"] == 1 and metrics["rejected"] == len(INVALID_REASONS)
     assert metrics["accepted"] + metrics["rejected"] == metrics["inputs"]
     assert set(metrics["rejected_by_reason"].values()) == {1}
-    assert metrics["valid_per_pattern"]["Quantity and Count"] == 1
+    assert metrics["valid_per_pattern"][QUANTITY.key] == 1
+    assert {r["pattern"] for r in table.to_pylist() if r["valid"]} == {QUANTITY.key}  # tables store the key
 
 
 def test_secondary_tag_outside_the_nine_is_an_unknown_pattern() -> None:
-    table = validate.validate(_writing({"p": {**GOOD, "tags": ["Text", "Sparkle"]}}), _pairs("p"), validate.ValidateParams())
+    table = validate.validate(writing_snapshot({"p": {**GOOD, "tags": [TEXT.paper, "Sparkle"]}}), _pairs("p"), validate.ValidateParams())
     assert table.column("reason").to_pylist() == ["unknown_pattern"]
-    ok = validate.validate(_writing({"p": {**GOOD, "tags": [PATTERNS[0]]}}), _pairs("p"), validate.ValidateParams())
+    assert "Sparkle" in table.column("detail")[0].as_py() and patterns.PAPER_NAMES[0] in table.column("detail")[0].as_py()
+    first = patterns.PATTERNS[0]
+    ok = validate.validate(writing_snapshot({"p": {**GOOD, "tags": [first.paper, QUANTITY.paper]}}), _pairs("p"),
+                           validate.ValidateParams())
     assert ok.column("valid").to_pylist() == [True]
+    assert ok.column("tags").to_pylist() == [sorted([first.key, QUANTITY.key])]
 
 
-def _verification(answers: dict[str, list[tuple[str, str, str]]]) -> dict[str, Any]:
+def verification_snapshot(answers: dict[str, list[tuple[str, str, str]]]) -> dict[str, Any]:
+    """A verification snapshot: question_id → (verifier, answer for image A, answer for image B) per verifier."""
     tasks = []
     for n, (qid, given) in enumerate(sorted(answers.items()), start=1):
         tasks.append({"task_id": n, "stale": False, "data": {"question_id": qid},
                       "annotations": [{"id": 500 + 10 * n + i, "annotator": who, "lead_time": 5.0, "created_at": "t",
-                                       "updated_at": "t", "result": _result(verify_a=[a], verify_b=[b])}
+                                       "updated_at": "t", "result": label_studio_result(verify_a=[a], verify_b=[b])}
                                       for i, (who, a, b) in enumerate(given)]})
     return {"version": 1, "project": "verification", "tasks": tasks}
 
 
 def test_accept_verifies_queues_mismatches_and_applies_decisions() -> None:
-    cases = {p: {**GOOD, "pattern": [pattern]} for p, pattern in
-             (("p1", "Quantity and Count"), ("p2", "Text"), ("p3", "Text"), ("p4", "Text"), ("p5", "Text"))}
+    cases = {p: {**GOOD, "pattern": [pattern.paper]} for p, pattern in
+             (("p1", QUANTITY), ("p2", TEXT), ("p3", TEXT), ("p4", TEXT), ("p5", TEXT))}
     cases["p6"] = REASON_CASES["same_answer"]
     pairs = _pairs(*cases)
-    table = validate.validate(_writing(cases), pairs, validate.ValidateParams())
+    table = validate.validate(writing_snapshot(cases), pairs, validate.ValidateParams())
     qid = {r["pair_id"]: r["question_id"] for r in table.to_pylist()}
-    verification = _verification({
+    verification = verification_snapshot({
         qid["p1"]: [("v@example.org", "(a)", "(b)")],  # agrees
         qid["p2"]: [("v@example.org", "(a)", "unanswerable")],  # disagrees → adjudication
         qid["p3"]: [("writer@example.org", "(a)", "(b)")],  # only the writer answered: ignored
@@ -128,7 +146,7 @@ def test_accept_verifies_queues_mismatches_and_applies_decisions() -> None:
     assert metrics["rejected_by_reason"]["awaiting_verification"] == 2  # p3 (self only) and p5 (nobody)
     assert metrics["self_verifications_ignored"] == 1
     assert metrics["human_accuracy"] == {"verified_questions": 3, "per_question": 0.5, "per_pair": round(1 / 3, 4)}
-    assert metrics["per_pattern"]["Text"]["per_question"] == 0.25
+    assert metrics["per_pattern"][TEXT.key]["per_question"] == 0.25
     accepted, outcomes, queue, metrics = accept.accept(table, pairs, verification, decided, accept.AcceptParams())
     rows = {r["pair_id"]: r for r in accepted.to_pylist()}
     assert sorted(rows) == ["p1", "p2"]
@@ -144,7 +162,7 @@ def test_accept_verifies_queues_mismatches_and_applies_decisions() -> None:
 
 
 def test_verification_tasks_never_carry_the_writers_answers() -> None:
-    table = validate.validate(_writing({"p": GOOD, "q": REASON_CASES["same_answer"]}), _pairs("p", "q"),
+    table = validate.validate(writing_snapshot({"p": GOOD, "q": REASON_CASES["same_answer"]}), _pairs("p", "q"),
                               validate.ValidateParams())
     tasks = verify.verification_tasks(table)
     assert [t["data"]["pair_id"] for t in tasks] == ["p"]
@@ -156,30 +174,38 @@ def test_injection_payloads_survive_exactly_in_tables_and_are_inert_in_the_csv(t
                            "statement_a": payload}
              for i, payload in enumerate(PAYLOADS)}
     pairs = _pairs(*cases)
-    table = validate.validate(_writing(cases), pairs, validate.ValidateParams())
-    assert table.column("valid").to_pylist() == [True] * len(PAYLOADS)
+    table = validate.validate(writing_snapshot(cases), pairs, validate.ValidateParams())
+    formulas = [adjudication.formula_like(p.strip()) for p in PAYLOADS]
+    assert 0 < sum(formulas) < len(PAYLOADS)
+    # text a spreadsheet would evaluate goes back to the writer; the rest is kept
+    assert table.column("reason").to_pylist() == ["formula_like" if f else None for f in formulas]
     schemas.write_table(table, tmp_path / "annotations.parquet", "annotations")
     back = schemas.read_table(tmp_path / "annotations.parquet", "annotations")
     assert back.column("question").to_pylist() == [p.strip() for p in PAYLOADS]  # never silently changed (but stripped)
     qids = back.column("question_id").to_pylist()
-    verification = _verification({q: [("v@example.org", "(b)", "(b)")] for q in qids})
-    accepted, _, queue, _ = accept.accept(back, pairs, verification, {}, accept.AcceptParams())
+    verification = verification_snapshot({q: [("v@example.org", "(b)", "(b)")] for q in qids})
+    _, _, queue, _ = accept.accept(back, pairs, verification, {}, accept.AcceptParams())
+    kept = [p.strip() for p, f in zip(PAYLOADS, formulas) if not f]
+    assert sorted(r["question"] for r in queue) == sorted(kept)
+    # the adjudication file is for spreadsheets: any cell (a writer's name, a note) is guarded
+    queue += [{**queue[0], "question_id": f"q-{i}", "writer": p, "note": p} for i, p in enumerate(PAYLOADS)]
     path = tmp_path / "adjudication.csv"
     path.write_bytes(adjudication.encode(queue))
-    # as a spreadsheet sees it: no cell starts with a formula character
+    # as a spreadsheet sees it: no cell starts like a formula
     for row in csv.reader(io.StringIO(path.read_text())):
         for cell in row:
-            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), cell
-    assert adjudication.read(path) == [{c: str(r.get(c) or "") for c in adjudication.COLUMNS} for r in queue]
+            assert not adjudication.formula_like(cell), cell
+    assert adjudication.read(path) == sorted(({c: str(r.get(c) or "") for c in adjudication.COLUMNS} for r in queue),
+                                             key=lambda r: r["question_id"])
     # the lead's decisions (typed in a spreadsheet) are applied; text comes back exact
     rows = adjudication.read(path)
     for row in rows:
         row["decision"] = "accept"
     path.write_bytes(adjudication.encode(rows))
     decided, problems = adjudication.decisions(adjudication.read(path))
-    assert problems == [] and len(decided) == len(PAYLOADS)
+    assert problems == [] and len(decided) == len(queue)
     accepted, _, _, _ = accept.accept(back, pairs, verification, decided, accept.AcceptParams())
-    assert sorted(accepted.column("question").to_pylist()) == sorted(p.strip() for p in PAYLOADS)
+    assert sorted(accepted.column("question").to_pylist()) == sorted(kept)
 
 
 def test_adjudicate_merge_keeps_decisions_and_flags_bad_ones(tmp_path: Path) -> None:
@@ -204,7 +230,7 @@ def test_stages_are_byte_identical_when_run_twice(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"validate": {"options_ignore_case": True}, "accept": {"verifiers": 1}}))
     writing, verification = tmp_path / "writing.json", tmp_path / "verification.json"
-    writing.write_bytes(encode(_writing(cases)))
+    writing.write_bytes(encode(writing_snapshot(cases)))
     schemas.write_table(_pairs(*cases), tmp_path / "pairs.parquet", "pairs")
     outputs = []
     for run in ("1", "2"):
@@ -212,7 +238,7 @@ def test_stages_are_byte_identical_when_run_twice(tmp_path: Path) -> None:
         assert validate.main(["--params", str(params), "--snapshot", str(writing), "--pairs", str(tmp_path / "pairs.parquet"),
                               "--annotations", str(out / "annotations.parquet"), "--metrics", str(out / "v.json")]) == 0
         qids = schemas.read_table(out / "annotations.parquet", "annotations").column("question_id").to_pylist()
-        verification.write_bytes(encode(_verification({q: [("v@example.org", "(a)", "(a)")] for q in qids})))
+        verification.write_bytes(encode(verification_snapshot({q: [("v@example.org", "(a)", "(a)")] for q in qids})))
         assert accept.main(["--params", str(params), "--annotations", str(out / "annotations.parquet"),
                             "--pairs", str(tmp_path / "pairs.parquet"), "--verification", str(verification),
                             "--decisions", str(tmp_path / "none.csv"), "--accepted", str(out / "accepted.parquet"),
@@ -221,3 +247,30 @@ def test_stages_are_byte_identical_when_run_twice(tmp_path: Path) -> None:
         outputs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
     assert outputs[0] == outputs[1]
     assert json.loads(outputs[0]["a.json"])["rejected_by_reason"]["awaiting_adjudication"] == 3
+
+
+FORMULA_LIKE = ["=1+1", "+1", "-5 or +5: which?", "@SUM(A1:A2)", "  =HYPERLINK(\"x\")", "\t=1", "\r=1", "\n-1"]
+NOT_FORMULA = ["How many dots?", "Is it 5 - 3?", "e-mail or letter?", "x = y", "'quoted'", "Two (b)", "Über=größer"]
+
+
+@pytest.mark.parametrize("field", ["question", "option_a", "option_b", "statement_a", "statement_b"])
+def test_formula_like_text_is_rejected_so_that_the_writer_rephrases(field: str) -> None:
+    cases = {f"p{i}": {**GOOD, "statement_a": "One dot.", "statement_b": "Two dots.", field: text}
+             for i, text in enumerate(FORMULA_LIKE + NOT_FORMULA)}
+    table = validate.validate(writing_snapshot(cases), _pairs(*cases), validate.ValidateParams())
+    rows = {r["pair_id"]: r for r in table.to_pylist()}
+    for i, text in enumerate(FORMULA_LIKE):
+        row = rows[f"p{i}"]
+        assert row["reason"] == "formula_like", text
+        assert field in row["detail"] and "rephrase" in row["detail"] and repr(text.strip())[:8] in row["detail"]
+    for i, text in enumerate(NOT_FORMULA, start=len(FORMULA_LIKE)):
+        assert rows[f"p{i}"]["valid"], (text, rows[f"p{i}"]["detail"])
+    assert validate.metrics_of(table)["rejected_by_reason"]["formula_like"] == len(FORMULA_LIKE)
+
+
+def test_validate_and_the_adjudication_guard_share_one_formula_rule() -> None:
+    for text in FORMULA_LIKE + NOT_FORMULA + PAYLOADS:
+        reason, _ = validate.check(label_studio_fields({**GOOD, "question": text}), True, validate.ValidateParams())
+        rejected = reason == "formula_like" and bool(text.strip())
+        guarded = adjudication.guard(text.strip()) != text.strip() and not text.strip().startswith("'")
+        assert rejected == guarded, text
