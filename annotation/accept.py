@@ -3,15 +3,19 @@
 Inputs: the annotations table (validate), the pairs table, the verification snapshot
 (`clipblind pull verification`, labels/verification.json), the lead's adjudication file
 (labels/adjudication.csv); params section `accept`.
-A valid question is accepted ("verified") when at least `verifiers` people other than its
-writer answered it and every one of them chose the writer's answer for both images. Any
-other answer (including "unanswerable") sends it to the adjudication queue with every
-answer; the lead's `accept` there accepts it ("adjudicated"), `reject` rejects it.
+"Verified" means one thing everywhere (README, metrics, card): a valid question is accepted as
+`verified` when at least `verifiers` people other than its writer answered it and every one of
+them chose the writer's answer for both images. Any other answer (including "unanswerable")
+sends it to the adjudication queue with every answer; the lead's `accept` there accepts it
+(`adjudicated`), `reject` rejects it.
 Outputs: the accepted table (schemas.ACCEPTED, one row per pair), the outcome of every
 written question (kind `question_outcomes`), the adjudication queue CSV.
-Metrics: written, valid, verified, accepted, rejected by reason (inputs = accepted +
-rejected), human verification accuracy per question (each image answered) and per pair
-(both images right: MMVP's 95.7 % figure), and all of these per pattern.
+Metrics: written = invalid + valid (invalid by reason); of the valid questions (inputs):
+accepted (verified + adjudicated), rejected by reason, pending by reason (awaiting
+verification or adjudication: not decided yet, so not rejected); accepted + rejected + pending
+== valid. Human verification accuracy over every question verifiers answered
+(answered_questions), per question (each image answered) and per pair (both images right:
+MMVP's 95.7 % figure), and all of these per pattern.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from pipeline.config import load_section
 from pipeline.report import summary, write_metrics
 
 STAGE = "accept"
+# Valid questions not decided yet (reported as pending, never as rejected).
+PENDING_REASONS: tuple[str, ...] = tuple(r for r in OUTCOME_REASONS if r.startswith("awaiting_"))
 
 
 @dataclass(frozen=True)
@@ -77,9 +83,10 @@ def accept(
     pair_rows = {r["pair_id"]: r for r in pairs.to_pylist()}
     answers = verifier_answers(verification)
     accepted, outcomes, queue = [], [], []
-    reasons: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()  # valid questions not accepted
+    invalid_reasons: Counter[str] = Counter()
     accepted_pairs: set[str] = set()
-    self_answers = verified = 0
+    self_answers = answered = 0
     # per pattern: [questions answered, image answers right, image answers, pairs right, pair answers]
     tally: dict[str, list[int]] = {p: [0, 0, 0, 0, 0] for p in ("all", *patterns.KEYS)}
     for row in annotations.to_pylist():
@@ -91,7 +98,7 @@ def accept(
         elif row["valid"] and len(mine) < params.verifiers:
             reason = "awaiting_verification"
         elif row["valid"]:
-            verified += 1
+            answered += 1
             right = [(a.answer_a == row["answer_a"]) + (a.answer_b == row["answer_b"]) for a in mine]
             for key in ("all", row["pattern"]):
                 t = tally[key]
@@ -128,8 +135,10 @@ def accept(
                 "verifier_answers_a": [a.answer_a for a in mine],
                 "verifier_answers_b": [a.answer_b for a in mine],
             })
-        else:
+        elif row["valid"]:
             reasons[reason] += 1
+        else:
+            invalid_reasons[reason] += 1
         outcomes.append({
             "question_id": row["question_id"], "pair_id": row["pair_id"], "pattern": row["pattern"],
             "status": status, "reason": reason, "verification": how,
@@ -141,17 +150,24 @@ def accept(
     per_pattern_accepted = Counter(r["pattern"] for r in accepted)
 
     def accuracy(t: list[int]) -> dict[str, Any]:
-        return {"verified_questions": t[0], "per_question": _accuracy(t[1], t[2]), "per_pair": _accuracy(t[3], t[4])}
+        return {"answered_questions": t[0], "per_question": _accuracy(t[1], t[2]), "per_pair": _accuracy(t[3], t[4])}
 
+    valid = sum(annotations.column("valid").to_pylist())
+    decided_reasons = ("stale_pair", *(r for r in OUTCOME_REASONS if r not in PENDING_REASONS))
     metrics = {
-        "inputs": annotations.num_rows,
+        "inputs": valid,
         "written": annotations.num_rows,
-        "valid": sum(annotations.column("valid").to_pylist()),
-        "verified": verified,
+        "invalid": annotations.num_rows - valid,
+        "invalid_by_reason": {r: invalid_reasons.get(r, 0) for r in INVALID_REASONS},
+        "valid": valid,
+        "answered_by_verifiers": answered,
         "accepted": len(accepted),
+        "verified": sum(r["verification"] == "verified" for r in accepted),
         "accepted_adjudicated": sum(r["verification"] == "adjudicated" for r in accepted),
-        "rejected": sum(reasons.values()),
-        "rejected_by_reason": {r: reasons.get(r, 0) for r in (*INVALID_REASONS, *OUTCOME_REASONS)},
+        "rejected": sum(reasons.get(r, 0) for r in decided_reasons),
+        "rejected_by_reason": {r: reasons.get(r, 0) for r in decided_reasons},
+        "pending": sum(reasons.get(r, 0) for r in PENDING_REASONS),
+        "pending_by_reason": {r: reasons.get(r, 0) for r in PENDING_REASONS},
         "self_verifications_ignored": self_answers,
         "human_accuracy": accuracy(tally["all"]),
         "per_pattern": {p: {"accepted": per_pattern_accepted.get(p, 0), **accuracy(tally[p])} for p in patterns.KEYS},
@@ -185,9 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     schemas.write_table(outcomes, args.outcomes, "question_outcomes")
     write_bytes(args.queue, adjudication.encode(queue))
     write_metrics(args.metrics, metrics)
-    waiting = metrics["rejected_by_reason"]["awaiting_adjudication"]
-    summary(STAGE, f"{metrics['written']} written, {metrics['valid']} valid, {metrics['verified']} verified → "
-                   f"{metrics['accepted']} accepted; {waiting} awaiting adjudication ({args.queue}: "
+    waiting = metrics["pending_by_reason"]["awaiting_adjudication"]
+    summary(STAGE, f"{metrics['written']} written, {metrics['valid']} valid → {metrics['accepted']} accepted "
+                   f"({metrics['verified']} verified, {metrics['accepted_adjudicated']} adjudicated), "
+                   f"{metrics['rejected']} rejected, {metrics['pending']} pending; {waiting} awaiting adjudication ({args.queue}: "
                    "`clipblind adjudicate`) → " + str(args.accepted))
     return 0
 

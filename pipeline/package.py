@@ -5,12 +5,17 @@ Inputs: the accepted-annotations table (`accepted`), the images table and the co
 display copies annotators judged: `export.display_bytes` with the `export` params), the pairs
 table (its metadata: encoders, thresholds, search mode), the mine and ingest metrics (the
 funnel), the project CHANGELOG and the card template; optionally the blind gate's flags and
-the previous release (to name every change since it). Params section `package`.
+the record of released versions (`data_cards/RELEASED.json`, written by `clipblind tag` and
+`publish`). Params section `package`.
+Versions never block a build: one that differs from the last released version is marked
+unreleased (`<next>-dev`, manifest `release.todo` says what to do) until `package.version` is
+bumped and the CHANGELOG names every change; `tag` and `publish` refuse it until then.
 Outputs: the release folder (see `pipeline.release`): Hugging Face parquet with embedded
 images and a card, MMVP and MMVP-VLM layouts, webdataset shards, withheld-image list and
 fetch script, manifest.json, CHANGELOG.md, SHA256SUMS.
 Metrics: inputs, packaged, rejected, rejected_by_reason (closed set `PackageReject`), items,
-images_withheld, version, random_init_encoders; packaged + rejected == inputs (pairs).
+images_withheld, version, status (releasable | unreleased | awaiting_annotations), todo,
+pending_changes, random_init_encoders; packaged + rejected == inputs (pairs).
 """
 
 from __future__ import annotations
@@ -130,7 +135,8 @@ def build_items(
                         "pair_id": pair_id,
                         "member": member,
                         "image": image,
-                        "image_sha256": image_id,
+                        "image_sha256": release.sha256_hex(image) if image is not None else None,
+                        "source_sha256": image_id,
                         "question": row["question"].strip(),
                         "options": [row["option_a"].strip(), row["option_b"].strip()],
                         "answer": row[f"answer_{member}"],
@@ -183,44 +189,69 @@ def _check_row(
     return None
 
 
-# Fields whose change alters what a score means: each change must be named in the changelog.
-COMPARED_FIELDS = ("image_sha256", "question", "options", "answer", "pattern", "statement")
+@dataclass(frozen=True)
+class VersionPlan:
+    """What a build calls itself: its version, whether it may be released, what changed and what is left to do."""
+
+    version: str  # params version, or "<next>-dev" while unreleased
+    status: str  # release.RELEASABLE | release.UNRELEASED
+    changes: Mapping[str, Any]  # diff against the last released version (+ previous_version)
+    todo: tuple[str, ...]  # steps that make an unreleased build releasable
+
+    def state(self) -> dict[str, Any]:
+        """The manifest's `release` block."""
+        return {"status": self.status, "todo": list(self.todo)}
 
 
 def diff_against(previous: Sequence[Mapping[str, Any]], items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Pairs added and removed, and items whose compared fields changed, since `previous`."""
-    old = {i["item_id"]: i for i in previous}
-    new = {i["item_id"]: i for i in items}
-    old_pairs = {i["pair_id"] for i in previous}
-    new_pairs = {i["pair_id"] for i in items}
-    changed = {
-        item_id: [f for f in COMPARED_FIELDS if old[item_id][f] != new[item_id][f]]
-        for item_id in sorted(old.keys() & new.keys())
-    }
-    return {
-        "added_pairs": sorted(new_pairs - old_pairs),
-        "removed_pairs": sorted(old_pairs - new_pairs),
-        "changed_items": {k: v for k, v in changed.items() if v},
-    }
+    return release.diff_fingerprints(release.item_fingerprints(previous), release.item_fingerprints(items))
 
 
-def check_changes(changes: Mapping[str, Any], section: release.ChangelogSection, previous_version: str,
-                  version: str) -> None:
-    """Refuse a silent change: every changed or removed pair must be named in this version's changelog."""
-    touched = set(changes["removed_pairs"]) | {i.rsplit("-", 1)[0] for i in changes["changed_items"]}
-    if not touched and not changes["added_pairs"]:
-        return
-    if release.check_version(version) <= release.check_version(previous_version):
-        raise release.ReleaseError(
-            f"items changed since {previous_version} but the version is {version}: bump package.version"
-        )
-    text = "\n".join(section.lines)
-    unnamed = sorted(p for p in touched if p not in text)
-    if unnamed:
-        raise release.ReleaseError(
-            f"CHANGELOG section {version} does not name these changed or removed pairs: {unnamed}; "
-            "add a line per change (e.g. '- corrected the answer of pair <pair_id>')"
-        )
+def plan_version(params: PackageParams, changelog_text: str, last: Mapping[str, Any] | None,
+                 items: Sequence[Mapping[str, Any]], excluded: Sequence[str]) -> VersionPlan:
+    """The version of this build against the last released version `last` (None before the first release).
+
+    A build equal to the last release keeps its version and recorded changes (rebuilding it gives the
+    same bytes). A build that differs is releasable once `package.version` is above the last
+    release and CHANGELOG has that version's section naming every changed or removed pair; until
+    then it is `<version>-dev`, with the steps left listed. Iterating never fails on versions.
+    """
+    changelog = "data_cards/CHANGELOG.md"
+    version = params.version
+    release.check_version(version)
+    todo: list[str] = []
+    changes: dict[str, Any] = {}
+    if last is not None:
+        diff = release.diff_fingerprints(last.get("items", {}), release.item_fingerprints(items))
+        if version == last["version"] and not release.has_changes(diff):
+            return VersionPlan(version, release.RELEASABLE, dict(last.get("changes", {})), ())
+        changes = {**diff, "previous_version": last["version"]}
+        if release.check_version(version) <= release.check_version(last["version"]):
+            version = release.bump(last["version"], "minor")
+            todo.append(f"set package.version in params.yaml to {version} (or any version above the released "
+                        f"{last['version']})")
+    sections = release.parse_changelog(changelog_text)
+    section = next((s for s in sections if s.version == version), None)
+    touched = release.touched_pairs(changes)
+    text = "\n".join(section.lines) if section else ""
+    unnamed = [p for p in touched if p not in text]
+    if section is None:
+        todo.append(f"add a '## {version}' section to {changelog} with a line per change"
+                    + (f", naming the changed or removed pairs {touched}" if touched else ""))
+    elif unnamed:
+        todo.append(f"name the changed or removed pairs {unnamed} in the '## {version}' section of {changelog} "
+                    "(e.g. '- corrected the answer of pair <pair_id>')")
+    # a takedown stays excluded in later versions: any section up to this one may name it
+    earlier = "\n".join(line for s in sections if release.check_version(s.version) <= release.check_version(version)
+                        for line in s.lines)
+    unnamed_excluded = [p for p in excluded if p not in earlier]
+    if unnamed_excluded:
+        todo.append(f"name the excluded pairs {unnamed_excluded} (package.exclude) in {changelog}, e.g. "
+                    "'- removed pair <pair_id> (takedown request)'")
+    if todo:
+        return VersionPlan(version + release.DEV_SUFFIX, release.UNRELEASED, changes, tuple(todo))
+    return VersionPlan(version, release.RELEASABLE, changes, ())
 
 
 def provenance(pairs_meta: Mapping[str, Any], mine_metrics: Mapping[str, Any], ingest_metrics: Mapping[str, Any],
@@ -254,21 +285,22 @@ def provenance(pairs_meta: Mapping[str, Any], mine_metrics: Mapping[str, Any], i
 
 def spec_for(
     params: PackageParams,
-    sections: Sequence[release.ChangelogSection],
+    plan: VersionPlan,
+    changelog_text: str,
     provenance_info: Mapping[str, Any],
     gate: GateDecision | None,
-    changes: Mapping[str, Any],
 ) -> release.ReleaseSpec:
-    """What the release says about itself, from the stage's params and provenance."""
+    """What the release says about itself, from the stage's params, its version plan and provenance."""
     return release.ReleaseSpec(
         name=params.name,
-        version=params.version,
+        version=plan.version,
         pretty_name=params.pretty_name,
-        changelog=tuple(sections),
+        changelog=tuple(release.sections_up_to(changelog_text, plan.version)),
         provenance=provenance_info,
         citation=params.citation,
         gate=gate.summary if gate else None,
-        changes=changes,
+        changes=plan.changes,
+        state=plan.state(),
     )
 
 
@@ -284,45 +316,30 @@ def package(
     provenance_info: Mapping[str, Any],
     render_card: Callable[[Mapping[str, Any], str], str],
     gate: GateDecision | None = None,
-    previous: str | Path | None = None,
+    last: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Build the release folder; return (manifest, metrics)."""
-    sections = release.changelog_for(changelog_text, params.version)
+    """Build the release folder, versioned against the last released version `last`; return (manifest, metrics).
+
+    Everything is computed before the folder is replaced whole, so a refusal leaves the last build as it was.
+    """
     items, rejected = build_items(accepted, images, read_bytes, image_encoder(export_params, max_pixels), params, gate)
-    changes: dict[str, Any] = {}
-    if previous is not None and not release.is_awaiting(previous):
-        prev_manifest = release.read_manifest(previous)
-        diff = diff_against(release.read_items(previous), items)
-        current = next(s for s in sections if s.version == params.version)
-        check_changes(diff, current, prev_manifest["version"], params.version)
-        if prev_manifest["version"] == params.version:
-            # a rebuild of the same version (same items): it keeps the record of what changed since its predecessor
-            changes = dict(prev_manifest.get("changes", {}))
-        else:
-            changes = {**diff, "previous_version": prev_manifest["version"]}
+    excluded = [r.pair_id for r in rejected if r.reason == PackageReject.EXCLUDED]
+    plan = plan_version(params, changelog_text, last, items, excluded)
+    common = {"version": plan.version, "random_init_encoders": provenance_info.get("random_init_encoders", [])}
     if accepted.num_rows == 0:
         # Before anyone annotates, the pipeline still runs end to end: the release says it is pending.
-        manifest = release.write_awaiting(out_dir, spec_for(params, sections, provenance_info, gate, changes))
+        manifest = release.write_awaiting(out_dir, spec_for(params, plan, changelog_text, provenance_info, gate))
         metrics = {"inputs": 0, "packaged": 0, "rejected": 0, "rejected_by_reason": {}, "rejects": [], "items": 0,
-                   "images_withheld": 0, "version": params.version, "status": release.AWAITING,
-                   "random_init_encoders": provenance_info.get("random_init_encoders", [])}
+                   "images_withheld": 0, "status": release.AWAITING, **common}
         return manifest, metrics
     if not items:
         raise release.ReleaseError(
-            f"no pairs to release ({accepted.num_rows} accepted, {len(rejected)} rejected): annotate and pull "
-            "pairs first (README: 'Annotate'); an empty release would not even load with datasets"
+            f"no pairs to release ({accepted.num_rows} accepted, {len(rejected)} rejected) "
+            f"{dict(Counter(r.reason.value for r in rejected))}: fix the rejected pairs (metrics/package.json lists "
+            "each with its reason) or annotate and pull more (README: 'Annotate'); an empty release would not even "
+            "load with datasets. The last build is left as it was."
         )
-    excluded = [r.pair_id for r in rejected if r.reason == PackageReject.EXCLUDED]
-    if excluded:
-        # a takedown stays excluded in later versions: any section up to this one may name it
-        all_lines = "\n".join(line for s in sections for line in s.lines)
-        unnamed = [p for p in excluded if p not in all_lines]
-        if unnamed:
-            raise release.ReleaseError(
-                f"pairs {unnamed} are excluded (package.exclude) but no CHANGELOG section names them: "
-                "add a line such as '- removed pair <pair_id> (takedown request)'"
-            )
-    spec = spec_for(params, sections, provenance_info, gate, changes)
+    spec = spec_for(params, plan, changelog_text, provenance_info, gate)
     manifest = release.write_release(out_dir, items, spec, render_card, params.shard_size)
     by_reason = Counter(r.reason.value for r in rejected)
     metrics = {
@@ -333,8 +350,11 @@ def package(
         "rejects": [{"pair_id": r.pair_id, "reason": r.reason.value, "detail": r.detail} for r in rejected],
         "items": manifest["counts"]["items"],
         "images_withheld": manifest["counts"]["images_withheld"],
-        "version": params.version,
-        "random_init_encoders": provenance_info.get("random_init_encoders", []),
+        "status": plan.status,
+        "todo": list(plan.todo),
+        "pending_changes": {k: len(plan.changes.get(k, ())) for k in ("added_pairs", "removed_pairs", "changed_items")}
+        if plan.status == release.UNRELEASED else {},
+        **common,
     }
     return manifest, metrics
 
@@ -356,8 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--changelog", required=True, help="project CHANGELOG with a section per version")
     parser.add_argument("--card-template", default=str(card.DEFAULT_TEMPLATE))
     parser.add_argument("--gate", help="blind-gate flags table (optional)")
-    parser.add_argument("--previous", help="the previous release folder: every change since must be in the changelog "
-                                           "(default: the release already in --out, if any)")
+    parser.add_argument("--released", help=f"the record of released versions ({release.RELEASED_RECORD}, written by "
+                                           "`clipblind tag`/`publish`): a build that differs from the last one is "
+                                           "marked unreleased (<version>-dev) until versioned")
     parser.add_argument("--out", required=True, help="output release folder")
     parser.add_argument("--metrics", required=True)
     args = parser.parse_args(argv)
@@ -379,13 +400,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if info["random_init_encoders"]:
         warn(STAGE, f"release mined with RANDOMLY INITIALISED encoders ({', '.join(info['random_init_encoders'])}); "
                     "the card says so at the top")
-    previous = args.previous
-    if previous is None and (Path(args.out) / release.MANIFEST).exists():
-        previous = args.out  # the last build: a version's items never change silently (dvc.yaml: persist)
     try:
+        last = release.last_released(release.read_released(args.released), params.name) if args.released else None
         manifest, metrics = package(
             accepted, images, corpus.read, args.out, params, export_params, ingest_params.max_pixels,
-            Path(args.changelog).read_text(), info, card.renderer(args.card_template), gate, previous,
+            Path(args.changelog).read_text(), info, card.renderer(args.card_template), gate, last,
         )
     except release.ReleaseError as err:
         print(f"[{STAGE}] ERROR: {err}", file=sys.stderr)
@@ -397,8 +416,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary(
         STAGE,
         f"{metrics['inputs']} accepted pairs → {metrics['packaged']} packaged, {metrics['rejected']} rejected "
-        f"{metrics['rejected_by_reason'] or ''}; {params.name} {params.version} → {args.out}",
+        f"{metrics['rejected_by_reason'] or ''}; {params.name} {metrics['version']} ({metrics['status']}) → {args.out}",
     )
+    for step in metrics["todo"]:
+        warn(STAGE, f"unreleased build; to release it: {step}")
     return 0
 
 

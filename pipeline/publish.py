@@ -5,6 +5,8 @@ Input: a release folder, the Hub dataset repo id; the token comes from the envir
 repo's main branch and the commit is tagged `v<version>`, so `load_dataset(repo, revision=
 "v<version>")` always returns the version a published number was measured on. An existing tag
 is never moved. Offline (HF_HUB_OFFLINE=1, or the Hub unreachable) it fails at once, saying so.
+An unreleased build (`<version>-dev`) is refused with the steps that make it releasable; a
+published version is added to the record of released versions (`data_cards/RELEASED.json`).
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ def hub_tag(version: str) -> str:
     return f"v{version}"
 
 
-def publish(release_dir: str, repo_id: str, private: bool = False) -> str:
-    """Upload the release folder to `repo_id` and tag it; return the tag."""
+def publish(release_dir: str, repo_id: str, private: bool = False, released: str = release.RELEASED_RECORD) -> str:
+    """Upload a verified, releasable release folder to `repo_id`, tag it and record it in `released`; return the tag."""
+    try:
+        release.check_releasable(release_dir, release.read_released(released))
+    except release.ReleaseError as err:
+        raise PublishError(str(err)) from err
     report = release.verify(release_dir)
-    if not report.ok:
-        raise PublishError(f"{release_dir} fails `clipblind verify` ({len(report.changed)} changed, "
-                           f"{len(report.missing)} missing, {len(report.extra)} extra): rebuild it before publishing")
     if report.fetched:
         raise PublishError(f"{release_dir} holds {len(report.fetched)} fetched withheld images whose licences forbid "
                            "redistribution: publish a fresh copy of the release without them")
@@ -60,6 +63,7 @@ def publish(release_dir: str, repo_id: str, private: bool = False) -> str:
                                commit_message=f"{manifest['name']} {manifest['version']}")
     api.create_tag(repo_id, repo_type="dataset", tag=tag, revision=commit.oid,
                    tag_message=f"{manifest['name']} {manifest['version']}")
+    release.record_release(released, release_dir)
     return tag
 
 
@@ -69,13 +73,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("release", help="release folder")
     parser.add_argument("--repo-id", required=True, help="Hub dataset repo, e.g. my-org/clipblind-benchmark")
     parser.add_argument("--private", action="store_true")
+    parser.add_argument("--released", default=release.RELEASED_RECORD, help="record of released versions")
     args = parser.parse_args(argv)
     try:
-        tag = publish(args.release, args.repo_id, args.private)
+        tag = publish(args.release, args.repo_id, args.private, args.released)
     except (PublishError, release.ReleaseError) as err:
         print(f"[{STAGE}] {err}")
         return 1
-    summary(STAGE, f"{args.release} → https://huggingface.co/datasets/{args.repo_id} at tag {tag}")
+    summary(STAGE, f"{args.release} → https://huggingface.co/datasets/{args.repo_id} at tag {tag}; recorded in "
+                   f"{args.released}: commit it")
     return 0
 
 

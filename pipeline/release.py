@@ -58,7 +58,8 @@ FEATURES_SPEC: tuple[tuple[str, str], ...] = (
     ("pair_id", "string"),
     ("member", "string"),  # "a" or "b": which image of the pair
     ("image", "image"),  # null when the licence forbids redistribution (see withheld.csv)
-    ("image_sha256", "string"),  # sha256 of the source file's bytes (the pipeline's image_id)
+    ("image_sha256", "string"),  # sha256 of the released image bytes (null when withheld)
+    ("source_sha256", "string"),  # sha256 of the source file's bytes (the pipeline's image_id)
     ("question", "string"),
     ("options", "list:string"),  # [text of (a), text of (b)]
     ("answer", "string"),  # "(a)" or "(b)": the correct option for this image
@@ -169,6 +170,126 @@ def render_changelog(sections: Sequence[ChangelogSection]) -> str:
     return "# Changelog\n\n" + "\n".join(s.text() for s in sections)
 
 
+def sections_up_to(text: str, version: str) -> list[ChangelogSection]:
+    """The changelog sections up to and including `version` (its pre-release tag ignored), newest first."""
+    target = check_version(version)
+    return [s for s in parse_changelog(text) if check_version(s.version) <= target]
+
+
+# ---------------------------------------------------------------- released versions
+
+# Where a build stands against the last released version (manifest `release.status`).
+RELEASABLE = "releasable"  # equal to a released version, or a bumped version whose changelog names every change
+UNRELEASED = "unreleased"  # differs from the last released version; `release.todo` says what makes it releasable
+RELEASE_STATUSES = (RELEASABLE, UNRELEASED)
+DEV_SUFFIX = "-dev"
+# The record of released versions: written by `clipblind tag` and `clipblind publish`, committed to git,
+# read by `package` (a dep in dvc.yaml), so a fresh clone knows what was released.
+RELEASED_RECORD = "data_cards/RELEASED.json"
+# Item fields whose change alters what a score means: each change must be named in the changelog.
+COMPARED_FIELDS = ("image_sha256", "source_sha256", "question", "options", "answer", "pattern", "statement")
+
+
+def item_fingerprints(items: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+    """item_id → {compared field → short sha256 of its value}: enough to name what changed, small enough to commit."""
+    return {
+        i["item_id"]: {f: sha256_hex(json.dumps(i.get(f), sort_keys=True).encode())[:16] for f in COMPARED_FIELDS}
+        for i in sorted(items, key=lambda i: i["item_id"])
+    }
+
+
+def diff_fingerprints(old: Mapping[str, Mapping[str, str]], new: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
+    """Pairs added and removed, and items whose compared fields changed (with the field names), from old to new."""
+    pair = lambda item_id: item_id.rsplit("-", 1)[0]  # noqa: E731 - item ids are <pair_id>-<member>
+    old_pairs, new_pairs = {pair(i) for i in old}, {pair(i) for i in new}
+    changed = {i: [f for f in COMPARED_FIELDS if old[i].get(f) != new[i].get(f)] for i in sorted(old.keys() & new.keys())}
+    return {
+        "added_pairs": sorted(new_pairs - old_pairs),
+        "removed_pairs": sorted(old_pairs - new_pairs),
+        "changed_items": {k: v for k, v in changed.items() if v},
+    }
+
+
+def touched_pairs(changes: Mapping[str, Any]) -> list[str]:
+    """Pairs removed or with a changed item: each must be named by pair id in the changelog."""
+    return sorted(set(changes.get("removed_pairs", ())) | {i.rsplit("-", 1)[0] for i in changes.get("changed_items", {})})
+
+
+def has_changes(changes: Mapping[str, Any]) -> bool:
+    """Whether a diff holds any added, removed or changed item."""
+    return bool(changes.get("added_pairs") or changes.get("removed_pairs") or changes.get("changed_items"))
+
+
+def read_released(path: str | Path) -> list[dict[str, Any]]:
+    """The released versions recorded at `path`, oldest first ([] when the file is absent)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text())
+        releases = data["releases"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ReleaseError(f"{path} is not a release record ({err}): restore it from git (git checkout -- {path})") from err
+    return list(releases)
+
+
+def last_released(records: Sequence[Mapping[str, Any]], name: str) -> dict[str, Any] | None:
+    """The highest released version of artifact `name`, or None before its first release."""
+    mine = [dict(r) for r in records if r["name"] == name]
+    return max(mine, key=lambda r: check_version(r["version"])) if mine else None
+
+
+def record_release(path: str | Path, release_dir: str | Path) -> bool:
+    """Add a verified release to the record at `path` (atomically); False when it is already there.
+
+    Only the newest entry keeps its item fingerprints (what the next build is compared with).
+    """
+    manifest = read_manifest(release_dir)
+    sums = file_sha256(Path(release_dir) / SUMS)
+    records = read_released(path)
+    for r in records:
+        if r["name"] == manifest["name"] and r["version"] == manifest["version"]:
+            if r["sums_sha256"] != sums:
+                raise ReleaseError(f"{manifest['name']} {manifest['version']} was released with other bytes "
+                                   f"(SHA256SUMS sha256 {r['sums_sha256']}): a released version never changes")
+            return False
+    for r in records:
+        if r["name"] == manifest["name"]:
+            r.pop("items", None)
+    records.append({"name": manifest["name"], "version": manifest["version"], "sums_sha256": sums,
+                    "changes": manifest.get("changes", {}), "items": item_fingerprints(read_items(release_dir))})
+    write_bytes(path, (json.dumps({"releases": records}, indent=1, sort_keys=True) + "\n").encode())
+    return True
+
+
+def check_releasable(release_dir: str | Path, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The manifest of a release that may become public now; ReleaseError saying what to do otherwise."""
+    report = verify(release_dir)
+    if not report.ok:
+        raise ReleaseError(f"{release_dir} fails `clipblind verify` ({len(report.changed)} changed, {len(report.missing)} "
+                           f"missing, {len(report.extra)} extra, {len(report.malformed)} malformed lines): rebuild it "
+                           "with `dvc repro` first")
+    if is_awaiting(release_dir):
+        raise ReleaseError(f"{release_dir} holds no accepted annotations yet: nothing to release (README: 'Annotate')")
+    manifest = read_manifest(release_dir)
+    state = manifest.get("release", {})
+    if state.get("status") != RELEASABLE:
+        todo = state.get("todo") or ["rebuild it with `dvc repro`"]
+        raise ReleaseError(
+            f"{release_dir} is an unreleased build ({manifest['name']} {manifest['version']}): it differs from the last "
+            "released version. To release it: " + "; ".join(todo) + "; then run `dvc repro` and try again"
+        )
+    last = last_released(records, manifest["name"])
+    base = manifest.get("changes", {}).get("previous_version")
+    same = last is not None and last["version"] == manifest["version"]
+    if not same and (last["version"] if last else None) != base:
+        raise ReleaseError(
+            f"{release_dir} was built against {'release ' + base if base else 'no earlier release'}, but the record says "
+            f"the last release is {last['version'] if last else 'none'}: run `dvc repro` so the build compares with it"
+        )
+    return manifest
+
+
 # ---------------------------------------------------------------- writing
 
 
@@ -183,7 +304,9 @@ class ReleaseSpec:
     provenance: Mapping[str, Any]  # encoders, thresholds, search, funnel, random_init_encoders
     citation: str = ""
     gate: Mapping[str, Any] | None = None
-    changes: Mapping[str, Any] = field(default_factory=dict)  # diff against the previous version
+    changes: Mapping[str, Any] = field(default_factory=dict)  # diff against the last released version
+    # {"status": RELEASABLE | UNRELEASED, "todo": [steps]}; a derived version (remove) is releasable as written
+    state: Mapping[str, Any] = field(default_factory=lambda: {"status": RELEASABLE, "todo": []})
 
 
 def order_items(items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -293,6 +416,7 @@ def write_release(
         "provenance": dict(spec.provenance),
         "gate": dict(spec.gate) if spec.gate is not None else None,
         "changes": dict(spec.changes),
+        "release": dict(spec.state),
         "layouts": {
             "huggingface": PARQUET_PATH,
             "webdataset": f"{WEBDATASET_DIR}/{SPLIT}-{{000000..{_shard_count(len(ordered), shard_size) - 1:06d}}}.tar",
@@ -424,7 +548,7 @@ def _mmvp_files(items: Sequence[Mapping[str, Any]]) -> dict[str, bytes]:
     return files
 
 
-WITHHELD_HEADER = ("item_id", "image_sha256", "source", "source_path", "source_license", "targets")
+WITHHELD_HEADER = ("item_id", "source_sha256", "source", "source_path", "source_license", "targets")
 
 
 def withheld_targets(item: Mapping[str, Any]) -> list[str]:
@@ -442,7 +566,7 @@ def _withheld_csv(items: Sequence[Mapping[str, Any]]) -> bytes:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(WITHHELD_HEADER)
     for i in items:
-        writer.writerow([i["item_id"], i["image_sha256"], i["source"], i["source_path"], i["source_license"] or "",
+        writer.writerow([i["item_id"], i["source_sha256"], i["source"], i["source_path"], i["source_license"] or "",
                          ";".join(withheld_targets(i))])
     return out.getvalue().encode()
 
@@ -677,7 +801,7 @@ def _withheld_target_paths(root: Path) -> set[str]:
         with open(path, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
         return {t for r in rows for t in (r.get("targets") or "").split(";") if t} | {
-            f"withheld/{r['image_sha256']}" for r in rows if r.get("image_sha256")
+            f"withheld/{r['source_sha256']}" for r in rows if r.get("source_sha256")
         }
     except (UnicodeDecodeError, csv.Error, KeyError):
         return set()  # a damaged withheld.csv is reported by its own checksum
@@ -720,11 +844,11 @@ def fetch_withheld(release_dir: str | Path, roots: Mapping[str, str], encode: Ca
             counts["unreadable"] += 1
             errors.append(f"{row['item_id']}: {row['source_path']}: {err}")
             continue
-        if sha256_hex(data) != row["image_sha256"]:
+        if sha256_hex(data) != row["source_sha256"]:
             counts["sha256_mismatch"] += 1
-            errors.append(f"{row['item_id']}: {row['source_path']} has other bytes than the released sha256 {row['image_sha256']}")
+            errors.append(f"{row['item_id']}: {row['source_path']} has other bytes than the released sha256 {row['source_sha256']} of its source file")
             continue
-        write_bytes(root / "withheld" / row["image_sha256"], data)
+        write_bytes(root / "withheld" / row["source_sha256"], data)
         image = encode(data)
         for target in row["targets"].split(";"):
             write_bytes(root / target, image)

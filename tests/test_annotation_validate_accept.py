@@ -142,10 +142,12 @@ def test_accept_verifies_queues_mismatches_and_applies_decisions() -> None:
     accepted, outcomes, queue, metrics = accept.accept(table, pairs, verification, {}, accept.AcceptParams())
     assert accepted.column("pair_id").to_pylist() == ["p1"]
     assert [r["question_id"] for r in queue] == sorted([qid["p2"], qid["p4"]])
-    assert metrics["rejected_by_reason"]["awaiting_adjudication"] == 2
-    assert metrics["rejected_by_reason"]["awaiting_verification"] == 2  # p3 (self only) and p5 (nobody)
+    # undecided questions are pending, never rejected: accepted + rejected + pending == valid
+    assert metrics["pending_by_reason"] == {"awaiting_verification": 2, "awaiting_adjudication": 2}  # p3 (self only), p5
+    assert (metrics["accepted"], metrics["rejected"], metrics["pending"], metrics["valid"]) == (1, 0, 4, 5)
+    assert metrics["invalid"] == 1 and metrics["written"] == 6 and metrics["verified"] == 1
     assert metrics["self_verifications_ignored"] == 1
-    assert metrics["human_accuracy"] == {"verified_questions": 3, "per_question": 0.5, "per_pair": round(1 / 3, 4)}
+    assert metrics["human_accuracy"] == {"answered_questions": 3, "per_question": 0.5, "per_pair": round(1 / 3, 4)}
     assert metrics["per_pattern"][TEXT.key]["per_question"] == 0.25
     accepted, outcomes, queue, metrics = accept.accept(table, pairs, verification, decided, accept.AcceptParams())
     rows = {r["pair_id"]: r for r in accepted.to_pylist()}
@@ -153,7 +155,8 @@ def test_accept_verifies_queues_mismatches_and_applies_decisions() -> None:
     assert rows["p2"]["verification"] == "adjudicated" and rows["p2"]["verifier_answers_b"] == ["unanswerable"]
     assert rows["p1"]["verification"] == "verified" and (rows["p1"]["answer_a"], rows["p1"]["answer_b"]) == ("(a)", "(b)")
     assert metrics["rejected_by_reason"]["adjudicated_reject"] == 1
-    assert metrics["accepted"] + metrics["rejected"] == metrics["inputs"] == 6
+    assert metrics["accepted"] + metrics["rejected"] + metrics["pending"] == metrics["valid"] == metrics["inputs"] == 5
+    assert (metrics["verified"], metrics["accepted_adjudicated"], metrics["pending"]) == (1, 1, 2)
     by_q = {r["question_id"]: r for r in outcomes.to_pylist()}
     assert by_q[qid["p6"]]["reason"] == "same_answer"
     # two verifiers wanted: one answer is no longer enough
@@ -246,7 +249,7 @@ def test_stages_are_byte_identical_when_run_twice(tmp_path: Path) -> None:
                             "--metrics", str(out / "a.json")]) == 0
         outputs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
     assert outputs[0] == outputs[1]
-    assert json.loads(outputs[0]["a.json"])["rejected_by_reason"]["awaiting_adjudication"] == 3
+    assert json.loads(outputs[0]["a.json"])["pending_by_reason"]["awaiting_adjudication"] == 3
 
 
 FORMULA_LIKE = ["=1+1", "+1", "-5 or +5: which?", "@SUM(A1:A2)", "  =HYPERLINK(\"x\")", "\t=1", "\r=1", "\n-1"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import subprocess
@@ -55,14 +56,14 @@ def test_release_loads_offline_with_load_dataset(world, monkeypatch):
         source = accepted[row["pair_id"]]
         member = row["member"]
         assert row["item_id"] == f"{row['pair_id']}-{member}"
-        assert row["image_sha256"] == source[f"image_{member}"]
+        assert row["source_sha256"] == source[f"image_{member}"]
         assert row["answer"] == source[f"answer_{member}"]
         assert row["options"] == [source["option_a"], source["option_b"]]
         assert row["question"] == source["question"].strip()
         assert row["verifier_answers"] == source[f"verifier_answers_{member}"]
-        meta = images[row["image_sha256"]]
+        meta = images[row["source_sha256"]]
         if meta["source_license"] == WITHHELD_LICENSE:
-            assert row["image"] is None and not row["redistributed"]
+            assert row["image"] is None and not row["redistributed"] and row["image_sha256"] is None
             continue
         # the released image is the canonical decode, encoded exactly as the annotators' display copy
         original = (corpus_root / meta["source_path"]).read_bytes()
@@ -144,23 +145,38 @@ def test_building_twice_gives_byte_identical_files(world, tmp_path):
     assert [str(k) for k in first if first[k] != second[k]] == []
 
 
-def test_rebuilding_in_place_compares_with_the_last_build(world, tmp_path, capsys):
+def _record(world, tmp_path):
+    """A record of released versions holding the world's release as released 1.0.0."""
+    record = tmp_path / "RELEASED.json"
+    assert release.record_release(record, world["release"])
+    return record
+
+
+def test_rebuilding_in_place_compares_with_the_last_release(world, tmp_path, capsys):
     import shutil
 
     import pyarrow as pa
 
     out = tmp_path / "release"
     shutil.copytree(world["release"], out)
+    record = ["--released", str(_record(world, tmp_path))]
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    assert package.main(package_args(world["inputs"], out, tmp_path / "m.json")) == 0  # same inputs: same bytes
+    assert package.main(package_args(world["inputs"], out, tmp_path / "m.json", *record)) == 0  # same inputs: same bytes
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     rows = schemas.read_table(world["inputs"]["accepted"], "accepted").to_pylist()
     rows[0]["question"] += " (reworded)"
     accepted = tmp_path / "accepted.parquet"
     schemas.write_table(pa.Table.from_pylist(rows, schema=schemas.ACCEPTED), accepted, "accepted")
-    assert package.main(package_args(dict(world["inputs"], accepted=accepted), out, tmp_path / "m.json")) == 1
-    assert "bump package.version" in capsys.readouterr().err
-    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # the release is untouched
+    # iterating works: the build is marked unreleased, with the change and what to do listed
+    assert package.main(package_args(dict(world["inputs"], accepted=accepted), out, tmp_path / "m.json", *record)) == 0
+    assert "set package.version in params.yaml to 1.1.0" in capsys.readouterr().err
+    manifest = release.read_manifest(out)
+    assert manifest["version"] == "1.1.0-dev" and manifest["release"]["status"] == release.UNRELEASED
+    assert manifest["changes"]["changed_items"] == {f"{rows[0]['pair_id']}-a": ["question"],
+                                                    f"{rows[0]['pair_id']}-b": ["question"]}
+    assert release.verify(out).ok
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["status"] == release.UNRELEASED and metrics["pending_changes"]["changed_items"] == 2
 
 
 def test_verify_detects_a_flipped_byte_in_every_file(world, tmp_path):
@@ -215,13 +231,15 @@ def test_card_metadata_is_valid_and_tells_the_provenance(world):
     assert manifest["provenance"]["search"] == "exhaustive" and manifest["gate"] is None
 
 
-def test_a_version_without_a_changelog_section_is_refused(world, tmp_path, capsys):
+def test_a_version_without_a_changelog_section_is_built_unreleased(world, tmp_path, capsys):
     params = world["inputs"]["params"].read_text().replace("version: 1.0.0", "version: 1.1.0")
     inputs = dict(world["inputs"], params=tmp_path / "params.yaml")
     inputs["params"].write_text(params)
-    assert package.main(package_args(inputs, tmp_path / "out", tmp_path / "m.json")) == 1
-    assert "no section for version 1.1.0" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+    assert package.main(package_args(inputs, tmp_path / "out", tmp_path / "m.json")) == 0
+    assert "add a '## 1.1.0' section" in capsys.readouterr().err
+    manifest = release.read_manifest(tmp_path / "out")
+    assert manifest["version"] == "1.1.0-dev" and manifest["release"]["status"] == release.UNRELEASED
+    assert "UNRELEASED BUILD 1.1.0-dev" in (tmp_path / "out" / "README.md").read_text()
 
 
 def test_a_corrected_answer_must_be_a_changelog_line(world, tmp_path, capsys):
@@ -233,22 +251,26 @@ def test_a_corrected_answer_must_be_a_changelog_line(world, tmp_path, capsys):
     inputs = dict(world["inputs"], accepted=tmp_path / "accepted.parquet", params=tmp_path / "params.yaml",
                   changelog=tmp_path / "CHANGELOG.md")
     schemas.write_table(pa.Table.from_pylist(rows, schema=schemas.ACCEPTED), inputs["accepted"], "accepted")
-    previous = ["--previous", str(world["release"])]
-    # same version, changed answers: refused
+    previous = ["--released", str(_record(world, tmp_path))]
+    # same version, changed answers: built as the next version's -dev, which says to bump
     inputs["params"].write_text(world["inputs"]["params"].read_text())
     inputs["changelog"].write_text(world["inputs"]["changelog"].read_text())
-    assert package.main(package_args(inputs, tmp_path / "out", tmp_path / "m.json", *previous)) == 1
-    assert "bump package.version" in capsys.readouterr().err
-    # new version whose changelog does not name the pair: refused
+    assert package.main(package_args(inputs, tmp_path / "out", tmp_path / "m.json", *previous)) == 0
+    assert "set package.version in params.yaml to 1.1.0" in capsys.readouterr().err
+    assert release.read_manifest(tmp_path / "out")["version"] == "1.1.0-dev"
+    # new version whose changelog does not name the pair: still unreleased, naming the pair to add
     inputs["params"].write_text(world["inputs"]["params"].read_text().replace("version: 1.0.0", "version: 1.0.1"))
     inputs["changelog"].write_text("# Changelog\n\n## 1.0.1\n\n- Fixes.\n\n" + world["inputs"]["changelog"].read_text()[13:])
-    assert package.main(package_args(inputs, tmp_path / "out", tmp_path / "m.json", *previous)) == 1
+    assert package.main(package_args(inputs, tmp_path / "out", tmp_path / "m.json", *previous)) == 0
     assert fixed["pair_id"] in capsys.readouterr().err
-    # named: built, and the manifest records the change
+    assert release.read_manifest(tmp_path / "out")["version"] == "1.0.1-dev"
+    # named: releasable, and the manifest records the change
     inputs["changelog"].write_text(f"# Changelog\n\n## 1.0.1\n\n- Corrected the answers of pair {fixed['pair_id']}.\n\n"
                                    + world["inputs"]["changelog"].read_text()[13:])
     assert package.main(package_args(inputs, tmp_path / "out", tmp_path / "m.json", *previous)) == 0
-    changes = release.read_manifest(tmp_path / "out")["changes"]
+    manifest = release.read_manifest(tmp_path / "out")
+    assert manifest["version"] == "1.0.1" and manifest["release"] == {"status": release.RELEASABLE, "todo": []}
+    changes = manifest["changes"]
     assert changes["previous_version"] == "1.0.0"
     assert changes["changed_items"] == {f"{fixed['pair_id']}-a": ["answer"], f"{fixed['pair_id']}-b": ["answer"]}
     assert {i["item_id"] for i in release.read_items(tmp_path / "out")} == {i["item_id"] for i in release.read_items(world["release"])}

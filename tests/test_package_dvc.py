@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -57,25 +58,58 @@ def test_dvc_repro_gate_package_evaluate(tmp_path):
     assert manifest["gate"] is None  # the project's params run no VLM offline; the card says so
     assert "The blind gate did not run" in (repo / "data/release/README.md").read_text()
     assert "Running stage" not in _dvc(["repro", "-s", "package"], repo)
-    # a corrected answer under the same version is refused; with a new version and a changelog line it is recorded
+    # the first release becomes public: `clipblind tag` records it (data_cards/RELEASED.json, committed)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "first build")
+    assert _clipblind(repo, "tag", "data/release").returncode == 0
+    _git(repo, "add", "data_cards/RELEASED.json")
+    _git(repo, "commit", "-q", "-m", "release 1.0.0")
+    # a corrected answer: iterating works, the build is marked unreleased with the change listed
     rows = accepted.to_pylist()
     fixed = next(r for r in rows if r["pattern"] == "state")
     fixed["answer_a"], fixed["answer_b"] = fixed["answer_b"], fixed["answer_a"]
     schemas.write_table(pa.Table.from_pylist(rows, schema=schemas.ACCEPTED), repo / "data/accepted.parquet", "accepted")
-    refused = _dvc(["repro", "-s", "package"], repo, ok=False)
-    assert "bump package.version" in refused
-    assert release.read_manifest(repo / "data/release")["version"] == manifest["version"] and release.verify(repo / "data/release").ok
+    out = _dvc(["repro", "-s", "package"], repo)
+    assert "set package.version in params.yaml to 1.1.0" in out
+    dev = release.read_manifest(repo / "data/release")
+    assert dev["version"] == "1.1.0-dev" and dev["release"]["status"] == release.UNRELEASED
+    assert dev["changes"]["changed_items"] == {f"{fixed['pair_id']}-a": ["answer"], f"{fixed['pair_id']}-b": ["answer"]}
+    assert "UNRELEASED BUILD 1.1.0-dev" in (repo / "data/release/README.md").read_text()
+    assert json.loads((repo / "metrics/package.json").read_text())["status"] == release.UNRELEASED
+    refused = _clipblind(repo, "tag", "data/release")
+    assert refused.returncode == 1 and "set package.version in params.yaml to 1.1.0" in refused.stderr
+    # bump + a changelog line naming the pair: releasable, and `tag` succeeds
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["package"]["version"] = "1.0.1"
+    params["package"]["version"] = "1.1.0"
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     changelog = repo / "data_cards/CHANGELOG.md"
-    changelog.write_text(changelog.read_text().replace("## 1.0.0", f"## 1.0.1\n\n- Corrected the answers of pair {fixed['pair_id']}.\n\n## 1.0.0"))
+    changelog.write_text(changelog.read_text().replace("## 1.0.0", f"## 1.1.0\n\n- Corrected the answers of pair {fixed['pair_id']}.\n\n## 1.0.0"))
     _dvc(["repro", "-s", "package"], repo)
-    changes = release.read_manifest(repo / "data/release")["changes"]
-    assert changes["previous_version"] == manifest["version"]
-    assert sorted(changes["changed_items"]) == [f"{fixed['pair_id']}-a", f"{fixed['pair_id']}-b"]
+    built = release.read_manifest(repo / "data/release")
+    assert built["version"] == "1.1.0" and built["release"]["status"] == release.RELEASABLE
+    assert built["changes"]["previous_version"] == manifest["version"]
+    assert sorted(built["changes"]["changed_items"]) == [f"{fixed['pair_id']}-a", f"{fixed['pair_id']}-b"]
+    tagged = _clipblind(repo, "tag", "data/release")
+    assert tagged.returncode == 0, tagged.stdout + tagged.stderr
+    assert "clipblind-benchmark@v1.1.0" in _git(repo, "tag", "--list")
     out = _dvc(["repro", "-s", "evaluate"], repo)
     assert "Running stage 'evaluate'" in out
     shown = _dvc(["metrics", "show", "--json"], repo)
     assert "open_clip:tiny-clip-text:random" in shown and "pair_accuracy" in shown
     assert (repo / "metrics/evaluate.md").read_text().startswith("| model |")
+    # an experiment on a mining param runs the whole pipeline through package
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "release 1.1.0")
+    _dvc(["exp", "run", "-S", "mine.dino_threshold=0.995"], repo)
+    assert json.loads((repo / "metrics/package.json").read_text())["status"] in (release.AWAITING, *release.RELEASE_STATUSES)
+
+
+def _git(repo: Path, *args: str) -> str:
+    base = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    return subprocess.run([*base, *args], check=True, capture_output=True, text=True).stdout
+
+
+def _clipblind(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=repo, env=env, capture_output=True, text=True)
