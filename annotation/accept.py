@@ -32,7 +32,7 @@ from annotation.pull import read_snapshot
 from annotation.tables import INVALID_REASONS, OUTCOME_REASONS, OUTCOMES
 from pipeline import patterns, schemas
 from pipeline.atomic import write_bytes
-from pipeline.config import load_section
+from pipeline.config import AtLeastOne, command_params
 from pipeline.report import summary, write_metrics
 
 STAGE = "accept"
@@ -44,7 +44,7 @@ PENDING_REASONS: tuple[str, ...] = tuple(r for r in OUTCOME_REASONS if r.startsw
 class AcceptParams:
     """Params of the accept stage (section `accept`)."""
 
-    verifiers: int = 1  # answers from people other than the writer needed per question
+    verifiers: AtLeastOne = 1  # answers from people other than the writer needed per question
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--queue", required=True, help="output adjudication queue CSV")
     parser.add_argument("--metrics", required=True)
     args = parser.parse_args(argv)
-    params = load_section(args.params, STAGE, AcceptParams)
+    params = command_params(parser, args.params, STAGE, AcceptParams)
     decided, problems = adjudication.decisions(adjudication.read(args.decisions))
     for problem in problems:
         print(f"[{STAGE}] ignored: {problem}")

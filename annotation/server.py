@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
 from pipeline.atomic import write_bytes
-from pipeline.config import load_section
+from pipeline.config import Port, Positive, load_section
 
 HOST = "127.0.0.1"  # never another interface: annotators reach it through an SSH tunnel if remote
 VENV_ENV = "CLIPBLIND_LABELSTUDIO_VENV"
@@ -47,13 +47,13 @@ class ServerError(RuntimeError):
 class LabelStudioParams:
     """Params of the annotation server (section `labelstudio`)."""
 
-    port: int = 8091
+    port: Port = 8091
     data_dir: str = ".labelstudio"  # database, secret key, PID file, log, admin secret
     venv: str = ".venv-labelstudio"  # overridden by the CLIPBLIND_LABELSTUDIO_VENV environment variable
     database: Literal["sqlite", "postgresql"] = "sqlite"
     writing_project: str = "clipblind: write questions"
     verification_project: str = "clipblind: verify questions"
-    start_timeout_s: float = 240.0
+    start_timeout_s: Positive = 240.0
 
     @property
     def url(self) -> str:

@@ -25,7 +25,7 @@ from annotation.adjudication import formula_like
 from annotation.pull import read_snapshot
 from annotation.tables import ANNOTATIONS, INVALID_REASONS
 from pipeline import patterns, schemas
-from pipeline.config import load_section
+from pipeline.config import command_params
 from pipeline.report import progress, summary, write_metrics
 
 STAGE = "validate"
@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--annotations", required=True, help="output annotations table")
     parser.add_argument("--metrics", required=True)
     args = parser.parse_args(argv)
-    params = load_section(args.params, STAGE, ValidateParams)
+    params = command_params(parser, args.params, STAGE, ValidateParams)
     table = validate(read_snapshot(args.snapshot), schemas.read_table(args.pairs, "pairs"), params)
     schemas.write_table(table, args.annotations, "annotations")
     metrics = metrics_of(table)

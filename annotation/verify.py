@@ -23,7 +23,7 @@ from annotation.accept import AcceptParams
 from annotation.client import Client, LabelStudioError
 from annotation.server import LabelStudioParams, ServerError, load_params
 from pipeline import schemas
-from pipeline.config import load_section
+from pipeline.config import command_params
 from pipeline.report import summary, write_metrics
 
 STAGE = "verify"
@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--metrics", default="metrics/verify_push.json")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    verifiers = load_section(args.params, "accept", AcceptParams).verifiers
+    verifiers = command_params(parser, args.params, "accept", AcceptParams).verifiers
     annotations = schemas.read_table(args.annotations, "annotations")
     try:
         metrics = push_verification(Client.from_params(params), params, annotations, Path(args.display), verifiers)

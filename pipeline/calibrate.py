@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from pipeline import schemas
-from pipeline.config import load_section
+from pipeline.config import Cosine, Count, Seed, command_params
 from pipeline.mine import MineParams, Threshold, ThresholdError, resolve_clip_threshold, resolve_dino_threshold
 from pipeline.report import summary, write_metrics
 from pipeline.search import read_candidates
@@ -33,10 +33,10 @@ REPORTED_QUANTILES = (0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999, 0.999999)
 class CalibrateParams:
     """Params of the calibrate stage (section `calibrate`)."""
 
-    clip_grid: tuple[float, ...] = (0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
-    dino_grid: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-    scatter_points: int = 50_000  # candidates drawn in the scatter plot (a seeded sample beyond that)
-    seed: int = 0
+    clip_grid: tuple[Cosine, ...] = (0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
+    dino_grid: tuple[Cosine, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    scatter_points: Count = 50_000  # candidates drawn in the scatter plot (a seeded sample beyond that)
+    seed: Seed = 0
 
 
 def threshold_grid(clip: np.ndarray, dino: np.ndarray, clip_grid: Sequence[float], dino_grid: Sequence[float], recall: float) -> list[list[int | None]]:
@@ -102,8 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--report", required=True, help="output calibration JSON")
     parser.add_argument("--plots", required=True, help="output folder of PNG plots")
     args = parser.parse_args(argv)
-    params = load_section(args.params, STAGE, CalibrateParams)
-    mine_params = load_section(args.params, "mine", MineParams)
+    params = command_params(parser, args.params, STAGE, CalibrateParams)
+    mine_params = command_params(parser, args.params, "mine", MineParams)
     image_ids = schemas.read_table(args.images, "images").column("image_id").to_pylist()
     candidates, meta = read_candidates(args.candidates, image_ids, ["clip_sim", "dino_sim"])
     clip = candidates.column("clip_sim").to_numpy()

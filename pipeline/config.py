@@ -1,16 +1,25 @@
-"""params.yaml → frozen dataclasses, strictly: an unknown or missing key is an error.
+"""params.yaml → frozen dataclasses, strictly: an unknown or missing key, a value of the wrong
+type or outside its range is an error naming the key, the value and what it must be.
 
 Each stage declares its params as a frozen dataclass (nested dataclasses for sub-sections)
-and loads its own section with `load_section(path, "mine", MineParams)`.
+and loads its own section with `load_section(path, "mine", MineParams)`; a command line loads
+it with `command_params(parser, ...)`, which turns every problem into one message and exit code 2.
+
+A numeric param declares its valid values with `typing.Annotated[float, Range(...)]`; the
+aliases below (`Cosine`, `Quantile`, `Count`, ...) name the ranges that recur. Every problem of
+a section is reported at once, one line per key.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Annotated, Any, Mapping, TypeVar
 
 import yaml
 
@@ -19,6 +28,83 @@ T = TypeVar("T")
 
 class ParamsError(ValueError):
     """params.yaml does not match what a stage expects."""
+
+
+class RangeError(ParamsError):
+    """A numeric param lies outside its valid range."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric param: `low`..`high` (None: unbounded), each end open or closed."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    meaning: str = ""  # what the param is, said in the error message
+
+    def __contains__(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+
+    def phrase(self) -> str:
+        """The range as words follow "must be": "in [-1, 1)", "≥ 0"."""
+        bounded = self.low is not None and self.high is not None
+        return f"in {self}" if bounded else str(self)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return "any number" if self.low is None else f"{'>' if self.low_open else '≥'} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '≤'} {self.high:g}"
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+def check_range(valid: Range, value: float, key: str) -> None:
+    """Raise RangeError naming `key`, `value` and the valid range unless `value` lies in `valid`."""
+    if value not in valid:
+        what = f" ({valid.meaning})" if valid.meaning else ""
+        raise RangeError(f"params '{key}' is {value!r}, but it must be {valid.phrase()}{what}: change it in the params file")
+
+
+def check_fields(obj: Any, where: str) -> None:
+    """Check each Range-annotated field of the dataclass `obj`: for params built in Python rather than loaded."""
+    hints = typing.get_type_hints(type(obj), include_extras=True)
+    for f in dataclasses.fields(obj):
+        hint = hints[f.name]
+        if typing.get_origin(hint) is Annotated:
+            for valid in typing.get_args(hint)[1:]:
+                if isinstance(valid, Range):
+                    check_range(valid, getattr(obj, f.name), f"{where}.{f.name}")
+
+
+# The ranges that recur. A cosine threshold that pairs must exceed excludes 1 (nothing exceeds
+# it: the stage would find no pair at all); one that pairs must stay below excludes -1.
+COSINE = Range(-1.0, 1.0, meaning="a cosine similarity")
+COSINE_ABOVE = Range(-1.0, 1.0, high_open=True, meaning="a cosine that pairs must exceed; none exceeds 1")
+COSINE_BELOW = Range(-1.0, 1.0, low_open=True, meaning="a cosine that pairs must stay below; none is below -1")
+QUANTILE = Range(0.0, 1.0, low_open=True, high_open=True, meaning="a quantile of the similarity over all pairs")
+COUNT = Range(0, meaning="a count")
+AT_LEAST_ONE = Range(1, meaning="a size or count of at least 1")
+POSITIVE = Range(0.0, low_open=True, meaning="a positive amount")
+SEED = Range(0, meaning="a random seed (numpy takes none below 0)")
+PORT = Range(1, 65535, meaning="a TCP port")
+JPEG_QUALITY = Range(1, 100, meaning="a JPEG quality")
+
+Cosine = Annotated[float, COSINE]
+CosineAbove = Annotated[float, COSINE_ABOVE]
+CosineBelow = Annotated[float, COSINE_BELOW]
+Quantile = Annotated[float, QUANTILE]
+Count = Annotated[int, COUNT]
+AtLeastOne = Annotated[int, AT_LEAST_ONE]
+Positive = Annotated[float, POSITIVE]
+Seed = Annotated[int, SEED]
+Port = Annotated[int, PORT]
+JpegQuality = Annotated[int, JPEG_QUALITY]
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -40,42 +126,70 @@ def load_section(path: str | Path, section: str, cls: type[T]) -> T:
     return build(cls, data[section], where=section)
 
 
+def command_params(parser: argparse.ArgumentParser, path: str | Path, section: str, cls: type[T]) -> T:
+    """`load_section` for a command line: a params problem exits with "<prog>: <problems>" and code 2."""
+    try:
+        return load_section(path, section, cls)
+    except ParamsError as err:
+        parser.exit(2, f"{parser.prog}: bad params in {path}:\n{err}\n")
+
+
 def build(cls: type[T], data: Any, where: str) -> T:
-    """Build dataclass `cls` from a mapping, checking keys and value types."""
+    """Build dataclass `cls` from a mapping, checking keys, value types and ranges (every problem at once)."""
     if not isinstance(data, Mapping):
         raise ParamsError(f"params '{where}' must be a mapping, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    problems: list[ParamsError] = []
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ParamsError(f"unknown key(s) {unknown} in params '{where}'; allowed: {sorted(fields)}")
-    hints = typing.get_type_hints(cls)
+        problems.append(ParamsError(f"unknown key(s) {unknown} in params '{where}'; allowed: {sorted(fields)}"))
+    hints = typing.get_type_hints(cls, include_extras=True)
     values: dict[str, Any] = {}
     for name, field in fields.items():
         key = f"{where}.{name}"
         if name not in data:
             has_default = field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
-            if has_default:
-                continue
-            raise ParamsError(f"missing key '{key}' in params")
-        values[name] = _coerce(hints[name], data[name], key)
-    return cls(**values)
+            if not has_default:
+                problems.append(ParamsError(f"missing key '{key}' in params"))
+            continue
+        try:
+            values[name] = _coerce(hints[name], data[name], key)
+        except ParamsError as err:
+            problems.append(err)
+    if problems:
+        kind = RangeError if all(isinstance(p, RangeError) for p in problems) else ParamsError
+        raise kind("\n".join(map(str, problems)))
+    try:
+        return cls(**values)
+    except ParamsError:
+        raise
+    except ValueError as err:  # a check across keys in the dataclass itself
+        raise ParamsError(f"params '{where}': {err}") from None
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    if origin is Annotated:
+        coerced = _coerce(args[0], value, where)
+        for valid in args[1:]:
+            if isinstance(valid, Range):
+                check_range(valid, coerced, where)
+        return coerced
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(arg, value, where)
-            except ParamsError as err:
-                errors.append(str(err))
-        raise ParamsError(f"params '{where}': {value!r} matches none of {args}")
+            except RangeError:
+                raise  # the value has this arm's type: its range is the problem
+            except ParamsError:
+                continue
+        shapes = " or ".join(_shape(arg) for arg in args)
+        raise ParamsError(f"params '{where}' must be {shapes}, got {value!r}")
     if origin is typing.Literal:
         if value not in args:
             raise ParamsError(f"params '{where}' must be one of {list(args)}, got {value!r}")
@@ -110,3 +224,19 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             raise ParamsError(f"params '{where}' must be a string, got {value!r}")
         return value
     raise ParamsError(f"params '{where}': unsupported type {hint!r}")
+
+
+def _shape(hint: Any) -> str:
+    """How a value of type `hint` is written in params.yaml, for error messages."""
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        valid = [a for a in typing.get_args(hint)[1:] if isinstance(a, Range)]
+        return _shape(typing.get_args(hint)[0]) + "".join(f" {v.phrase()}" for v in valid)
+    if hint is type(None):
+        return "null"
+    if dataclasses.is_dataclass(hint):
+        return f"a mapping with keys {[f.name for f in dataclasses.fields(hint)]}"
+    if origin is typing.Literal:
+        return f"one of {list(typing.get_args(hint))}"
+    names = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}
+    return names.get(hint, "a list" if origin in (tuple, list) else str(hint))

@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Callable, Iterator, Literal, Sequence
 
-from pipeline.config import ParamsError
+from pipeline.config import AtLeastOne, ParamsError, check_fields
 from pipeline.decode import DecodeError, RejectReason
 
 SourceKind = Literal["folder", "manifest", "webdataset", "hf"]
@@ -65,13 +65,11 @@ class SourceParams:
     image_column: str = "image"  # hf: the column of images
     split: str = "train"  # hf: which split
     allow_pipe: bool = False  # webdataset: allow `pipe:` URLs (they run a shell command)
-    part_size: int = 10_000  # manifest, hf: rows per part
-    max_bytes: int = 256 * 2**20  # larger files are rejected unread (`too_large`), so memory stays bounded
+    part_size: AtLeastOne = 10_000  # manifest, hf: rows per part
+    max_bytes: AtLeastOne = 256 * 2**20  # larger files are rejected unread (`too_large`), so memory stays bounded
 
     def __post_init__(self) -> None:
-        for name in ("part_size", "max_bytes"):
-            if getattr(self, name) < 1:
-                raise ParamsError(f"params 'ingest.source.{name}' must be at least 1, got {getattr(self, name)}")
+        check_fields(self, "ingest.source")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 import numpy as np
 
 from pipeline import embeddings, schemas
-from pipeline.config import load_section
+from pipeline.config import AtLeastOne, Count, Positive, command_params
 from pipeline.corpus import Corpus
 from pipeline.decode import DecodeError, decode
 from pipeline.encoders import Encoder, EncoderParams, load_encoder
@@ -43,13 +43,13 @@ class EngineParams:
     """Where the encoders run (section `embed.engine`)."""
 
     kind: Literal["local", "ray"] = "local"
-    prefetch_batches: int = 2  # local: decoded batches queued ahead of the model
-    loader_threads: int = 1  # local: decode threads (PIL releases the GIL); raise it for a GPU
+    prefetch_batches: AtLeastOne = 2  # local: decoded batches queued ahead of the model
+    loader_threads: AtLeastOne = 1  # local: decode threads (PIL releases the GIL); raise it for a GPU
     address: str | None = None  # ray: cluster address ("auto", "ray://head:10001"); none starts a private local instance
-    actors: int = 2  # ray: encoder actors (each holds both models)
-    actor_cpus: float = 0.5  # ray: CPUs reserved per actor; fractions leave room for the read tasks
-    read_cpus: float = 0.25  # ray: CPUs reserved per decode task
-    actor_threads: int = 0  # ray: torch threads per actor; 0 = the CPUs the actor reserved, at least 1
+    actors: AtLeastOne = 2  # ray: encoder actors (each holds both models)
+    actor_cpus: Positive = 0.5  # ray: CPUs reserved per actor; fractions leave room for the read tasks
+    read_cpus: Positive = 0.25  # ray: CPUs reserved per decode task
+    actor_threads: Count = 0  # ray: torch threads per actor; 0 = the CPUs the actor reserved, at least 1
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,9 @@ class EmbedParams:
 
     clip: EncoderParams
     dino: EncoderParams
-    batch_size: int = 16
-    shard_size: int = 4096
-    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    batch_size: AtLeastOne = 16
+    shard_size: AtLeastOne = 4096
+    threads: Count = 0  # torch intra-op threads; 0 = torch's default
     engine: EngineParams = field(default_factory=EngineParams)
 
 
@@ -316,8 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shard", default="0/1", help="i/n: run only shards k with k %% n == i (default 0/1: all)")
     parser.add_argument("--clip-from", help="clip-retrieval output to import as the CLIP side (embed.clip.kind: clip_retrieval)")
     args = parser.parse_args(argv)
-    params = load_section(args.params, STAGE, EmbedParams)
-    ingest_params = load_section(args.params, "ingest", IngestParams)
+    params = command_params(parser, args.params, STAGE, EmbedParams)
+    ingest_params = command_params(parser, args.params, "ingest", IngestParams)
     worker = ShardSlice.parse(args.shard)
     if params.threads:
         import torch

@@ -31,6 +31,8 @@ from typing import Any, Callable, Literal, Protocol
 
 import numpy as np
 
+from pipeline.config import AtLeastOne, Seed
+
 EncoderKind = Literal["open_clip", "dinov2", "clip_retrieval"]  # clip_retrieval: imported, see pipeline.clipretrieval
 RANDOM = "random"
 HUB_HOST = "huggingface.co"
@@ -62,8 +64,8 @@ class EncoderParams:
     pooling: Literal["cls", "mean"] = "cls"  # dinov2 only
     dtype: Literal["fp32", "bf16", "auto"] = "fp32"  # auto: bf16 where the CPU computes it natively
     device: Literal["cpu", "cuda"] = "cpu"
-    image_size: int = 224
-    seed: int = 0  # only used to initialise `weights: random`
+    image_size: AtLeastOne = 224
+    seed: Seed = 0  # only used to initialise `weights: random`
     config: dict[str, Any] = field(default_factory=dict)  # architecture overrides for `weights: random`
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from pipeline import mmvp, release, scoring
 from pipeline.atomic import write_bytes
-from pipeline.config import load_section
+from pipeline.config import command_params
 from pipeline.decode import decode
 from pipeline.encoders import EncoderParams, OpenClipEncoder
 from pipeline.report import progress, summary, warn, write_metrics
@@ -290,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--chart", help="output SVG chart of pair accuracy per pattern")
     parser.add_argument("--cache", default=CACHE_DIR, help=f"folder of VLM response caches (resume); default {CACHE_DIR}")
     args = parser.parse_args(argv)
-    params = load_section(args.params, STAGE, EvaluateParams)
+    params = command_params(parser, args.params, STAGE, EvaluateParams)
     folder = Path(args.folder)
     fmt = detect_format(folder) if args.format == "auto" else args.format
     pairs = load_pairs(folder, fmt)

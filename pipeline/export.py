@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from pipeline import schemas
 from pipeline.atomic import write_bytes, write_json
-from pipeline.config import load_section
+from pipeline.config import AtLeastOne, JpegQuality, command_params
 from pipeline.corpus import Corpus
 from pipeline.decode import DecodeError, decode
 from pipeline.ingest import IngestParams
@@ -37,8 +37,8 @@ class ExportParams:
     # Label Studio local-files URL; `d=` is relative to the document root, the display folder's parent
     # (Label Studio refuses a storage folder equal to its document root).
     url_prefix: str = "/data/local-files/?d=display/"
-    display_max_side: int = 1024
-    jpeg_quality: int = 92
+    display_max_side: AtLeastOne = 1024
+    jpeg_quality: JpegQuality = 92
 
 
 def display_name(image_id: str) -> str:
@@ -112,8 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tasks", required=True, help="output Label Studio task JSON")
     parser.add_argument("--metrics", required=True)
     args = parser.parse_args(argv)
-    params = load_section(args.params, STAGE, ExportParams)
-    ingest_params = load_section(args.params, "ingest", IngestParams)
+    params = command_params(parser, args.params, STAGE, ExportParams)
+    ingest_params = command_params(parser, args.params, "ingest", IngestParams)
     pairs = schemas.read_table(args.pairs, "pairs")
     pairs_meta = schemas.read_meta(args.pairs)
     random_init = sorted(

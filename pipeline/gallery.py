@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from pipeline import schemas
 from pipeline.atomic import write_bytes
-from pipeline.config import load_section
+from pipeline.config import AtLeastOne, Count, JpegQuality, command_params
 from pipeline.corpus import Corpus
 from pipeline.decode import DecodeError
 from pipeline.export import ExportParams, display_bytes
@@ -38,9 +38,9 @@ THUMBS = "thumbs"
 class GalleryParams:
     """Params of the gallery stage (section `gallery`)."""
 
-    thumb_size: int = 256  # longest side of a thumbnail, pixels
-    jpeg_quality: int = 85
-    max_pairs: int = 0  # show the first this many pairs, in the pairs table's order (0: all)
+    thumb_size: AtLeastOne = 256  # longest side of a thumbnail, pixels
+    jpeg_quality: JpegQuality = 85
+    max_pairs: Count = 0  # show the first this many pairs, in the pairs table's order (0: all)
     title: str = "clipblind: mined pairs"
 
 
@@ -144,8 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output gallery folder")
     parser.add_argument("--metrics", required=True)
     args = parser.parse_args(argv)
-    params = load_section(args.params, STAGE, GalleryParams)
-    ingest_params = load_section(args.params, "ingest", IngestParams)
+    params = command_params(parser, args.params, STAGE, GalleryParams)
+    ingest_params = command_params(parser, args.params, "ingest", IngestParams)
     pairs = schemas.read_table(args.pairs, "pairs")
     pairs_meta = schemas.read_meta(args.pairs)
     images = schemas.read_table(args.images, "images")

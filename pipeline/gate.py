@@ -26,12 +26,12 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Annotated, Any, Callable, Literal, Sequence
 
 import pyarrow as pa
 
 from pipeline import schemas, scoring
-from pipeline.config import load_section
+from pipeline.config import Range, command_params, load_section
 from pipeline.corpus import Corpus
 from pipeline.decode import DecodeError
 from pipeline.export import ExportParams
@@ -45,6 +45,7 @@ BLIND = "blind_answerable"
 SWAP = "swap_insensitive"
 RULES = (BLIND, SWAP)
 BLIND_TRIALS = 6
+BLIND_MIN_RIGHT = Range(1, BLIND_TRIALS, meaning=f"right answers of {BLIND_TRIALS} image-free trials that flag a question")
 
 GATE = schemas.register(
     "gate",
@@ -69,7 +70,7 @@ class GateParams:
 
     vlm: VlmParams | None = None  # null: the gate does not run (no model); the card says so
     flagged: Literal["drop", "keep"] = "keep"  # what package does with flagged pairs
-    blind_min_right: int = 6  # of 6 trials without the right image (chance: 3)
+    blind_min_right: Annotated[int, BLIND_MIN_RIGHT] = 6  # of 6 trials without the right image (chance: 3)
 
 
 def _flip(answer: str | None) -> str | None:
@@ -173,15 +174,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--metrics", required=True)
     parser.add_argument("--cache", default=".cache/gate", help="folder of VLM response caches (resume)")
     args = parser.parse_args(argv)
-    params = load_section(args.params, STAGE, GateParams)
+    params = command_params(parser, args.params, STAGE, GateParams)
     accepted = schemas.read_table(args.accepted, "accepted")
     if params.vlm is None:
         schemas.write_table(schemas.empty("gate"), args.out, "gate", meta={"ran": False})
         write_metrics(args.metrics, {"inputs": accepted.num_rows, "passed": accepted.num_rows, "dropped": 0, "ran": False})
         summary(STAGE, "no VLM configured (gate.vlm: null): the gate did not run; the card says so")
         return 0
-    export_params = load_section(args.params, "export", ExportParams)
-    ingest_params = load_section(args.params, "ingest", IngestParams)
+    export_params = command_params(parser, args.params, "export", ExportParams)
+    ingest_params = command_params(parser, args.params, "ingest", IngestParams)
     backend = load_backend(params.vlm)
     cached = CachedBackend(backend, Path(args.cache) / (hashlib.sha256(backend.name.encode()).hexdigest()[:16] + ".jsonl"))
     table, metrics = gate(accepted, schemas.read_table(args.images, "images"), Corpus(ingest_params.source, args.source).read,

@@ -40,7 +40,7 @@ import pyarrow as pa
 from pipeline import decode as decode_module
 from pipeline import schemas
 from pipeline.atomic import write_json
-from pipeline.config import ParamsError, load_section
+from pipeline.config import AtLeastOne, check_fields, command_params
 from pipeline.corpus import Corpus, Entry, Part, SourceParams
 from pipeline.decode import DEFAULT_MAX_PIXELS, DecodeError, RejectReason, decode
 from pipeline.report import progress, summary, write_metrics
@@ -54,9 +54,9 @@ class IngestParams:
     """Params of the ingest stage (section `ingest`)."""
 
     source: SourceParams | tuple[SourceParams, ...]  # one source, or a list of them
-    max_pixels: int = DEFAULT_MAX_PIXELS  # width × height cap, checked from the header before decoding
-    batch_size: int = 256  # items in flight (bytes held in memory at once)
-    workers: int = 1  # decode processes; 1 decodes in this process
+    max_pixels: AtLeastOne = DEFAULT_MAX_PIXELS  # width × height cap, checked from the header before decoding
+    batch_size: AtLeastOne = 256  # items in flight (bytes held in memory at once)
+    workers: AtLeastOne = 1  # decode processes; 1 decodes in this process
 
     @property
     def sources(self) -> tuple[SourceParams, ...]:
@@ -64,9 +64,7 @@ class IngestParams:
         return (self.source,) if isinstance(self.source, SourceParams) else tuple(self.source)
 
     def __post_init__(self) -> None:
-        for name in ("max_pixels", "batch_size", "workers"):
-            if getattr(self, name) < 1:
-                raise ParamsError(f"params 'ingest.{name}' must be at least 1, got {getattr(self, name)}")
+        check_fields(self, STAGE)
 
 
 @dataclass(frozen=True)
@@ -360,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--blocklist", help="file of sha256 hashes to exclude (one per line)")
     parser.add_argument("--state", help="folder of per-part records that makes reruns incremental")
     args = parser.parse_args(argv)
-    params = load_section(args.params, STAGE, IngestParams)
+    params = command_params(parser, args.params, STAGE, IngestParams)
     blocklist = load_blocklist(args.blocklist)
     result = ingest(Corpus(params.source, args.source), params, blocklist=blocklist, state_dir=args.state)
     schemas.write_table(result.images, args.images, "images")

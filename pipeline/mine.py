@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Annotated, Any, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline import schemas
-from pipeline.config import ParamsError, load_section
+from pipeline.config import COSINE_ABOVE, COSINE_BELOW, QUANTILE, ParamsError, Quantile, Range, check_range, command_params
 from pipeline.report import summary, warn, write_metrics
 from pipeline.search import read_candidates, read_groups
 from pipeline.select import SelectParams, select_pairs
@@ -40,31 +40,41 @@ STAGE = "mine"
 class Threshold:
     """A threshold given either as a cosine (`value`) or as a quantile over all pairs (`quantile`)."""
 
-    value: float | None = None
-    quantile: float | None = None
+    value: float | None = None  # its range is its threshold's: MineParams checks it
+    quantile: Quantile | None = None
 
 
 @dataclass(frozen=True)
 class MineParams:
     """Params of the mine stage (section `mine`)."""
 
-    clip_threshold: float | Threshold = 0.95  # keep pairs with CLIP cosine strictly above
-    dino_threshold: float | Threshold = 0.6  # ... and DINOv2 cosine strictly below
+    clip_threshold: Annotated[float, COSINE_ABOVE] | Threshold = 0.95  # keep pairs with CLIP cosine strictly above
+    dino_threshold: Annotated[float, COSINE_BELOW] | Threshold = 0.6  # ... and DINOv2 cosine strictly below
     select: SelectParams = field(default_factory=SelectParams)
+
+    def __post_init__(self) -> None:
+        _spec(self.clip_threshold, "clip_threshold", COSINE_ABOVE)
+        _spec(self.dino_threshold, "dino_threshold", COSINE_BELOW)
 
 
 class ThresholdError(ValueError):
     """A threshold cannot be resolved from the candidates the search kept."""
 
 
-def _spec(threshold: float | Threshold, name: str) -> Threshold:
-    if isinstance(threshold, Threshold):
-        if (threshold.value is None) == (threshold.quantile is None):
-            raise ParamsError(f"params 'mine.{name}': give exactly one of value or quantile, got {threshold}")
-        if threshold.quantile is not None and not 0.0 <= threshold.quantile <= 1.0:
-            raise ParamsError(f"params 'mine.{name}.quantile' must lie in [0, 1], got {threshold.quantile}")
-        return threshold
-    return Threshold(value=float(threshold))
+def _spec(threshold: float | Threshold, name: str, valid: Range | None = None) -> Threshold:
+    """`threshold` as a Threshold, checked: exactly one of value or quantile, each in its range."""
+    if not isinstance(threshold, Threshold):
+        threshold = Threshold(value=float(threshold))
+        key = f"mine.{name}"
+    elif (threshold.value is None) == (threshold.quantile is None):
+        raise ParamsError(f"params 'mine.{name}': give exactly one of value or quantile, got {threshold}")
+    else:
+        key = f"mine.{name}.value"
+    if threshold.quantile is not None:
+        check_range(QUANTILE, threshold.quantile, f"mine.{name}.quantile")
+    elif valid is not None:
+        check_range(valid, threshold.value, key)  # type: ignore[arg-type]
+    return threshold
 
 
 def describe(threshold: float | Threshold) -> dict[str, float]:
@@ -198,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pairs", required=True)
     parser.add_argument("--metrics", required=True)
     args = parser.parse_args(argv)
-    params = load_section(args.params, STAGE, MineParams)
+    params = command_params(parser, args.params, STAGE, MineParams)
     image_ids = schemas.read_table(args.images, "images").column("image_id").to_pylist()
     candidates, meta = read_candidates(args.candidates, image_ids)
     groups = read_groups(args.groups, image_ids)

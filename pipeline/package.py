@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 import pyarrow as pa
 
 from pipeline import card, mmvp, release, schemas
-from pipeline.config import load_section
+from pipeline.config import AtLeastOne, command_params
 from pipeline.corpus import Corpus
 from pipeline.decode import DecodeError
 from pipeline.export import ExportParams, display_bytes
@@ -52,7 +52,7 @@ class PackageParams:
     # Source licences (SPDX ids) whose images may be redistributed as bytes; others are withheld.
     redistributable_licenses: tuple[str, ...] = ("CC0-1.0", "PDDL-1.0", "CC-BY-4.0", "CC-BY-SA-4.0")
     exclude: tuple[str, ...] = ()  # pair ids or image sha256s taken down (each needs a changelog line)
-    shard_size: int = 1000  # webdataset items per tar shard
+    shard_size: AtLeastOne = 1000  # webdataset items per tar shard
     citation: str = ""
 
 
@@ -382,9 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output release folder")
     parser.add_argument("--metrics", required=True)
     args = parser.parse_args(argv)
-    params = load_section(args.params, STAGE, PackageParams)
-    export_params = load_section(args.params, "export", ExportParams)
-    ingest_params = load_section(args.params, "ingest", IngestParams)
+    params = command_params(parser, args.params, STAGE, PackageParams)
+    export_params = command_params(parser, args.params, "export", ExportParams)
+    ingest_params = command_params(parser, args.params, "ingest", IngestParams)
     accepted = schemas.read_table(args.accepted, "accepted")
     images = schemas.read_table(args.images, "images")
     corpus = Corpus(ingest_params.source, args.source)

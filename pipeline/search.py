@@ -29,13 +29,13 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Annotated, Any, Iterator, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline import embeddings, schemas
-from pipeline.config import load_section
+from pipeline.config import AtLeastOne, Cosine, CosineAbove, Count, Range, Seed, command_params
 from pipeline.report import progress, summary, warn, write_metrics
 
 STAGE = "search"
@@ -78,35 +78,35 @@ FP32_UNIT_ROUNDOFF = 2.0**-24
 class NearDuplicateGuard:
     """Drop (and count) candidates with CLIP cosine above `clip` AND DINOv2 cosine above `dino`."""
 
-    clip: float = 0.995
-    dino: float = 0.98
+    clip: Cosine = 0.995
+    dino: Cosine = 0.98
 
 
 @dataclass(frozen=True)
 class PartitionParams:
     """Partitioned mode: k-means partitions, each vector also searched in its `probes` nearest other partitions."""
 
-    partitions: int = 48
-    probes: int = 4
-    train_size: int = 100_000  # vectors sampled to train the k-means centroids
-    iterations: int = 20
-    recall_sample_rows: int = 1000  # rows whose pairs are also searched exactly, to measure recall
+    partitions: AtLeastOne = 48
+    probes: Count = 4
+    train_size: AtLeastOne = 100_000  # vectors sampled to train the k-means centroids
+    iterations: AtLeastOne = 20
+    recall_sample_rows: AtLeastOne = 1000  # rows whose pairs are also searched exactly, to measure recall
 
 
 @dataclass(frozen=True)
 class SearchParams:
     """Params of the search stage (section `search`)."""
 
-    recall_clip_threshold: float = 0.9  # keep candidates down to here, so thresholds above it need no new products
+    recall_clip_threshold: CosineAbove = 0.9  # keep candidates down to here, so thresholds above it need no new products
     mode: Literal["exact", "partitioned"] = "exact"
     engine: Literal["local", "ray"] = "local"  # partitioned mode: run partitions as Ray tasks
     device: str = "cpu"  # torch device for the block products ("cuda" for a GPU)
-    block_size: int = 4096
-    threads: int = 0  # torch threads; 0 keeps torch's default
+    block_size: AtLeastOne = 4096
+    threads: Count = 0  # torch threads; 0 keeps torch's default
     near_duplicate: NearDuplicateGuard = field(default_factory=NearDuplicateGuard)
-    sample_pairs: int = 200_000  # random pairs for the quantiles of both distributions
-    clusters: int = 16  # k-means clusters over CLIP embeddings, for diverse selection
-    seed: int = 0
+    sample_pairs: Count = 200_000  # random pairs for the quantiles of both distributions
+    clusters: AtLeastOne = 16  # k-means clusters over CLIP embeddings, for diverse selection
+    seed: Seed = 0
     partition: PartitionParams = field(default_factory=PartitionParams)
 
 
@@ -470,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--groups", required=True, help="output image_groups table (near-duplicate groups, clusters)")
     parser.add_argument("--metrics", required=True)
     args = parser.parse_args(argv)
-    params = load_section(args.params, STAGE, SearchParams)
+    params = command_params(parser, args.params, STAGE, SearchParams)
     if params.threads > 0:
         import torch
 

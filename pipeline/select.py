@@ -23,14 +23,15 @@ from typing import Mapping
 import pyarrow as pa
 
 from pipeline import schemas
+from pipeline.config import Count
 
 
 @dataclass(frozen=True)
 class SelectParams:
     """Params of pair selection (section `mine.select`)."""
 
-    max_per_image: int = 0  # 0: no cap
-    target: int = 0  # 0: keep every pair that passes the filters
+    max_per_image: Count = 0  # 0: no cap
+    target: Count = 0  # 0: keep every pair that passes the filters
     drop_near_duplicate_pairs: bool = True
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from pipeline.config import AtLeastOne, Positive
+
 PROMPT = "{question}\nOptions: (a) {option_a} (b) {option_b}\nAnswer with the letter of the correct option, (a) or (b)."
 
 
@@ -42,8 +44,8 @@ class VlmParams:
     model: str  # transformers: a local model directory; openai: the model name the endpoint serves
     url: str | None = None  # openai: base URL, e.g. http://127.0.0.1:8000/v1
     api_key_env: str = "OPENAI_API_KEY"  # openai: environment variable holding the key (may be unset)
-    max_new_tokens: int = 16
-    timeout: float = 120.0
+    max_new_tokens: AtLeastOne = 16
+    timeout: Positive = 120.0  # seconds
 
 
 class BackendError(RuntimeError):
