@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+from html import escape
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from annotation.client import Client, LabelStudioError
 from annotation.server import LabelStudioParams, ServerError, load_params
+from pipeline import patterns
 from pipeline.report import summary, write_metrics
 
 STAGE = "push"
@@ -32,6 +35,30 @@ HERE = Path(__file__).parent
 WRITING_CONFIG = HERE / "writing.xml"
 GUIDELINES = HERE / "guidelines.html"
 IMAGE_FIELDS = ("image_a", "image_b")
+# The closed sets a labeling config template offers, each filling a `<!-- choices: NAME -->` line.
+CONFIG_CHOICES: dict[str, tuple[str, ...]] = {"patterns": patterns.PAPER_NAMES, "answers": patterns.ANSWERS}
+_CHOICES_LINE = re.compile(r"^(?P<indent>[ \t]*)<!-- choices: (?P<name>\w+) -->[ \t]*$", re.MULTILINE)
+
+
+def render_config(template: str) -> str:
+    """A labeling config with each `<!-- choices: NAME -->` line replaced by the Choice elements of that set.
+
+    Label Studio shows and stores a Choice's value: patterns appear by the paper's names (validate maps
+    them to keys), answers as the answer letters. Text without such lines comes back unchanged.
+    """
+
+    def fill(match: re.Match[str]) -> str:
+        name = match["name"]
+        if name not in CONFIG_CHOICES:
+            raise ValueError(f"labeling config asks for choices {name!r}; known sets: {sorted(CONFIG_CHOICES)}")
+        return "\n".join(f'{match["indent"]}<Choice value="{escape(v, quote=True)}"/>' for v in CONFIG_CHOICES[name])
+
+    return _CHOICES_LINE.sub(fill, template)
+
+
+def writing_config() -> str:
+    """The writing project's labeling config, as pushed to Label Studio."""
+    return render_config(WRITING_CONFIG.read_text())
 LOCAL_FILES_PATH = "/data/local-files/"
 
 
@@ -170,11 +197,12 @@ def sync(
     key: str = "pair_id",
     suggestions: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """Bring project `title` in line with `tasks` (identified by data field `key`); return the metrics."""
+    """Bring project `title` (labeling config `label_config`, rendered) in line with `tasks` (identified by
+    data field `key`); return the metrics."""
     ok, reasons, messages = check_tasks(tasks, display_dir)
     for message in messages:
         print(f"[{STAGE}] skipped {message}")
-    project_id = ensure_project(client, title, label_config, GUIDELINES.read_text(), settings)
+    project_id = ensure_project(client, title, render_config(label_config), GUIDELINES.read_text(), settings)
     ensure_storage(client, project_id, display_dir)
     todo = plan(ok, client.tasks(project_id), key=key)
     apply(client, project_id, todo, suggestions)
@@ -200,7 +228,7 @@ def push(
     suggestions: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Push tasks to the writing project; return the metrics."""
-    return sync(client, params.writing_project, WRITING_CONFIG.read_text(), {"maximum_annotations": 1}, tasks,
+    return sync(client, params.writing_project, writing_config(), {"maximum_annotations": 1}, tasks,
                 display_dir, suggestions=suggestions)
 
 

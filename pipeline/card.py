@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from pipeline import release
+from pipeline import patterns, release
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "data_cards" / "benchmark_card.md.j2"
 
@@ -92,7 +92,7 @@ def renderer(template_path: str | Path = DEFAULT_TEMPLATE) -> Callable[[Mapping[
         body = changelog.split("\n", 1)[1].strip() if changelog.startswith("# ") else changelog
         # versions sit one heading level below the card's "Changelog" section
         changelog_body = "\n".join("#" + line if line.startswith("## ") else line for line in body.splitlines())
-        return template.render(metadata_yaml=meta, m=manifest, changelog=changelog_body, patterns=release.mmvp.PATTERNS)
+        return template.render(metadata_yaml=meta, m=manifest, changelog=changelog_body, patterns=patterns.PATTERNS)
 
     return render
 

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from pipeline import mmvp, release, scoring
+from pipeline import mmvp, patterns, release, scoring
 from pipeline.atomic import write_bytes
 from pipeline.config import command_params
 from pipeline.decode import decode
@@ -87,6 +87,17 @@ def load_pairs(folder: str | Path, fmt: str = "auto") -> list[EvalPair]:
     raise mmvp.LayoutError(f"unknown format {fmt!r}; use auto, release, mmvp or mmvp_vlm")
 
 
+def _pattern_name(name: str) -> str:
+    """A pattern given in any spelling (key, paper, MMVP-VLM type), reported by the paper's name.
+
+    A name that is none of the nine (a foreign folder's own type) is reported as written.
+    """
+    try:
+        return patterns.lookup(name).paper
+    except patterns.PatternError:
+        return name
+
+
 def _release_pairs(root: Path) -> list[EvalPair]:
     if release.is_awaiting(root):
         return []  # no accepted annotations yet: nothing to score
@@ -95,7 +106,7 @@ def _release_pairs(root: Path) -> list[EvalPair]:
         by_pair.setdefault(item["pair_id"], []).append(item)
     pairs = []
     for pair_id, (a, b) in by_pair.items():
-        pairs.append(EvalPair(pair_id, a["pattern"], a["question"], (a["options"][0], a["options"][1]),
+        pairs.append(EvalPair(pair_id, _pattern_name(a.get("pattern_key") or a["pattern"]), a["question"], (a["options"][0], a["options"][1]),
                               (a["answer"], b["answer"]), (a["image"], b["image"]), (a["statement"], b["statement"]),
                               (a["image_sha256"], b["image_sha256"])))
     return pairs
@@ -130,7 +141,7 @@ def _vlm_pairs(root: Path) -> list[EvalPair]:
         if second is None:
             raise mmvp.LayoutError(f"MMVP-VLM question {first.question_id} has no partner {first.question_id + 1}")
         images = tuple(_read_optional(root / mmvp.vlm_image_path(r.question_id, r.type)) for r in (first, second))
-        pairs.append(EvalPair(f"vlm-{first.question_id}", first.type, None, None, None, images,  # type: ignore[arg-type]
+        pairs.append(EvalPair(f"vlm-{first.question_id}", _pattern_name(first.type), None, None, None, images,  # type: ignore[arg-type]
                               (first.statement, second.statement)))
     return pairs
 

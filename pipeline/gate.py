@@ -37,6 +37,7 @@ from pipeline.decode import DecodeError
 from pipeline.export import ExportParams
 from pipeline.ingest import IngestParams
 from pipeline.package import GateDecision, image_encoder
+from pipeline.patterns import ANSWERS
 from pipeline.report import progress, summary, write_metrics
 from pipeline.vlm import Backend, CachedBackend, VlmParams, blank_like, build_prompt, load_backend
 
@@ -74,7 +75,7 @@ class GateParams:
 
 
 def _flip(answer: str | None) -> str | None:
-    return {"(a)": "(b)", "(b)": "(a)"}.get(answer) if answer else None
+    return dict(zip(ANSWERS, reversed(ANSWERS))).get(answer) if answer else None
 
 
 def ask(backend: Backend, question: str, options: tuple[str, str], image: bytes | None, swapped: bool) -> tuple[str | None, str | None]:
@@ -110,8 +111,8 @@ def gate(accepted: pa.Table, images: pa.Table, read_bytes: Callable[[str], bytes
     for pair in progress(pairs, desc="gate", unit="pair"):
         base = [{"item_id": f"{pair['pair_id']}-{m}", "pair_id": pair["pair_id"], "member": m} for m in ("a", "b")]
         try:
-            if {pair["answer_a"], pair["answer_b"]} != {"(a)", "(b)"}:
-                raise ValueError(f"answers {pair['answer_a']}, {pair['answer_b']} must be (a) and (b), one each")
+            if {pair["answer_a"], pair["answer_b"]} != set(ANSWERS):
+                raise ValueError(f"answers {pair['answer_a']}, {pair['answer_b']} must be {' and '.join(ANSWERS)}, one each")
             shown = [encode(read_bytes(location[pair[f"image_{m}"]])) for m in ("a", "b")]
         except (ValueError, KeyError, DecodeError, OSError) as err:
             # DecodeError first: it is not a ValueError, but keep the reasons distinct and closed

@@ -5,10 +5,14 @@
   pair's two images sit on consecutive indices (MMVP's scorer pairs rows 1-2, 3-4, ...).
 * MMVP-VLM (CLIP-family encoders): `MLLM_VLM Images/<Type>/<Question ID>.jpg` and
   `Questions.csv` with `Question ID,Type,Statement`; the odd id is the pair's first image,
-  the prompt is "a photo of <statement>".
+  the prompt is "a photo of <statement>". `<Type>` is `Pattern.vlm_type` (pipeline.patterns).
+  MMVP's `scripts/evaluate_vlm.py` labels pair k with `categories[k // 15]`, its categories in
+  `pipeline.patterns.PATTERNS` order, and divides by num_pairs // 9: its labels are right only
+  when pairs are listed pattern by pattern in that order, exactly 15 per pattern.
 
 MMVP's scripts find ground truth by row position and file name; the benchmark's own tables
-keep it explicit (pair_id, member, answer) and these layouts are derived from them.
+keep it explicit (pair_id, member, answer) and these layouts are derived from them. Cells hold
+the text exactly as written and verified: formula-like text is refused at validation.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from pipeline.patterns import ANSWERS
+
 MMVP_DIR = "mmvp"
 MMVP_IMAGES = "MMVP Images"
 MMVP_HEADER = ("Index", "Question", "Options", "Correct Answer")
@@ -26,32 +32,13 @@ VLM_DIR = "mmvp_vlm"
 VLM_IMAGES = "MLLM_VLM Images"
 VLM_HEADER = ("Question ID", "Type", "Statement")
 QUESTIONS = "Questions.csv"
-ANSWERS = ("(a)", "(b)")
-
-# MMVP's nine visual patterns, spelled as MMVP-VLM's folder names.
-PATTERNS: tuple[str, ...] = (
-    "Camera Perspective", "Color", "Orientation", "Presence", "Quantity",
-    "Spatial", "State", "Structural Character", "Text",
-)
-_PATTERN_KEYS = {p.lower().replace(" ", "_"): p for p in PATTERNS}
-
-
-class PatternError(ValueError):
-    """A pattern name that is not one of MMVP's nine."""
-
-
-def canonical_pattern(name: str) -> str:
-    """MMVP-VLM's spelling of a pattern given in any case, with spaces, '-' or '_'."""
-    key = name.strip().lower().replace("-", "_").replace(" ", "_")
-    key = {"colour": "color"}.get(key, key)
-    if key not in _PATTERN_KEYS:
-        raise PatternError(f"unknown visual pattern {name!r}; use one of {list(PATTERNS)}")
-    return _PATTERN_KEYS[key]
+# MMVP's evaluate_vlm.py hard-codes this many pairs per category (`categories[num_pairs // 15]`).
+VLM_PAIRS_PER_CATEGORY = 15
 
 
 def options_text(option_a: str, option_b: str) -> str:
     """MMVP's options cell: `(a) <text> (b) <text>`."""
-    return f"(a) {option_a.strip()} (b) {option_b.strip()}"
+    return f"{ANSWERS[0]} {option_a.strip()} {ANSWERS[1]} {option_b.strip()}"
 
 
 @dataclass(frozen=True)
@@ -77,14 +64,8 @@ def _csv_bytes(header: Sequence[str], rows: Iterable[Sequence[object]]) -> bytes
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
-    for row in rows:
-        writer.writerow([_guard_cell(v) if isinstance(v, str) else v for v in row])
+    writer.writerows(rows)
     return out.getvalue().encode("utf-8")
-
-
-def _guard_cell(value: str) -> str:
-    """Annotator text must not run as a spreadsheet formula (CSV injection)."""
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
 def mmvp_questions_csv(rows: Sequence[MmvpRow]) -> bytes:
@@ -102,9 +83,9 @@ def mmvp_image_path(index: int) -> str:
     return f"{MMVP_IMAGES}/{index}.jpg"
 
 
-def vlm_image_path(question_id: int, pattern: str) -> str:
-    """Path of an MMVP-VLM image inside the MMVP-VLM layout folder."""
-    return f"{VLM_IMAGES}/{pattern}/{question_id}.jpg"
+def vlm_image_path(question_id: int, vlm_type: str) -> str:
+    """Path of an MMVP-VLM image inside the MMVP-VLM layout folder (`vlm_type`: `Pattern.vlm_type`)."""
+    return f"{VLM_IMAGES}/{vlm_type}/{question_id}.jpg"
 
 
 class LayoutError(ValueError):
@@ -137,7 +118,8 @@ def read_vlm(folder: str | Path) -> list[VlmRow]:
 def parse_options(cell: str) -> tuple[str, str]:
     """The two option texts of an MMVP options cell `(a) X (b) Y`."""
     text = cell.strip()
-    start, split = text.find("(a)"), text.find("(b)")
+    first, second = ANSWERS
+    start, split = text.find(first), text.find(second)
     if start != 0 or split < 0:
-        raise LayoutError(f"options cell {cell!r} is not of the form '(a) ... (b) ...'")
-    return text[3:split].strip(), text[split + 3 :].strip()
+        raise LayoutError(f"options cell {cell!r} is not of the form '{first} ... {second} ...'")
+    return text[len(first):split].strip(), text[split + len(second):].strip()

@@ -27,11 +27,11 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import pyarrow as pa
 
-from pipeline import card, mmvp, release, schemas
+from pipeline import card, patterns, release, schemas
 from pipeline.config import AtLeastOne, command_params
 from pipeline.corpus import Corpus
 from pipeline.decode import DecodeError
@@ -53,6 +53,9 @@ class PackageParams:
     redistributable_licenses: tuple[str, ...] = ("CC0-1.0", "PDDL-1.0", "CC-BY-4.0", "CC-BY-SA-4.0")
     exclude: tuple[str, ...] = ()  # pair ids or image sha256s taken down (each needs a changelog line)
     shard_size: AtLeastOne = 1000  # webdataset items per tar shard
+    # mmvp_vlm/: 0 writes every pair with statements (pattern by pattern, MMVP's order); 15 writes exactly
+    # 15 per pattern (the first by pair_id), what MMVP's evaluate_vlm.py assumes (mmvp.VLM_PAIRS_PER_CATEGORY)
+    mmvp_vlm_pairs_per_pattern: Literal[0, 15] = 0
     citation: str = ""
 
 
@@ -119,7 +122,7 @@ def build_items(
         if problem is not None:
             rejected.append(Rejected(pair_id, *problem))
             continue
-        pattern = mmvp.canonical_pattern(row["pattern"])
+        pattern = patterns.lookup(row["pattern"])
         has_statements = bool((row["statement_a"] or "").strip() and (row["statement_b"] or "").strip())
         pair_items = []
         try:
@@ -140,8 +143,9 @@ def build_items(
                         "question": row["question"].strip(),
                         "options": [row["option_a"].strip(), row["option_b"].strip()],
                         "answer": row[f"answer_{member}"],
-                        "pattern": pattern,
-                        "tags": sorted({mmvp.canonical_pattern(t) for t in row["tags"] if t.strip()} - {pattern}),
+                        "pattern": pattern.paper,
+                        "pattern_key": pattern.key,
+                        "tags": _tag_names(row["tags"], pattern),
                         "statement": row[f"statement_{member}"].strip() if has_statements else None,
                         "source": meta["source"],
                         "source_path": meta["source_path"],
@@ -157,11 +161,17 @@ def build_items(
         except (DecodeError, OSError) as err:
             rejected.append(Rejected(pair_id, PackageReject.UNREADABLE_IMAGE, f"{err}; check the corpus and rerun ingest"))
             continue
-        except mmvp.PatternError as err:
+        except patterns.PatternError as err:
             rejected.append(Rejected(pair_id, PackageReject.UNKNOWN_PATTERN, f"tags: {err}"))
             continue
         items.extend(pair_items)
     return items, rejected
+
+
+def _tag_names(tags: Sequence[str], primary: patterns.Pattern) -> list[str]:
+    """Secondary patterns (any spelling) by their paper names, in MMVP's order, without the primary one."""
+    found = {patterns.lookup(t) for t in tags if t.strip()} - {primary}
+    return [p.paper for p in patterns.PATTERNS if p in found]
 
 
 def _check_row(
@@ -175,12 +185,12 @@ def _check_row(
     if gate is not None and pair_id in gate.drop_pairs:
         return PackageReject.GATE_DROPPED, "flagged by the blind gate (gate.flagged: drop)"
     try:
-        mmvp.canonical_pattern(row["pattern"])
-    except mmvp.PatternError as err:
+        patterns.lookup(row["pattern"])
+    except patterns.PatternError as err:
         return PackageReject.UNKNOWN_PATTERN, str(err)
     answers = (row["answer_a"], row["answer_b"])
-    if not all(a in mmvp.ANSWERS for a in answers) or answers[0] == answers[1]:
-        return PackageReject.BAD_ANSWERS, f"answers {answers}: each must be (a) or (b) and they must differ"
+    if not all(a in patterns.ANSWERS for a in answers) or answers[0] == answers[1]:
+        return PackageReject.BAD_ANSWERS, f"answers {answers}: each must be one of {list(patterns.ANSWERS)} and they must differ"
     if not all((row[k] or "").strip() for k in ("question", "option_a", "option_b")):
         return PackageReject.EMPTY_TEXT, "question and both options must be non-empty"
     for member in release.MEMBERS:
@@ -298,6 +308,7 @@ def spec_for(
         changelog=tuple(release.sections_up_to(changelog_text, plan.version)),
         provenance=provenance_info,
         citation=params.citation,
+        mmvp_vlm_pairs_per_pattern=params.mmvp_vlm_pairs_per_pattern,
         gate=gate.summary if gate else None,
         changes=plan.changes,
         state=plan.state(),

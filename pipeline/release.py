@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import mmvp
+from pipeline import mmvp, patterns
 from pipeline.atomic import write_bytes
 
 SPLIT = "test"
@@ -63,8 +63,9 @@ FEATURES_SPEC: tuple[tuple[str, str], ...] = (
     ("question", "string"),
     ("options", "list:string"),  # [text of (a), text of (b)]
     ("answer", "string"),  # "(a)" or "(b)": the correct option for this image
-    ("pattern", "string"),  # one of MMVP's nine visual patterns
-    ("tags", "list:string"),
+    ("pattern", "string"),  # one of MMVP's nine visual patterns, by the paper's name (pipeline.patterns)
+    ("pattern_key", "string"),  # the same pattern's stable key (`Pattern.key`)
+    ("tags", "list:string"),  # secondary patterns, by the paper's names
     ("statement", "string"),  # a statement true of this image (MMVP-VLM), may be null
     ("source", "string"),
     ("source_path", "string"),
@@ -305,12 +306,27 @@ class ReleaseSpec:
     citation: str = ""
     gate: Mapping[str, Any] | None = None
     changes: Mapping[str, Any] = field(default_factory=dict)  # diff against the last released version
+    mmvp_vlm_pairs_per_pattern: int = 0  # 0: every pair with statements in mmvp_vlm/; N: exactly N per pattern
     # {"status": RELEASABLE | UNRELEASED, "todo": [steps]}; a derived version (remove) is releasable as written
     state: Mapping[str, Any] = field(default_factory=lambda: {"status": RELEASABLE, "todo": []})
 
 
-def order_items(items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Items sorted by (pair_id, member) with their MMVP index and MMVP-VLM id assigned."""
+def pattern_of(item: Mapping[str, Any]) -> patterns.Pattern:
+    """An item's pattern: by its key, or by its name in a release written before items carried the key."""
+    try:
+        return patterns.lookup(item.get("pattern_key") or item["pattern"])
+    except patterns.PatternError as err:
+        raise ReleaseError(f"item {item['item_id']}: {err}") from err
+
+
+def order_items(items: Sequence[dict[str, Any]], vlm_pairs_per_pattern: int = 0) -> list[dict[str, Any]]:
+    """Items sorted by (pair_id, member) with their MMVP index and MMVP-VLM id assigned.
+
+    MMVP-VLM ids number the pairs with statements pattern by pattern, in MMVP's script order
+    (`pipeline.patterns.PATTERNS`), by pair_id within a pattern: all of them when
+    `vlm_pairs_per_pattern` is 0, else exactly that many per pattern (the first by pair_id),
+    a ReleaseError when a pattern has fewer.
+    """
     ordered = sorted((dict(i) for i in items), key=lambda i: (i["pair_id"], i["member"]))
     by_pair: dict[str, list[dict[str, Any]]] = {}
     for item in ordered:
@@ -318,21 +334,31 @@ def order_items(items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for pair_id, members in by_pair.items():
         if [m["member"] for m in members] != list(MEMBERS):
             raise ReleaseError(f"pair {pair_id} has members {[m['member'] for m in members]}, expected a and b")
-    next_vlm = 1
     for position, item in enumerate(ordered):
         item["mmvp_index"] = position + 1
         item["vlm_question_id"] = None
-    # MMVP-VLM's script reads its Questions.csv in blocks of one pattern: number pairs pattern by pattern
-    for _, members in sorted(by_pair.items(), key=lambda kv: (_pattern_rank(kv[1][0]["pattern"]), kv[0])):
+    # MMVP-VLM's script labels pair k with categories[k // 15]: pairs pattern by pattern, in its order
+    with_statements: dict[str, list[list[dict[str, Any]]]] = {key: [] for key in patterns.KEYS}
+    for _, members in sorted(by_pair.items()):
         if all(m["statement"] for m in members):
+            with_statements[pattern_of(members[0]).key].append(members)
+    if vlm_pairs_per_pattern:
+        short = {key: len(pairs) for key, pairs in with_statements.items() if len(pairs) < vlm_pairs_per_pattern}
+        if short:
+            raise ReleaseError(
+                f"package.mmvp_vlm_pairs_per_pattern is {vlm_pairs_per_pattern} but these patterns have fewer pairs "
+                f"with statements: {', '.join(f'{patterns.by_key(k).paper} ({n})' for k, n in short.items())}; annotate "
+                "statements for more pairs of them, or set package.mmvp_vlm_pairs_per_pattern: 0 to write every pair "
+                "with statements (`clipblind evaluate` scores any count)"
+            )
+    next_vlm = 1
+    for key in patterns.KEYS:
+        chosen = with_statements[key][:vlm_pairs_per_pattern] if vlm_pairs_per_pattern else with_statements[key]
+        for members in chosen:
             for offset, m in enumerate(members):
                 m["vlm_question_id"] = next_vlm + offset
             next_vlm += 2
     return ordered
-
-
-def _pattern_rank(pattern: str) -> int:
-    return mmvp.PATTERNS.index(pattern) if pattern in mmvp.PATTERNS else len(mmvp.PATTERNS)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -363,8 +389,9 @@ def record_json(item: Mapping[str, Any]) -> dict[str, Any]:
 def summarise(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Counts and verification figures of a set of items."""
     pairs = {i["pair_id"]: i for i in items}
-    per_pattern = Counter(i["pattern"] for i in pairs.values())
-    with_statements = len({i["pair_id"] for i in items if i["vlm_question_id"] is not None})
+    per_pattern = Counter(pattern_of(i).key for i in pairs.values())
+    with_statements = len({i["pair_id"] for i in items if i["statement"]} - {i["pair_id"] for i in items if not i["statement"]})
+    in_vlm = Counter(pattern_of(i).key for i in pairs.values() if i["vlm_question_id"] is not None)
     verifier_total = sum(len(i["verifier_answers"]) for i in items)
     verifier_right = sum(sum(a == i["answer"] for a in i["verifier_answers"]) for i in items)
     licenses: dict[str, set[str]] = {}
@@ -373,7 +400,9 @@ def summarise(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {
         "pairs": len(pairs),
         "items": len(items),
-        "pairs_per_pattern": {p: per_pattern.get(p, 0) for p in mmvp.PATTERNS},
+        "pairs_per_pattern": {key: per_pattern.get(key, 0) for key in patterns.KEYS},  # by pattern key
+        "mmvp_vlm_pairs": sum(in_vlm.values()),
+        "mmvp_vlm_pairs_per_pattern": {key: in_vlm.get(key, 0) for key in patterns.KEYS},
         "pairs_with_statements": with_statements,
         "pairs_without_statements": len(pairs) - with_statements,
         "images_redistributed": sum(1 for i in items if i["redistributed"]),
@@ -398,7 +427,7 @@ def write_release(
 ) -> dict[str, Any]:
     """Write every layout of `items` into `out_dir`, replacing it whole; return the manifest."""
     check_version(spec.version)
-    ordered = order_items(items)
+    ordered = order_items(items, spec.mmvp_vlm_pairs_per_pattern)
     files: dict[str, bytes] = {}
     files[PARQUET_PATH], arrow_bytes = _parquet_bytes(ordered)
     files.update(_webdataset_files(ordered, shard_size))
@@ -422,6 +451,7 @@ def write_release(
             "webdataset": f"{WEBDATASET_DIR}/{SPLIT}-{{000000..{_shard_count(len(ordered), shard_size) - 1:06d}}}.tar",
             "mmvp": f"{mmvp.MMVP_DIR}/",
             "mmvp_vlm": f"{mmvp.VLM_DIR}/",
+            "mmvp_vlm_pairs_per_pattern": spec.mmvp_vlm_pairs_per_pattern,  # 0: every pair with statements
             "webdataset_shard_size": shard_size,
             "huggingface_num_bytes": arrow_bytes,
             "withheld": WITHHELD if withheld else None,
@@ -539,9 +569,10 @@ def _mmvp_files(items: Sequence[Mapping[str, Any]]) -> dict[str, bytes]:
         if item["image"] is not None:
             files[f"{mmvp.MMVP_DIR}/{mmvp.mmvp_image_path(item['mmvp_index'])}"] = item["image"]
         if item["vlm_question_id"] is not None:
-            vlm_rows.append(mmvp.VlmRow(item["vlm_question_id"], item["pattern"], item["statement"]))
+            vlm_type = pattern_of(item).vlm_type
+            vlm_rows.append(mmvp.VlmRow(item["vlm_question_id"], vlm_type, item["statement"]))
             if item["image"] is not None:
-                files[f"{mmvp.VLM_DIR}/{mmvp.vlm_image_path(item['vlm_question_id'], item['pattern'])}"] = item["image"]
+                files[f"{mmvp.VLM_DIR}/{mmvp.vlm_image_path(item['vlm_question_id'], vlm_type)}"] = item["image"]
     files[f"{mmvp.MMVP_DIR}/{mmvp.QUESTIONS}"] = mmvp.mmvp_questions_csv(rows)
     if vlm_rows:
         files[f"{mmvp.VLM_DIR}/{mmvp.QUESTIONS}"] = mmvp.vlm_questions_csv(sorted(vlm_rows, key=lambda r: r.question_id))
@@ -555,7 +586,7 @@ def withheld_targets(item: Mapping[str, Any]) -> list[str]:
     """Where a withheld image belongs in the release once fetched."""
     targets = [f"{mmvp.MMVP_DIR}/{mmvp.mmvp_image_path(item['mmvp_index'])}"]
     if item["vlm_question_id"] is not None:
-        targets.append(f"{mmvp.VLM_DIR}/{mmvp.vlm_image_path(item['vlm_question_id'], item['pattern'])}")
+        targets.append(f"{mmvp.VLM_DIR}/{mmvp.vlm_image_path(item['vlm_question_id'], pattern_of(item).vlm_type)}")
     return targets
 
 

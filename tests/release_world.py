@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import yaml
 
-from pipeline import ingest, schemas
+from pipeline import ingest, patterns, schemas
 from tests.conftest import tiny_params
 
 CHANGELOG = """# Changelog
@@ -20,6 +20,9 @@ CHANGELOG = """# Changelog
 - First release.
 """
 WITHHELD_LICENSE = "LicenseRef-All-Rights-Reserved"
+# Patterns of the four packaged pairs, stored as validate stores them: the pattern key.
+ORIENTATION, COLOR, QUANTITY, STATE = (patterns.by_key(k).key for k in ("orientation", "color", "quantity", "state"))
+WORLD_PATTERN_KEYS = (ORIENTATION, COLOR, QUANTITY, STATE)
 
 
 def accepted_rows(image_ids: list[str]) -> list[dict]:
@@ -30,7 +33,7 @@ def accepted_rows(image_ids: list[str]) -> list[dict]:
         a, b = sorted((a, b))
         return {
             "pair_id": schemas.pair_id(a, b), "image_a": a, "image_b": b,
-            "clip_sim": 0.97, "dino_sim": 0.41, "pattern": pattern, "tags": ["text"] if pattern == "Color" else [],
+            "clip_sim": 0.97, "dino_sim": 0.41, "pattern": pattern, "tags": [patterns.by_key("text").key] if pattern == COLOR else [],
             "question": question, "option_a": opts[0], "option_b": opts[1],
             "answer_a": answers[0], "answer_b": answers[1], "statement_a": statements[0], "statement_b": statements[1],
             "writer": "ann1", "verification": verification,
@@ -39,17 +42,17 @@ def accepted_rows(image_ids: list[str]) -> list[dict]:
 
     i = image_ids
     return [
-        row(i[0], i[1], "orientation", "Is the arrow pointing left or right?", ("Left", "Right"), ("(a)", "(b)"),
+        row(i[0], i[1], ORIENTATION, "Is the arrow pointing left or right?", ("Left", "Right"), ("(a)", "(b)"),
             ("The arrow points left.", "The arrow points right.")),
-        row(i[2], i[3], "Color", "Is the main shape red or blue?", ("Red", "Blue"), ("(b)", "(a)"),
+        row(i[2], i[3], COLOR, "Is the main shape red or blue?", ("Red", "Blue"), ("(b)", "(a)"),
             ("The shape is blue.", "The shape is red."), "adjudicated"),
-        row(i[4], i[5], "quantity", "=HYPERLINK(\"x\") How many circles, two or three?", ("Two", "Three"), ("(a)", "(b)"),
+        row(i[4], i[5], QUANTITY, "How many <b>circles</b>, \"two\" or three?", ("Two", "Three"), ("(a)", "(b)"),
             (None, None)),
-        row(i[6], i[7], "state", "Is the door open or closed?", ("Open", "Closed"), ("(b)", "(a)"),
+        row(i[6], i[7], STATE, "Is the door open or closed?", ("Open", "Closed"), ("(b)", "(a)"),
             ("The door is closed.", "The door is open.")),
         row(i[8], i[9], "texture", "Is it smooth?", ("Yes", "No"), ("(a)", "(b)"), (None, None)),  # unknown pattern
-        row(i[10], i[11], "Text", "Does the sign say STOP?", ("Yes", "No"), ("(a)", "(a)"), (None, None)),  # same answers
-        row(i[12], "f" * 64, "Presence", "Is there a hat?", ("Yes", "No"), ("(a)", "(b)"), (None, None)),  # missing image
+        row(i[10], i[11], patterns.by_key("text").key, "Does the sign say STOP?", ("Yes", "No"), ("(a)", "(a)"), (None, None)),  # same answers
+        row(i[12], "f" * 64, patterns.by_key("presence").key, "Is there a hat?", ("Yes", "No"), ("(a)", "(b)"), (None, None)),  # missing image
     ]
 
 

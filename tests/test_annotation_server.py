@@ -19,6 +19,7 @@ import yaml
 
 from annotation import pull, push, server
 from annotation.client import Client
+from pipeline import patterns
 from tests.annotation_world import (
     ARTIFACTS, CHROMIUM_ARGS, image_widths, login, open_task, run_pipeline, tick, type_text,
 )
@@ -27,6 +28,7 @@ from tests.conftest import REPO
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 WRITER = ("writer@example.org", "writer-pass-1")
+QUANTITY = patterns.by_key("quantity").paper  # as the writing config shows and Label Studio stores it
 
 
 def _free_port() -> int:
@@ -117,7 +119,7 @@ def test_push_twice_imports_once_and_serves_only_display_images(world: dict[str,
     remote = client.tasks(first["project_id"])
     assert sorted(t["data"]["pair_id"] for t in remote) == sorted(t["data"]["pair_id"] for t in tasks)
     project = client.project_by_title(ls.writing_project)
-    assert project["label_config"] == push.WRITING_CONFIG.read_text().strip()
+    assert project["label_config"] == push.writing_config().strip()
     assert "Bad, and why" in project["expert_instruction"]
 
     def get(rel: str, auth: bool = True) -> requests.Response:
@@ -181,7 +183,7 @@ def test_annotator_writes_a_question_in_the_browser_and_pull_returns_it(world: d
             page = browser.new_page(viewport={"width": 1400, "height": 1600})
             login(page, ls.url, *WRITER)
             open_task(page, ls.url, project_id, remote[pair], "#field-question")
-            tick(page, "field-pattern", "Quantity and Count")
+            tick(page, "field-pattern", QUANTITY)
             tick(page, "field-tags", "Positional and Relational Context")
             for name, text in typed.items():
                 type_text(page, name, text)
@@ -212,7 +214,7 @@ def test_annotator_writes_a_question_in_the_browser_and_pull_returns_it(world: d
 
     values = results.fields(annotation["result"])
     assert {name: results.text(values, name) for name in typed} == typed
-    assert results.choice(values, "pattern") == "Quantity and Count"
+    assert results.choice(values, "pattern") == QUANTITY
     assert results.choices(values, "tags") == ["Positional and Relational Context"]
     assert (results.choice(values, "answer_a"), results.choice(values, "answer_b")) == ("(a)", "(b)")
     assert results.text(values, "statement_b") == ""
@@ -231,7 +233,7 @@ PAYLOAD = '<img src=x onerror="window.__pwned=1">=cmd|\' /C calc\'!A0'
 
 def _write_as_admin(client: Client, task_id: int, question: str, answers: tuple[str, str]) -> None:
     """The writer's submission (the browser path is covered above; here the admin writes)."""
-    fields = {"pattern": ["Quantity and Count"], "answer_a": [answers[0]], "answer_b": [answers[1]]}
+    fields = {"pattern": [QUANTITY], "answer_a": [answers[0]], "answer_b": [answers[1]]}
     result = [{"from_name": k, "to_name": "image_a", "type": "choices", "value": {"choices": v}} for k, v in fields.items()]
     result += [{"from_name": k, "to_name": "image_a", "type": "textarea", "value": {"text": [v]}}
                for k, v in {"question": question, "option_a": "Two", "option_b": "Three"}.items()]

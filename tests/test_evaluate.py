@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import evaluate, scoring
+from pipeline import evaluate, patterns, scoring
 from pipeline.encoders import EncoderParams
 from pipeline.vlm import CachedBackend, OpenAIBackend, TransformersBackend, VlmParams, build_prompt
 from tests.release_world import build_release
@@ -28,6 +28,7 @@ TINY_CLIP_TEXT_CONFIG = {
 }
 TINY_CLIP = EncoderParams(kind="open_clip", model="tiny-clip-text", weights="random", image_size=32,
                           config=TINY_CLIP_TEXT_CONFIG, seed=0)
+STATE = patterns.by_key("state").paper  # evaluate reports patterns by the paper's names
 
 
 @pytest.fixture(scope="module")
@@ -132,11 +133,11 @@ def test_tiny_open_clip_on_a_release(built):
     assert result["pairs"] == 2 and result["pairs_without_statements"] == 1 and result["pairs_missing_images"] == 1
     assert result["random_init"] is True
     # recompute one pair's outcome from the model directly
-    pair = next(p for p in pairs if p.pattern == "State")
+    pair = next(p for p in pairs if p.pattern == STATE)
     sim = scorer.images(pair.images) @ scorer.texts([f"a photo of {s}" for s in pair.statements]).T
     outcome = scoring.clip_pair_outcome(sim.tolist())
-    assert result["per_pattern"]["State"]["text_to_image_right"] == int(outcome["text_to_image"])
-    assert result["per_pattern"]["State"]["image_to_text_right"] == int(outcome["image_to_text"])
+    assert result["per_pattern"][STATE]["text_to_image_right"] == int(outcome["text_to_image"])
+    assert result["per_pattern"][STATE]["image_to_text_right"] == int(outcome["image_to_text"])
 
 
 def test_tiny_vlm_scores_a_release_and_resumes_from_its_cache(built, tiny_vlm_dir, tmp_path):
@@ -247,7 +248,7 @@ def test_clip_weights_from_a_local_checkpoint_file_offline(built, tmp_path, monk
     loaded = evaluate.ClipScorer(other_seed)
     assert loaded.name == f"open_clip:tiny-clip-text:{checkpoint}" and not loaded.random_init
     pairs = evaluate.load_pairs(built)
-    pair = next(p for p in pairs if p.pattern == "State")
+    pair = next(p for p in pairs if p.pattern == STATE)
     texts = [f"a photo of {s}" for s in pair.statements]
     # the checkpoint's weights, not seed 123's: the same vectors as the model that was saved
     assert np.allclose(loaded.images(pair.images), random_scorer.images(pair.images), atol=1e-6)

@@ -11,7 +11,7 @@ import yaml
 from pipeline import gate, package, release, schemas
 from pipeline.corpus import Corpus, SourceParams
 from pipeline.export import ExportParams
-from tests.release_world import build_inputs, package_args
+from tests.release_world import COLOR, build_inputs, package_args
 
 
 class Scripted:
@@ -115,7 +115,7 @@ def test_blind_threshold_is_a_param(world):
 def test_package_drops_or_keeps_flagged_pairs_and_reports_them(world, tmp_path, policy):
     by_item, metrics, _ = _run(world, "text_biased_on_colour", flagged=policy)
     rows = list(by_item.values())
-    colour = next(p["pair_id"] for p in world["accepted"].to_pylist() if p["pattern"] == "Color")
+    colour = next(p["pair_id"] for p in world["accepted"].to_pylist() if p["pattern"] == COLOR)
     assert {r["pair_id"] for r in rows if r["flags"]} == {colour} and metrics["flagged_items"] == 1
     gate_path = tmp_path / "gate.parquet"
     import pyarrow as pa

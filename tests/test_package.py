@@ -6,16 +6,19 @@ import csv
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
+import typing
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 from PIL import Image
 
-from pipeline import export, mmvp, package, release, schemas
+from pipeline import export, mmvp, package, patterns, release, schemas
 from pipeline.decode import decode
-from tests.release_world import WITHHELD_LICENSE, build_inputs, package_args
+from tests.release_world import WITHHELD_LICENSE, WORLD_PATTERN_KEYS, build_inputs, package_args
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +74,9 @@ def test_release_loads_offline_with_load_dataset(world, monkeypatch):
         assert isinstance(row["image"], Image.Image)
         assert row["image"].convert("RGB").tobytes() == decode(expected).image.tobytes()
         assert ds.with_format("arrow")[rows.index(row)]["image"][0]["bytes"].as_py() == expected
-    patterns = {r["pair_id"]: r["pattern"] for r in rows}
-    assert sorted(patterns.values()) == ["Color", "Orientation", "Quantity", "State"]
-    assert {r["statement"] is None for r in rows if r["pattern"] == "Quantity"} == {True}
+    released = {r["pair_id"]: (r["pattern"], r["pattern_key"]) for r in rows}
+    assert sorted(released.values()) == sorted((p.paper, p.key) for p in map(patterns.by_key, WORLD_PATTERN_KEYS))
+    assert {r["statement"] is None for r in rows if r["pattern_key"] == "quantity"} == {True}
 
 
 def test_mmvp_layout_reads_like_mmvps_scripts(world):
@@ -102,17 +105,19 @@ def test_mmvp_layout_reads_like_mmvps_scripts(world):
     for index, row in pandas.read_csv(folder / "Questions.csv").iterrows():
         assert row["Correct Answer"] == items[index + 1]["answer"]
         assert row["Question"] + " " + row["Options"] == f"{body[index][1]} {body[index][2]}"
-    # annotator text that looks like a formula is neutralised
-    assert any(q.startswith("'=HYPERLINK") for _, q, _, _ in body)
+    # every cell holds the text exactly as accepted
+    assert sorted({q for _, q, _, _ in body}) == sorted(r["question"] for r in _accepted(world).values()
+                                                        if r["pair_id"] in {i["pair_id"] for i in items.values()})
 
     vlm = mmvp.read_vlm(world["release"] / mmvp.VLM_DIR)
     assert [r.question_id for r in vlm] == list(range(1, 7))  # 3 pairs with statements
-    # in blocks of one pattern, in MMVP-VLM's order, as its script reads them
-    assert [r.type for r in vlm] == ["Color", "Color", "Orientation", "Orientation", "State", "State"]
+    # in blocks of one pattern, in the order of MMVP's evaluate_vlm.py, as its script reads them
+    order = [patterns.by_key(k).vlm_type for k in ("orientation", "state", "color")]
+    assert [r.type for r in vlm] == [t for t in order for _ in range(2)]
     by_id = {i["vlm_question_id"]: i for i in items.values() if i["vlm_question_id"]}
     for row in vlm:
         item = by_id[row.question_id]
-        assert row.type == item["pattern"] and row.statement == item["statement"]
+        assert row.type == patterns.by_key(item["pattern_key"]).vlm_type and row.statement == item["statement"]
         assert item["member"] == ("a" if row.question_id % 2 else "b")  # odd id = the pair's first image
         path = world["release"] / mmvp.VLM_DIR / "MLLM_VLM Images" / row.type / f"{row.question_id}.jpg"
         assert path.exists() == item["redistributed"]
@@ -225,7 +230,9 @@ def test_card_metadata_is_valid_and_tells_the_provenance(world):
                  "verifier accuracy against the\n  released answers: **0.75**", "### 1.0.0", "@misc{clipblind"):
         assert fact in text, fact
     manifest = release.read_manifest(world["release"])
-    assert manifest["counts"]["pairs_per_pattern"]["Color"] == 1
+    assert manifest["counts"]["pairs_per_pattern"]["color"] == 1
+    for p in patterns.PATTERNS:  # the card names every pattern as the paper does, with its key and MMVP-VLM type
+        assert f"| {p.paper} | `{p.key}` | {p.vlm_type} | {manifest['counts']['pairs_per_pattern'][p.key]} |" in text
     assert manifest["counts"]["verification"] == {"verifier_answers": 16, "verifier_accuracy": 0.75,
                                                   "verified_pairs": 3, "adjudicated_pairs": 1}
     assert manifest["provenance"]["search"] == "exhaustive" and manifest["gate"] is None
@@ -278,7 +285,7 @@ def test_a_corrected_answer_must_be_a_changelog_line(world, tmp_path, capsys):
 
 def test_remove_yields_a_new_version_naming_the_removed_items(world, tmp_path):
     items = release.read_items(world["release"])
-    target = next(i for i in items if i["pattern"] == "Color")
+    target = next(i for i in items if i["pattern_key"] == "color")
     out = tmp_path / "v1.1.0"
     before = release.file_sha256(world["release"] / "SHA256SUMS")
     from pipeline import remove
@@ -358,3 +365,178 @@ def test_card_states_the_recall_of_a_partitioned_search(world, recall, expected)
     text = card.renderer()(manifest, (world["release"] / release.CHANGELOG).read_text())
     assert "**partitioned**" in text and expected in text
     assert "every pair of images above the CLIP threshold was found" not in text
+
+
+# ---------------------------------------------------------------- the chain validate → accept → package
+
+
+def _pattern_choices() -> list[str]:
+    """The pattern values Label Studio stores: the Choice values of the writing config push sends."""
+    import xml.etree.ElementTree as ET
+
+    from annotation import push
+
+    root = ET.fromstring(push.writing_config())
+    choices = next(c for c in root.iter("Choices") if c.get("name") == "pattern")
+    return [c.get("value") for c in choices.iter("Choice")]
+
+
+def _annotated(world, tmp_path, per_pattern: dict[str, int], extra: dict[str, dict] | None = None) -> Path:
+    """An accepted table made by validate and accept from snapshots as Label Studio gives them.
+
+    `per_pattern` maps a pattern choice (as the writing config offers it) to how many pairs get it;
+    every pair has statements, every verifier agrees. `extra` adds writing-annotation fields for
+    a few more pairs. Returns the accepted table's path.
+    """
+    import itertools
+
+    from annotation import accept, validate
+    from tests.test_annotation_validate_accept import verification_snapshot, writing_snapshot
+
+    ids = sorted(r["image_id"] for r in schemas.read_table(world["inputs"]["images"], "images").to_pylist())
+    combos = itertools.combinations(ids, 2)
+    cases: dict[str, dict] = {}
+    wanted = [choice for choice, n in per_pattern.items() for _ in range(n)] + list(extra or {})
+    for n, choice in enumerate(wanted):
+        a, b = next(combos)
+        fields = {"pattern": [choice], "question": f'Q{n}: is the "sign" <b>red</b>, or blue? é',
+                  "option_a": f"Red {n}", "option_b": f"Blue, {n}", "answer_a": ["(a)"], "answer_b": ["(b)"],
+                  "statement_a": f"a red sign number {n}", "statement_b": f"a blue sign number {n}"}
+        if extra and choice in extra:
+            fields.update(extra[choice])
+        cases[schemas.pair_id(a, b)] = fields
+        cases[schemas.pair_id(a, b)]["_images"] = (a, b)
+    pairs = pa.Table.from_pylist(
+        [{"pair_id": p, "image_a": f["_images"][0], "image_b": f["_images"][1], "clip_sim": 0.97, "dino_sim": 0.4}
+         for p, f in sorted(cases.items())], schema=schemas.PAIRS)
+    for fields in cases.values():
+        del fields["_images"]
+    annotations = validate.validate(writing_snapshot(cases), pairs, validate.ValidateParams())
+    answers = {r["question_id"]: [("v@example.org", r["answer_a"], r["answer_b"])] for r in annotations.to_pylist()}
+    accepted, _, _, _ = accept.accept(annotations, pairs, verification_snapshot(answers), {}, accept.AcceptParams())
+    path = tmp_path / "accepted.parquet"
+    schemas.write_table(accepted, path, "accepted")
+    return path
+
+
+def _package(world, tmp_path, accepted: Path, **package_params) -> tuple[Path, dict]:
+    import yaml
+
+    params = yaml.safe_load(world["inputs"]["params"].read_text())
+    params["package"].update(package_params)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    out = tmp_path / "release"
+    inputs = dict(world["inputs"], accepted=accepted, params=params_file)
+    assert package.main(package_args(inputs, out, tmp_path / "package.json")) == 0
+    return out, json.loads((tmp_path / "package.json").read_text())
+
+
+def test_every_pattern_validate_writes_reaches_the_release(world, tmp_path):
+    choices = _pattern_choices()
+    assert len(choices) == 9
+    accepted = _annotated(world, tmp_path, {c: 1 for c in choices})
+    assert schemas.read_table(accepted, "accepted").num_rows == 9
+    out, metrics = _package(world, tmp_path, accepted)
+    assert (metrics["packaged"], metrics["rejected"]) == (9, 0), metrics["rejects"]
+    items = release.read_items(out)
+    assert sorted({i["pattern"] for i in items}) == sorted(choices)
+
+
+def _assert_mmvp_scripts_read_the_release(out: Path, pairs_per_category: int | None) -> list:
+    """MMVP's own reading of both layouts gives every item's exact text, answer, image and category."""
+    from tests import mmvp_oracle
+
+    items = release.read_items(out)
+    by_index = {i["mmvp_index"]: i for i in items}
+    questions = mmvp_oracle.read_mmvp(out / mmvp.MMVP_DIR)
+    assert len(questions) == len(items)
+    for q in questions:
+        item = by_index[q.question_id]
+        assert q.prompt == f"{item['question']} (a) {item['options'][0]} (b) {item['options'][1]}"
+        assert q.answer == item["answer"]
+        assert Path(q.image_path).exists() == item["redistributed"]
+        if item["redistributed"]:
+            assert Path(q.image_path).read_bytes() == item["image"]
+    by_vlm = {i["vlm_question_id"]: i for i in items if i["vlm_question_id"] is not None}
+    pairs = mmvp_oracle.read_mmvp_vlm(out / mmvp.VLM_DIR, pairs_per_category)
+    assert 2 * len(pairs) == len(by_vlm)
+    for pair in pairs:
+        a, b = by_vlm[pair.qid_a], by_vlm[pair.qid_b]
+        assert a["pair_id"] == b["pair_id"] and (a["member"], b["member"]) == ("a", "b")
+        assert pair.truth == ("img1", "img2")
+        assert (pair.statement_a, pair.statement_b) == (a["statement"], b["statement"])
+        assert pair.category == mmvp_oracle.MMVP_CATEGORIES[_paper_names().index(a["pattern"])], (pair.category, a["pattern"])
+        for path, item in ((pair.image_a, a), (pair.image_b, b)):
+            assert Path(path).exists() == item["redistributed"]
+            if item["redistributed"]:
+                assert Path(path).read_bytes() == item["image"]
+    return pairs
+
+
+def _paper_names() -> list[str]:
+    return _pattern_choices()
+
+
+def test_mmvp_scripts_label_every_category_of_a_15_per_pattern_release(world, tmp_path):
+    accepted = _annotated(world, tmp_path, {c: 15 for c in _pattern_choices()})
+    out, metrics = _package(world, tmp_path, accepted)
+    assert metrics["packaged"] == 135, metrics["rejected_by_reason"]
+    pairs = _assert_mmvp_scripts_read_the_release(out, pairs_per_category=15)
+    assert len(pairs) == 135
+
+
+def test_released_files_hold_the_exact_text(world):
+    from tests import mmvp_oracle
+
+    items = release.read_items(world["release"])
+    questions = {q.question_id: q for q in mmvp_oracle.read_mmvp(world["release"] / mmvp.MMVP_DIR)}
+    for item in items:
+        q = questions[item["mmvp_index"]]
+        assert q.prompt == f"{item['question']} (a) {item['options'][0]} (b) {item['options'][1]}"
+    by_vlm = {i["vlm_question_id"]: i for i in items if i["vlm_question_id"] is not None}
+    for pair in mmvp_oracle.read_mmvp_vlm(world["release"] / mmvp.VLM_DIR):
+        assert (pair.statement_a, pair.statement_b) == (by_vlm[pair.qid_a]["statement"], by_vlm[pair.qid_b]["statement"])
+
+
+def test_a_balanced_mmvp_vlm_layout_holds_exactly_15_pairs_per_pattern(world, tmp_path):
+    choices = _pattern_choices()
+    per_pattern = {c: mmvp.VLM_PAIRS_PER_CATEGORY for c in choices}
+    # one more pair with statements in the first pattern, one without statements in the last
+    extra = {"extra-with": {"pattern": [choices[0]]}, "extra-without": {"pattern": [choices[-1]], "statement_a": "",
+                                                                       "statement_b": ""}}
+    accepted = _annotated(world, tmp_path, per_pattern, extra)
+    out, metrics = _package(world, tmp_path, accepted, mmvp_vlm_pairs_per_pattern=mmvp.VLM_PAIRS_PER_CATEGORY)
+    assert metrics["packaged"] == 9 * 15 + 2
+    pairs = _assert_mmvp_scripts_read_the_release(out, pairs_per_category=mmvp.VLM_PAIRS_PER_CATEGORY)
+    assert len(pairs) == 9 * 15
+    items = release.read_items(out)
+    first = sorted({i["pair_id"] for i in items if i["pattern"] == choices[0] and i["statement"]})
+    in_vlm = {i["pair_id"] for i in items if i["vlm_question_id"] is not None}
+    assert first[:15] == sorted(in_vlm & set(first)) and first[15] not in in_vlm  # the first 15 by pair_id
+    manifest = release.read_manifest(out)
+    assert manifest["layouts"]["mmvp_vlm_pairs_per_pattern"] == 15
+    assert manifest["counts"]["mmvp_vlm_pairs_per_pattern"] == {p.key: 15 for p in patterns.PATTERNS}
+    assert manifest["counts"]["pairs_with_statements"] == 9 * 15 + 1
+    assert "exactly 15 pairs per pattern there" in (out / "README.md").read_text()
+
+
+def test_a_balanced_layout_is_refused_when_a_pattern_has_too_few_pairs(world, tmp_path, capsys):
+    import yaml
+
+    params = yaml.safe_load(world["inputs"]["params"].read_text())
+    params["package"]["mmvp_vlm_pairs_per_pattern"] = 15
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    inputs = dict(world["inputs"], params=tmp_path / "params.yaml")
+    assert package.main(package_args(inputs, tmp_path / "out", tmp_path / "m.json")) == 1
+    err = capsys.readouterr().err
+    assert "mmvp_vlm_pairs_per_pattern is 15" in err and f"{patterns.by_key('color').paper} (1)" in err
+    assert "set package.mmvp_vlm_pairs_per_pattern: 0" in err and not (tmp_path / "out").exists()
+    params["package"]["mmvp_vlm_pairs_per_pattern"] = 10  # MMVP's script assumes 15: nothing else is offered
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(SystemExit) as refused:
+        package.main(package_args(inputs, tmp_path / "out", tmp_path / "m.json"))
+    assert refused.value.code == 2
+    assert re.search(r"mmvp_vlm_pairs_per_pattern.*\[0, 15\]", capsys.readouterr().err)
+    assert typing.get_args(typing.get_type_hints(package.PackageParams)["mmvp_vlm_pairs_per_pattern"]) == (
+        0, mmvp.VLM_PAIRS_PER_CATEGORY)

@@ -34,3 +34,32 @@ def test_order_is_mmvp_script_order() -> None:
     assert [patterns.rank(p.key) for p in patterns.PATTERNS] == list(range(9))
     assert patterns.PATTERNS[0].mmvp_script == "Orientation and Direction"
     assert patterns.PATTERNS[-1].mmvp_script == "Viewpoint and Perspective"
+
+
+def _choices(config: str) -> dict[str, list[str]]:
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(config)
+    return {c.get("name"): [x.get("value") for x in c.iter("Choice")] for c in root.iter("Choices")}
+
+
+def test_labeling_configs_offer_the_closed_sets_of_pipeline_patterns() -> None:
+    from annotation import push, verify
+
+    writing = _choices(push.writing_config())
+    assert writing["pattern"] == writing["tags"] == list(patterns.PAPER_NAMES)
+    assert writing["answer_a"] == writing["answer_b"] == list(patterns.ANSWERS)
+    verification = _choices(push.render_config(verify.VERIFICATION_CONFIG.read_text()))
+    assert verification["verify_a"] == verification["verify_b"] == [*patterns.ANSWERS, "unanswerable"]
+    # the templates spell none of the names: they are rendered from pipeline.patterns alone
+    for template in (push.WRITING_CONFIG.read_text(), verify.VERIFICATION_CONFIG.read_text()):
+        assert not any(f'"{name}"' in template for p in patterns.PATTERNS for name in p.spellings)
+        assert not any(f'<Choice value="{letter}"' in template for letter in patterns.ANSWERS)
+
+
+def test_rendering_a_config_is_idempotent_and_refuses_unknown_sets() -> None:
+    from annotation import push
+
+    assert push.render_config(push.writing_config()) == push.writing_config()
+    with pytest.raises(ValueError, match="'colours'.*answers"):
+        push.render_config("<View>\n  <!-- choices: colours -->\n</View>")

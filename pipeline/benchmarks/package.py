@@ -20,7 +20,7 @@ from typing import Sequence
 
 import pyarrow as pa
 
-from pipeline import card, release, schemas
+from pipeline import card, patterns, release, schemas
 from pipeline.corpus import Corpus, SourceParams
 from pipeline.export import ExportParams
 from pipeline.ingest import IngestParams, ingest
@@ -38,7 +38,7 @@ def accepted_over(image_ids: Sequence[str]) -> pa.Table:
         a, b = sorted(image_ids[k : k + 2])
         rows.append({
             "pair_id": schemas.pair_id(a, b), "image_a": a, "image_b": b, "clip_sim": 0.96, "dino_sim": 0.5,
-            "pattern": "Color", "tags": [], "question": "Is the shape red or blue?", "option_a": "Red", "option_b": "Blue",
+            "pattern": patterns.by_key("color").key, "tags": [], "question": "Is the shape red or blue?", "option_a": "Red", "option_b": "Blue",
             "answer_a": "(a)", "answer_b": "(b)", "statement_a": "The shape is red.", "statement_b": "The shape is blue.",
             "writer": "bench", "verification": "verified", "verifier_answers_a": ["(a)"], "verifier_answers_b": ["(b)"],
         })
