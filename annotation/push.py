@@ -56,6 +56,21 @@ def render_config(template: str) -> str:
     return _CHOICES_LINE.sub(fill, template)
 
 
+_PATTERN_MARK = re.compile(r"<!-- pattern: (?P<key>\w+) -->|<!-- pattern names -->")
+
+
+def render_guidelines(template: str) -> str:
+    """The annotator guidelines with `<!-- pattern: KEY -->` replaced by that pattern's name as writers
+    see it, and `<!-- pattern names -->` by all nine, in order."""
+
+    def fill(match: re.Match[str]) -> str:
+        if match["key"] is None:
+            return "; ".join(escape(p.paper) for p in patterns.PATTERNS) + "."
+        return escape(patterns.by_key(match["key"]).paper)
+
+    return _PATTERN_MARK.sub(fill, template)
+
+
 def writing_config() -> str:
     """The writing project's labeling config, as pushed to Label Studio."""
     return render_config(WRITING_CONFIG.read_text())
@@ -202,7 +217,8 @@ def sync(
     ok, reasons, messages = check_tasks(tasks, display_dir)
     for message in messages:
         print(f"[{STAGE}] skipped {message}")
-    project_id = ensure_project(client, title, render_config(label_config), GUIDELINES.read_text(), settings)
+    project_id = ensure_project(client, title, render_config(label_config), render_guidelines(GUIDELINES.read_text()),
+                                settings)
     ensure_storage(client, project_id, display_dir)
     todo = plan(ok, client.tasks(project_id), key=key)
     apply(client, project_id, todo, suggestions)

@@ -63,3 +63,15 @@ def test_rendering_a_config_is_idempotent_and_refuses_unknown_sets() -> None:
     assert push.render_config(push.writing_config()) == push.writing_config()
     with pytest.raises(ValueError, match="'colours'.*answers"):
         push.render_config("<View>\n  <!-- choices: colours -->\n</View>")
+
+
+def test_guidelines_name_the_patterns_as_the_writing_config_offers_them() -> None:
+    from annotation import push
+
+    template = push.GUIDELINES.read_text()
+    rendered = push.render_guidelines(template)
+    assert "; ".join(patterns.PAPER_NAMES) + "." in rendered
+    assert "(a) Three (b) Four. A: (b), B: (a). Quantity and Count.</li>" in rendered
+    assert "<!--" not in rendered and not any(name in template for name in patterns.PAPER_NAMES if " " in name)
+    with pytest.raises(patterns.PatternError, match="'colour'"):
+        push.render_guidelines("<!-- pattern: colour -->")
