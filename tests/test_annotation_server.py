@@ -28,7 +28,8 @@ from tests.conftest import REPO
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 WRITER = ("writer@example.org", "writer-pass-1")
-QUANTITY = patterns.by_key("quantity").paper  # as the writing config shows and Label Studio stores it
+# as the writing config shows and Label Studio stores them
+QUANTITY, SPATIAL = patterns.by_key("quantity").paper, patterns.by_key("spatial").paper
 
 
 def _free_port() -> int:
@@ -184,7 +185,7 @@ def test_annotator_writes_a_question_in_the_browser_and_pull_returns_it(world: d
             login(page, ls.url, *WRITER)
             open_task(page, ls.url, project_id, remote[pair], "#field-question")
             tick(page, "field-pattern", QUANTITY)
-            tick(page, "field-tags", "Positional and Relational Context")
+            tick(page, "field-tags", SPATIAL)
             for name, text in typed.items():
                 type_text(page, name, text)
             tick(page, "field-answer-a", "(a)")
@@ -215,7 +216,7 @@ def test_annotator_writes_a_question_in_the_browser_and_pull_returns_it(world: d
     values = results.fields(annotation["result"])
     assert {name: results.text(values, name) for name in typed} == typed
     assert results.choice(values, "pattern") == QUANTITY
-    assert results.choices(values, "tags") == ["Positional and Relational Context"]
+    assert results.choices(values, "tags") == [SPATIAL]
     assert (results.choice(values, "answer_a"), results.choice(values, "answer_b")) == ("(a)", "(b)")
     assert results.text(values, "statement_b") == ""
     assert all(a["result"] for t in snap["tasks"] for a in t["annotations"])  # no cancelled ones
