@@ -1,72 +1,219 @@
 """Partitioned search, for corpora whose O(N²) does not fit one machine.
 
-FAISS k-means splits the CLIP vectors into `partitions`; every vector belongs to its nearest
-partition (its core) and also visits its `probes` nearest other partitions, so pairs across a
-partition border are found when one side visits the other's partition. A partition is an
-independent task: the upper triangle of core × core plus visitors × core, with the same tile
-kernel as exact mode (so every pair it reports is exact). Tasks run in-process or as Ray tasks
-(`search.engine: ray`). A pair two partitions could both find is kept once, by a rule each
-task applies alone (no global de-duplication).
+Partitions live on the sphere, where the vectors do: spherical k-means (FAISS, unit
+centroids) on a seeded sample, and every vector ranks the partitions by the inner product of
+its vector with their centroids. A vector belongs to one partition (its core) and visits
+`probes` others, so pairs across a partition border are found when one side visits the other's
+partition. Partitions are kept balanced: each takes at most `balance`·N/P members and
+`balance`·p·N/P visitors; where more vectors want a partition than it has room for, those
+most similar to its centroid win and the others take their next choice (a vector turned away
+as a member may still visit the partition). So no centroid becomes a hub that every vector
+visits, and no task outgrows its share of memory.
 
-Cost for N vectors, P balanced partitions and p probes: N²/(2P) + p·N²/P dot products instead
-of N²/2, i.e. a share (1 + 2p)/P of exact mode; memory per task is the partition's vectors.
-Recall is not guaranteed: `recall_against_exact` measures it on a seeded sample of rows.
+A partition is an independent task: the upper triangle of core × core plus visitors × core,
+with the same tile kernel as exact mode (so every pair it reports is exact). Tasks run
+in-process or as Ray tasks (`search.engine: ray`). A pair two partitions could both find is
+kept once, by a rule each task applies alone (no global de-duplication).
+
+Cost model, which the code follows: a task with c members and v visitors splits its core into
+k = max(CORE_TILES, ⌈c / block_size⌉) blocks and computes each block against the core rows up
+to the block's end, (c² + Σ block²)/2 ≈ (1 + 1/k)·c²/2 dot products (the upper triangle; only
+the diagonal blocks are computed whole), plus v·c for the visitors. For N vectors, P balanced
+partitions and p probes that is (1 + 1/k + 2p)·N²/(2P), a share (1 + 1/k + 2p)/P of the
+N²/2 pairs (exact mode computes N²/2·(1 + block_size/N): `model_share` is the ratio of the
+two); memory per task (1 + p)·N/P vectors (`model_task_rows`). Recall is not guaranteed:
+`recall_against_exact` measures it on a seeded sample of rows, with its Wilson 95 % interval.
 """
 
 from __future__ import annotations
 
-import time
+import math
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from pipeline.report import progress
-from pipeline.search import PairChunk, SearchCounts, SearchParams, TileKernel, kmeans_labels
+from pipeline.search import PairChunk, PartitionParams, SearchCounts, SearchParams, TileKernel
+
+# A core is split into at least this many column blocks: its diagonal blocks are computed
+# whole, which adds 1/CORE_TILES to the half square; more, narrower blocks would waste fewer
+# products but run the matmul less efficiently.
+CORE_TILES = 4
+# Partitions ranked per vector at first; rows turned away by full partitions rank deeper.
+RANK_DEPTH = 16
+# A recall sample must tell these two recalls apart (its 95 % interval may not hold both).
+RECALL_LEVELS = (0.95, 0.99)
+WILSON_Z = 1.959963984540054  # two-sided 95 %
+# What a recall measurement reports: in metrics/search.json, the candidates' and pairs' metadata.
+RECALL_FIELDS = ("recall_against_exact", "recall_interval", "recall_sample_rows", "recall_sample_pairs",
+                 "recall_sample_sufficient")
 
 
 @dataclass(frozen=True)
 class PartitionPlan:
     """Each row's own partition and the partitions it visits."""
 
-    centroids: np.ndarray  # (P, dim)
+    centroids: np.ndarray  # (P, dim), unit rows
     label: np.ndarray  # (N,) own partition
-    probes: np.ndarray  # (N, p) nearest other partitions
+    probes: np.ndarray  # (N, p) other partitions visited, most similar first
 
 
-def plan_partitions(vectors: np.ndarray, partitions: int, probes: int, seed: int, train_size: int, iterations: int) -> PartitionPlan:
-    """k-means partitions of `vectors` and, per row, its nearest partition and `probes` next nearest."""
+def model_share(n: int, partitions: int, probes: int, block_size: int) -> float:
+    """Partitioned mode's dot products over exact mode's, on P balanced partitions of N/P members and p·N/P visitors.
+
+    Partitioned: P·(N/P)²·((1 + 1/k)/2 + p), k = max(CORE_TILES, ⌈N/(P·block_size)⌉) core blocks.
+    Exact mode computes its diagonal tiles whole too: (N² + Σ tile side²)/2 ≈ N²/2·(1 + block_size/N).
+    """
+    k = max(CORE_TILES, math.ceil(n / partitions / block_size))
+    partitioned = n * n / partitions * ((1 + 1 / k) / 2 + probes)
+    exact = (n * n + (n // block_size) * block_size**2 + (n % block_size) ** 2) / 2
+    return partitioned / exact
+
+
+def model_task_rows(n: int, partitions: int, probes: int) -> float:
+    """Vectors one task holds on balanced partitions: its N/P members and p·N/P visitors."""
+    return (1 + probes) * n / partitions
+
+
+def training_rows(n: int, partitions: int, train_size: int, seed: int) -> np.ndarray:
+    """The seeded sample of rows (ascending) that k-means trains on."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=min(n, max(train_size, partitions)), replace=False))
+
+
+def train_centroids(vectors: np.ndarray, partitions: int, seed: int, train_size: int, iterations: int) -> np.ndarray:
+    """Unit centroids (k ≤ partitions, dim) of spherical k-means on a seeded sample of rows."""
     import faiss
 
-    centroids, _ = kmeans_labels(vectors, partitions, seed, train_size, iterations)
-    k = centroids.shape[0]
-    probes = min(probes, k - 1)
-    index = faiss.IndexFlatL2(centroids.shape[1])
-    index.add(centroids.astype(np.float32))
-    nearest = np.empty((len(vectors), probes + 1), dtype=np.int64)
+    n, dim = vectors.shape
+    k = max(1, min(partitions, n))
+    train = vectors[training_rows(n, k, train_size, seed)].astype(np.float32)
+    train /= np.maximum(np.linalg.norm(train, axis=1, keepdims=True), 1e-12)
+    kmeans = faiss.Kmeans(dim, k, niter=iterations, seed=seed, verbose=False, spherical=True, min_points_per_centroid=1)
+    kmeans.train(train)
+    centroids = kmeans.centroids.copy()
+    return centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+
+
+def rank_partitions(vectors: np.ndarray, centroids: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the `depth` partitions of largest inner product with their centroid (ids, products), best first."""
+    import faiss
+
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    ids = np.empty((len(vectors), depth), dtype=np.int64)
+    sims = np.empty((len(vectors), depth), dtype=np.float32)
     step = 65536
     for start in range(0, len(vectors), step):
-        _, nearest[start : start + step] = index.search(vectors[start : start + step].astype(np.float32), probes + 1)
-    return PartitionPlan(centroids, nearest[:, 0].copy(), nearest[:, 1:].copy())
+        sims[start : start + step], ids[start : start + step] = index.search(
+            np.ascontiguousarray(vectors[start : start + step], dtype=np.float32), depth)
+    return ids, sims
+
+
+def fill_with_room(ids: np.ndarray, sims: np.ndarray, room: np.ndarray, chosen: np.ndarray, barred: np.ndarray, first_rank: int = 0) -> None:
+    """Give each row partitions from its ranking until its row of `chosen` (-1 = empty) is full.
+
+    Rank by rank, every row that still needs a partition asks for its next one (never `barred`
+    for that row, never one it holds); a partition with `room` left takes the rows most
+    similar to its centroid and turns the rest away. Updates `chosen` and `room` in place.
+    """
+    want = chosen.shape[1]
+    filled = (chosen >= 0).sum(axis=1)
+    for rank in range(first_rank, ids.shape[1]):
+        rows = np.flatnonzero(filled < want)
+        if len(rows) == 0:
+            return
+        q = ids[rows, rank]
+        ok = (q >= 0) & (q != barred[rows]) & ~(chosen[rows] == q[:, None]).any(axis=1)
+        rows, q, s = rows[ok], q[ok], sims[rows[ok], rank]
+        order = np.lexsort((-s, q))  # by partition, most similar first
+        rows, q = rows[order], q[order]
+        place = np.arange(len(q)) - np.searchsorted(q, q, side="left")  # place in its partition's queue
+        take = place < room[q]
+        rows, q = rows[take], q[take]
+        chosen[rows, filled[rows]] = q
+        filled[rows] += 1
+        room -= np.bincount(q, minlength=len(room)).astype(room.dtype)
+
+
+def _fill_all(vectors: np.ndarray, centroids: np.ndarray, ids: np.ndarray, sims: np.ndarray, room: np.ndarray,
+              chosen: np.ndarray, barred: np.ndarray) -> None:
+    """`fill_with_room` over the rankings given, then deeper rankings for the rows still short, then past the room."""
+    fill_with_room(ids, sims, room, chosen, barred)
+    k = len(centroids)
+    depth = ids.shape[1]
+    short = np.flatnonzero((chosen < 0).any(axis=1))
+    while len(short) and depth < k:
+        new_depth = min(k, 4 * depth)
+        more_ids, more_sims = rank_partitions(vectors[short], centroids, new_depth)
+        part = chosen[short]
+        fill_with_room(more_ids, more_sims, room, part, barred[short], first_rank=depth)
+        chosen[short] = part
+        short, depth = short[(part < 0).any(axis=1)], new_depth
+    if len(short):  # every partition a row may use is full (only possible for visits): exceed the room
+        more_ids, more_sims = rank_partitions(vectors[short], centroids, k)
+        part = chosen[short]
+        fill_with_room(more_ids, more_sims, np.full(k, len(vectors), dtype=np.int64), part, barred[short])
+        chosen[short] = part
+
+
+def plan_partitions(vectors: np.ndarray, params: PartitionParams, seed: int) -> PartitionPlan:
+    """Balanced spherical partitions of `vectors`: per row, its own partition and `params.probes` partitions it visits."""
+    n = len(vectors)
+    centroids = train_centroids(vectors, params.partitions, seed, params.train_size, params.iterations)
+    k = len(centroids)
+    probes = min(params.probes, k - 1)
+    ids, sims = rank_partitions(vectors, centroids, min(k, probes + RANK_DEPTH))
+    core_room = np.full(k, math.ceil(params.balance * n / k), dtype=np.int64)
+    label = np.full((n, 1), -1, dtype=np.int64)
+    _fill_all(vectors, centroids, ids, sims, core_room, label, np.full(n, -1, dtype=np.int64))
+    visit_room = np.full(k, math.ceil(params.balance * probes * n / k), dtype=np.int64)
+    visits = np.full((n, probes), -1, dtype=np.int64)
+    _fill_all(vectors, centroids, ids, sims, visit_room, visits, label[:, 0])
+    return PartitionPlan(centroids, label[:, 0], visits)
+
+
+def core_blocks(n_core: int, block_size: int) -> list[np.ndarray]:
+    """The core split into max(CORE_TILES, ⌈n_core / block_size⌉) nearly equal consecutive blocks (fewer if it is tiny)."""
+    if n_core == 0:
+        return []
+    return np.array_split(np.arange(n_core), min(n_core, max(CORE_TILES, -(-n_core // block_size))))
+
+
+def task_dot_products(n_core: int, n_visitors: int, block_size: int) -> int:
+    """Dot products one task computes: every core block against the core rows up to its end, plus visitors × core."""
+    sizes = np.array([len(b) for b in core_blocks(n_core, block_size)], dtype=np.int64)
+    return int((n_core * n_core + (sizes * sizes).sum()) // 2) + n_visitors * n_core
 
 
 def search_partition(local: np.ndarray, n_core: int, threshold: float, block_size: int, device: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """One partition's task: pairs among `local[:n_core]` (upper triangle) and between the rest and the core.
 
+    The triangle is computed as strips: each core block against the core rows up to its own end
+    (so only the diagonal blocks hold pairs twice); visitors meet the core in full-width tiles.
     Returns local row indices (i, j), exact similarities, and the dot products computed.
     """
     kernel = TileKernel(local, block_size, device)
     chunks = []
-    core_blocks = [np.arange(s, min(s + block_size, n_core)) for s in range(0, n_core, block_size)]
-    visitor_blocks = [np.arange(s, min(s + block_size, len(local))) for s in range(n_core, len(local), block_size)]
-    for a, rows in enumerate(core_blocks):
-        for cols in core_blocks[a:]:
-            chunks.append(kernel.hits(rows, cols, threshold, upper=True))  # cols is rows on the diagonal
-    for rows in visitor_blocks:
-        for cols in core_blocks:
+    for cols in core_blocks(n_core, block_size):
+        end = int(cols[-1]) + 1
+        for start in range(0, end, block_size):
+            rows = np.arange(start, min(start + block_size, end))
+            chunks.append(kernel.hits(rows, cols, threshold, upper=True))  # upper: i < j, so a row never pairs itself
+    wide = [np.arange(s, min(s + block_size, n_core)) for s in range(0, n_core, block_size)]
+    for start in range(n_core, len(local), block_size):
+        rows = np.arange(start, min(start + block_size, len(local)))
+        for cols in wide:
             chunks.append(kernel.hits(rows, cols, threshold, upper=False))
     found = PairChunk.concat(chunks)
     return found.i, found.j, found.sim, kernel.counts.dot_products
+
+
+def task_rows(plan: PartitionPlan) -> tuple[np.ndarray, np.ndarray]:
+    """Members and visitors of every partition (two arrays of length P)."""
+    k = plan.centroids.shape[0]
+    return np.bincount(plan.label, minlength=k), np.bincount(plan.probes.reshape(-1), minlength=k)
 
 
 def _tasks(plan: PartitionPlan) -> list[tuple[int, np.ndarray, np.ndarray]]:
@@ -93,10 +240,11 @@ def _keep_once(plan: PartitionPlan, q: int, i: np.ndarray, j: np.ndarray) -> np.
     return ~(cross & core_visits_other & (other < q))
 
 
-def partitioned_pairs(vectors: np.ndarray, threshold: float, params: SearchParams, counts: SearchCounts) -> Iterator[PairChunk]:
-    """Pairs (i < j) above `threshold` found by partitioned search, partition by partition."""
-    p = params.partition
-    plan = plan_partitions(vectors, p.partitions, p.probes, params.seed, p.train_size, p.iterations)
+def partitioned_pairs(vectors: np.ndarray, threshold: float, params: SearchParams, counts: SearchCounts,
+                      plan: PartitionPlan | None = None) -> Iterator[PairChunk]:
+    """Pairs (i < j) above `threshold` found by partitioned search, partition by partition (planned here unless given)."""
+    if plan is None:
+        plan = plan_partitions(vectors, params.partition, params.seed)
     tasks = _tasks(plan)
     if params.engine == "ray":
         results: Iterator[tuple[int, np.ndarray, tuple]] = _run_on_ray(vectors, tasks, threshold, params)
@@ -140,119 +288,58 @@ def _run_on_ray(vectors: np.ndarray, tasks: Sequence[tuple[int, np.ndarray, np.n
 
 
 def recall_rows(n: int, sample_rows: int, seed: int) -> np.ndarray:
-    """The seeded sample of rows on which recall against exact mode is measured."""
-    return np.sort(np.random.default_rng(seed).choice(n, size=min(n, sample_rows), replace=False))
+    """The seeded sample of rows on which recall against exact mode is measured, in the order it is measured."""
+    return np.random.default_rng(seed).permutation(n)[: min(n, sample_rows)]
 
 
-def recall_against_exact(vectors: np.ndarray, found: PairChunk, rows: np.ndarray, threshold: float, block_size: int, device: str = "cpu") -> dict[str, Any]:
-    """Share of exact mode's pairs touching `rows` that `found` (pairs touching `rows`) contains."""
+def wilson_interval(hits: int, total: int, z: float = WILSON_Z) -> tuple[float, float]:
+    """Wilson score interval of a proportion hits/total (95 % by default); (0, 1) when total is 0."""
+    if total == 0:
+        return 0.0, 1.0
+    share = hits / total
+    centre = (share + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(share * (1 - share) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def tells_apart(interval: tuple[float, float], levels: tuple[float, float] = RECALL_LEVELS) -> bool:
+    """Whether a recall interval excludes at least one of two recall levels (so it tells them apart)."""
+    low, high = interval
+    return not (low <= min(levels) and high >= max(levels))
+
+
+def recall_against_exact(vectors: np.ndarray, found: PairChunk, rows: np.ndarray, threshold: float, block_size: int,
+                         device: str = "cpu", min_rows: int = 1000) -> dict[str, Any]:
+    """Share of exact mode's pairs touching a prefix of `rows` that `found` (pairs touching `rows`) contains.
+
+    Rows are taken in order, at least `min_rows` of them, and more until the Wilson 95 % interval
+    of the recall tells RECALL_LEVELS apart or `rows` run out; `recall_sample_sufficient` says
+    whether it got there.
+    """
     n = len(vectors)
     kernel = TileKernel(vectors, block_size, device)
-    truth = []
+    found_keys = np.minimum(found.i, found.j).astype(np.int64) * n + np.maximum(found.i, found.j)
+    truth_chunks: list[np.ndarray] = []
+    truth = np.zeros(0, np.int64)
+    hits, used, interval = 0, 0, (0.0, 1.0)
     for start in range(0, len(rows), block_size):
         block = rows[start : start + block_size]
         for c in range(0, n, block_size):
-            truth.append(kernel.hits(block, np.arange(c, min(c + block_size, n)), threshold, upper=False))
-    exact = PairChunk.concat(truth)
-    true_pairs = set(zip(np.minimum(exact.i, exact.j).tolist(), np.maximum(exact.i, exact.j).tolist()))
-    got = set(zip(found.i.tolist(), found.j.tolist()))
+            chunk = kernel.hits(block, np.arange(c, min(c + block_size, n)), threshold, upper=False)
+            truth_chunks.append(np.minimum(chunk.i, chunk.j).astype(np.int64) * n + np.maximum(chunk.i, chunk.j))
+        used = start + len(block)
+        if used < min(min_rows, len(rows)):
+            continue
+        truth = np.unique(np.concatenate(truth_chunks))
+        truth_chunks = [truth]
+        hits = int(np.isin(truth, found_keys).sum())
+        interval = wilson_interval(hits, len(truth))
+        if len(truth) and tells_apart(interval):
+            break
     return {
-        "recall_sample_rows": int(len(rows)),
-        "recall_sample_pairs": len(true_pairs),
-        "recall_against_exact": round(len(true_pairs & got) / len(true_pairs), 6) if true_pairs else None,
+        "recall_against_exact": round(hits / len(truth), 6) if len(truth) else None,
+        "recall_interval": [round(interval[0], 6), round(interval[1], 6)] if len(truth) else None,
+        "recall_sample_rows": int(used),
+        "recall_sample_pairs": int(len(truth)),
+        "recall_sample_sufficient": bool(len(truth) and tells_apart(interval)),
     }
-
-
-def straddling_pairs(vectors: np.ndarray, plan: PartitionPlan, count: int, rows: np.ndarray, low: float, high: float, seed: int) -> np.ndarray:
-    """Overwrite pairs of `rows` in place with pairs at cosines in [low, high] whose members lie in different partitions.
-
-    Returns the (count, 2) row pairs planted. Used by the benchmark and the tests.
-    """
-    import faiss
-
-    rng = np.random.default_rng(seed)
-    dim = vectors.shape[1]
-    index = faiss.IndexFlatL2(dim)
-    index.add(plan.centroids.astype(np.float32))
-    planted: list[tuple[np.ndarray, np.ndarray]] = []
-    while sum(len(a) for a, _ in planted) < count:
-        a = rng.standard_normal((4 * count, dim))
-        a /= np.linalg.norm(a, axis=1, keepdims=True)
-        noise = rng.standard_normal(a.shape)
-        noise -= (noise * a).sum(axis=1, keepdims=True) * a
-        noise /= np.linalg.norm(noise, axis=1, keepdims=True)
-        cos = rng.uniform(low, high, size=(len(a), 1))
-        b = cos * a + np.sqrt(1 - cos**2) * noise
-        la = index.search(a.astype(vectors.dtype).astype(np.float32), 1)[1][:, 0]
-        lb = index.search(b.astype(vectors.dtype).astype(np.float32), 1)[1][:, 0]
-        straddle = la != lb
-        planted.append((a[straddle], b[straddle]))
-    a = np.concatenate([p[0] for p in planted])[:count]
-    b = np.concatenate([p[1] for p in planted])[:count]
-    where = rows[: 2 * count].reshape(count, 2)
-    vectors[where[:, 0]] = a
-    vectors[where[:, 1]] = b
-    return where
-
-
-def measure_partitioned(n: int, dim: int, threshold: float, block_size: int, seed: int, partitions: int = 48, probes: int = 4) -> dict[str, Any]:
-    """Recall and dot-product share of partitioned vs exact mode on uniform vectors with border-straddling pairs."""
-    from pipeline.search import NearDuplicateGuard, PartitionParams, exact_pairs
-
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, dim), dtype=np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    x = x.astype(np.float16)
-    train_size = max(partitions * 40, n // 4)
-    params = SearchParams(
-        recall_clip_threshold=threshold, mode="partitioned", block_size=block_size, seed=seed,
-        near_duplicate=NearDuplicateGuard(), partition=PartitionParams(partitions, probes, train_size, 20),
-    )
-    plan = plan_partitions(x, partitions, probes, seed, train_size, 20)
-    # k-means trains on a seeded sample of rows: plant only outside it, so the partitions stay the same.
-    train_rows = set(np.random.default_rng(seed).choice(n, size=min(n, max(train_size, partitions)), replace=False).tolist())
-    free = np.array([r for r in rng.permutation(n).tolist() if r not in train_rows])
-    planted = straddling_pairs(x, plan, min(500, len(free) // 2), free, threshold + 0.001, 0.99, seed)
-    exact_counts, part_counts = SearchCounts(), SearchCounts()
-    started = time.perf_counter()
-    exact = PairChunk.concat(list(exact_pairs(x, threshold, block_size, counts=exact_counts)))
-    exact_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    part = PairChunk.concat(list(partitioned_pairs(x, threshold, params, part_counts)))
-    part_seconds = time.perf_counter() - started
-    exact_set = set(zip(exact.i.tolist(), exact.j.tolist()))
-    part_set = set(zip(part.i.tolist(), part.j.tolist()))
-    after = plan_partitions(x, partitions, probes, seed, train_size, 20)
-    straddling = int((after.label[planted[:, 0]] != after.label[planted[:, 1]]).sum())
-    return {
-        "n": n,
-        "dim": dim,
-        "partitions": partitions,
-        "probes": probes,
-        "planted_pairs": int(len(planted)),
-        "planted_straddling": straddling,
-        "exact_pairs": len(exact_set),
-        "partitioned_pairs": len(part_set),
-        "partitioned_only": len(part_set - exact_set),
-        "recall": round(len(exact_set & part_set) / max(1, len(exact_set)), 6),
-        "exact_dot_products": exact_counts.dot_products,
-        "partitioned_dot_products": part_counts.dot_products,
-        "dot_product_share": round(part_counts.dot_products / exact_counts.dot_products, 4),
-        "exact_seconds": round(exact_seconds, 2),
-        "partitioned_seconds": round(part_seconds, 2),
-    }
-
-
-def report_partitioned(result: dict[str, Any]) -> list[str]:
-    """Lines comparing partitioned mode's recall and cost with the targets (≥ 99 % recall, ≤ 25 % of the products)."""
-    ok_recall = result["recall"] >= 0.99
-    ok_share = result["dot_product_share"] <= 0.25
-    return [
-        f"partitioned search, N = {result['n']:,} × {result['dim']}, {result['partitions']} partitions, "
-        f"{result['probes']} probes; {result['planted_straddling']} of {result['planted_pairs']} planted pairs straddle a border",
-        f"  recall vs exact      {result['recall']:.4f} ({result['exact_pairs']} exact pairs; ≥ 0.99: "
-        f"{'meets target' if ok_recall else 'MISSES target'})",
-        f"  dot products         {result['dot_product_share']:.3f} of exact mode's (≤ 0.25: "
-        f"{'meets target' if ok_share else 'MISSES target'})",
-        f"  time                 {result['partitioned_seconds']:.2f} s vs exact {result['exact_seconds']:.2f} s",
-    ]

@@ -10,7 +10,8 @@ image, its near-duplicate group (linked through pairs the guard dropped) and its
 cluster over CLIP embeddings, for pair selection.
 Metrics: images, pairs_possible, dot_products, rescored, candidates, near_duplicates_dropped
 (candidates + near_duplicates_dropped == pairs_above_recall_threshold), mode, seconds; in
-partitioned mode also recall_against_exact on a seeded sample of rows.
+partitioned mode also recall_against_exact on a seeded sample of rows, with its Wilson 95 %
+interval and whether the sample was large enough to tell 0.99 from 0.95.
 
 Exact mode computes the upper triangle of the CLIP similarity matrix in tiles of
 `block_size` × `block_size` in bfloat16 (tiled in both dimensions, so memory stays flat in N),
@@ -84,13 +85,21 @@ class NearDuplicateGuard:
 
 @dataclass(frozen=True)
 class PartitionParams:
-    """Partitioned mode: k-means partitions, each vector also searched in its `probes` nearest other partitions."""
+    """Partitioned mode: spherical k-means partitions, each vector also searched in its `probes` nearest other partitions."""
 
     partitions: AtLeastOne = 48
     probes: Count = 4
     train_size: AtLeastOne = 100_000  # vectors sampled to train the k-means centroids
     iterations: AtLeastOne = 20
-    recall_sample_rows: AtLeastOne = 1000  # rows whose pairs are also searched exactly, to measure recall
+    # a partition takes at most balance × the average number of members, and as many × the average visitors
+    balance: Annotated[float, Range(1.0, meaning="a multiple of the average partition")] = 1.25
+    recall_sample_rows: AtLeastOne = 1000  # at least this many rows' pairs are also searched exactly, to measure recall
+    recall_max_rows: AtLeastOne = 20_000  # more rows, up to this many, until the recall's 95 % interval tells 0.99 from 0.95
+
+    def __post_init__(self) -> None:
+        if self.recall_sample_rows > self.recall_max_rows:
+            raise ValueError(f"recall_sample_rows is {self.recall_sample_rows}, but it must be ≤ recall_max_rows "
+                             f"({self.recall_max_rows}): change one of them in the params file")
 
 
 @dataclass(frozen=True)
@@ -486,10 +495,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     partitioned = params.mode == "partitioned"
     watch_rows = None
     watched: list[PairChunk] = []
-    if partitioned:
-        from pipeline.partition import recall_against_exact, recall_rows
+    from pipeline.partition import RECALL_FIELDS, recall_against_exact, recall_rows  # partition imports this module
 
-        watch_rows = recall_rows(n, params.partition.recall_sample_rows, params.seed)
+    if partitioned:
+        watch_rows = recall_rows(n, params.partition.recall_max_rows, params.seed)
     with schemas.open_writer(args.candidates, "candidates") as writer:
         pending: list[pa.Table] = []  # tiles yield few pairs each: gather them into row groups of ~1M rows
         for table in find_candidates(clip, dino, params, counts, groups, watch_rows, watched):
@@ -503,14 +512,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics = search_metrics(n, params, counts, written, time.perf_counter() - started)
         if partitioned:
             metrics.update(recall_against_exact(clip, PairChunk.concat(watched), watch_rows, params.recall_clip_threshold,
-                                                params.block_size, params.device))
+                                                params.block_size, params.device, params.partition.recall_sample_rows))
         clip_sample, dino_sample = sample_similarities(clip, dino, params.sample_pairs, params.seed)
         writer.meta = {
             "images_sha256": ids_digest(image_ids),
             "encoders": {"clip": clip_desc, "dino": dino_desc},
             "search": {k: metrics[k] for k in ("images", "pairs_possible", "mode", "recall_clip_threshold", "candidates",
-                                                "near_duplicates_dropped", "dot_products", "recall_against_exact",
-                                                "recall_sample_rows", "recall_sample_pairs") if k in metrics},
+                                                "near_duplicates_dropped", "dot_products", *RECALL_FIELDS) if k in metrics},
             "near_duplicate": {"clip": params.near_duplicate.clip, "dino": params.near_duplicate.dino},
             "sample": {"pairs": int(len(clip_sample)), "seed": params.seed, "grid": [float(q) for q in QUANTILE_GRID],
                        "clip": quantile_table(clip_sample), "dino": quantile_table(dino_sample)},
