@@ -48,3 +48,8 @@ test: env labelstudio  ## install what the tests need and run the whole suite
 
 clean-data:  ## remove pipeline outputs (DVC cache stays)
 	rm -rf data metrics
+
+.PHONY: bench-gpu
+# Exit codes: 0 checks passed, 1 a check failed, 3 no CUDA device (nothing ran).
+bench-gpu: env  ## on a CUDA machine: embed stage and exact search on the GPU, checked against the CPU path (< 10 min)
+	$(PY) -m pipeline.bench gpu
