@@ -17,6 +17,13 @@ from pipeline import patterns, release
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "data_cards" / "benchmark_card.md.j2"
 
 
+# What "verified" means, in the card, the README and metrics/accept.json (`verified`) alike.
+VERIFIED_DEFINITION = (
+    "A question is `verified` when at least `accept.verifiers` people other than its writer answered it and "
+    "every one of them chose the writer's answer for both images; it is `adjudicated` when a verifier answered "
+    "otherwise and the lead accepted it (`clipblind adjudicate`)."
+)
+
 # SPDX ids whose Hub licence id is not simply the lower-cased SPDX id.
 HUB_LICENSE_IDS = {"PDDL-1.0": "pddl", "ODC-By-1.0": "odc-by", "ODbL-1.0": "odbl"}
 
@@ -92,7 +99,8 @@ def renderer(template_path: str | Path = DEFAULT_TEMPLATE) -> Callable[[Mapping[
         body = changelog.split("\n", 1)[1].strip() if changelog.startswith("# ") else changelog
         # versions sit one heading level below the card's "Changelog" section
         changelog_body = "\n".join("#" + line if line.startswith("## ") else line for line in body.splitlines())
-        return template.render(metadata_yaml=meta, m=manifest, changelog=changelog_body, patterns=patterns.PATTERNS)
+        return template.render(metadata_yaml=meta, m=manifest, changelog=changelog_body, patterns=patterns.PATTERNS,
+                               verified_definition=VERIFIED_DEFINITION)
 
     return render
 

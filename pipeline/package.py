@@ -265,8 +265,14 @@ def plan_version(params: PackageParams, changelog_text: str, last: Mapping[str, 
 
 
 def provenance(pairs_meta: Mapping[str, Any], mine_metrics: Mapping[str, Any], ingest_metrics: Mapping[str, Any],
-               accepted_rows: int, export_params: ExportParams, max_pixels: int) -> dict[str, Any]:
-    """Encoders, thresholds, search mode and the mining funnel, as the manifest records them."""
+               accepted_rows: int, export_params: ExportParams, max_pixels: int,
+               accept_metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Encoders, thresholds, search mode, the funnel and the annotation figures, as the manifest records them.
+
+    Every count is copied from the metrics file that holds it (ingest, mine, accept; package adds its
+    own), so the card renders the same numbers `dvc metrics show` does.
+    """
+    annotation = dict(accept_metrics or {})
     encoders = pairs_meta.get("encoders", {})
     return {
         "encoders": encoders,
@@ -284,8 +290,10 @@ def provenance(pairs_meta: Mapping[str, Any], mine_metrics: Mapping[str, Any], i
             "pairs_possible": mine_metrics.get("pairs_possible"),
             "clip_candidates": mine_metrics.get("clip_candidates"),
             "pairs_mined": mine_metrics.get("pairs"),
+            **{f"questions_{k}": annotation.get(k) for k in ANNOTATION_FUNNEL},
             "pairs_accepted_by_annotation": accepted_rows,
         },
+        "annotation": {k: annotation.get(k) for k in ANNOTATION_FIGURES},
         "image_encoding": {
             "decode": "canonical (EXIF-upright 8-bit RGB)",
             "max_side": export_params.display_max_side,
@@ -293,6 +301,11 @@ def provenance(pairs_meta: Mapping[str, Any], mine_metrics: Mapping[str, Any], i
             "max_pixels": max_pixels,
         },
     }
+
+
+# accept's counts in the funnel (questions_<key>) and its figures in the card (metrics/accept.json keys)
+ANNOTATION_FUNNEL = ("written", "valid", "accepted", "rejected", "pending")
+ANNOTATION_FIGURES = ("verified", "accepted_adjudicated", "pending_by_reason", "rejected_by_reason", "human_accuracy")
 
 
 def spec_for(
@@ -352,12 +365,15 @@ def package(
             "each with its reason) or annotate and pull more (README: 'Annotate'); an empty release would not even "
             "load with datasets. The last build is left as it was."
         )
-    spec = spec_for(params, plan, changelog_text, provenance_info, gate)
+    packaged = len({i["pair_id"] for i in items})
+    # the funnel's last steps are this stage's own counts: the card and metrics/package.json show one number
+    funnel = {**provenance_info.get("funnel", {}), "pairs_packaged": packaged, "pairs_rejected_at_packaging": len(rejected)}
+    spec = spec_for(params, plan, changelog_text, {**provenance_info, "funnel": funnel}, gate)
     manifest = release.write_release(out_dir, items, spec, render_card, params.shard_size)
     by_reason = Counter(r.reason.value for r in rejected)
     metrics = {
         "inputs": accepted.num_rows,
-        "packaged": manifest["counts"]["pairs"],
+        "packaged": packaged,
         "rejected": len(rejected),
         "rejected_by_reason": dict(sorted(by_reason.items())),
         "rejects": [{"pair_id": r.pair_id, "reason": r.reason.value, "detail": r.detail} for r in rejected],
@@ -386,6 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pairs", required=True, help="pairs table (its metadata records encoders and thresholds)")
     parser.add_argument("--mine-metrics", help="metrics/mine.json (the funnel)")
     parser.add_argument("--ingest-metrics", help="metrics/ingest.json (the funnel's start)")
+    parser.add_argument("--accept-metrics", help="metrics/accept.json (questions written, accepted, pending; "
+                                                 "human verification accuracy)")
     parser.add_argument("--changelog", required=True, help="project CHANGELOG with a section per version")
     parser.add_argument("--card-template", default=str(card.DEFAULT_TEMPLATE))
     parser.add_argument("--gate", help="blind-gate flags table (optional)")
@@ -403,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     corpus = Corpus(ingest_params.source, args.source)
     info = provenance(
         schemas.read_meta(args.pairs), _read_json(args.mine_metrics), _read_json(args.ingest_metrics),
-        accepted.num_rows, export_params, ingest_params.max_pixels,
+        accepted.num_rows, export_params, ingest_params.max_pixels, _read_json(args.accept_metrics),
     )
     gate = None
     if args.gate:

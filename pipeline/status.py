@@ -1,6 +1,7 @@
 """status: what the pipeline has produced so far, read from dvc.yaml and the metrics it declares.
 
-Prints, per stage, whether its outputs exist and its headline counts, then what to do next.
+Prints, per stage, whether its outputs exist and its headline counts, the steps that make an
+unreleased build releasable (package's `todo`), then what to do next.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def report(dvc_yaml: Path) -> list[str]:
     root = dvc_yaml.parent
     lines = []
     random_init: set[str] = set()
+    todo: list[str] = []
     for name, stage in stages.items():
         outs, metrics = stage_outputs(stage)
         missing = [o for o in outs if not (root / o).exists()]
@@ -52,11 +54,12 @@ def report(dvc_yaml: Path) -> list[str]:
                 data = json.loads(path.read_text())
                 counts += [f"{k}={data[k]}" for k in HEADLINES.get(name, ()) if k in data]
                 random_init.update(data.get("random_init_encoders") or [])
+                todo += [f"  {name}: {data.get('version')} is unreleased; to release it: {step}" for step in data.get("todo") or []]
         lines.append(f"  {name:<14} {state:<8} {' '.join(counts)}  → {', '.join(outs + metrics)}")
     if random_init:
         lines.append(f"  NOTE: encoders with RANDOM weights were used ({', '.join(sorted(random_init))}): "
                      "the pairs demonstrate the pipeline, not CLIP-blindness.")
-    return lines
+    return lines + todo
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -95,9 +95,17 @@ def build_inputs(corpus: Path, root: Path) -> dict[str, Path]:
     schemas.write_table(pairs, root / "pairs.parquet", "pairs",
                         meta={"encoders": encoders, "search": "exhaustive", "clip_threshold": 0.9, "dino_threshold": 0.99})
     (root / "mine.json").write_text(json.dumps({"images": len(images), "pairs_possible": 351, "clip_candidates": 40, "pairs": 7}))
+    # the accept stage's metrics for these rows: 7 accepted (one adjudicated), one pending, one invalid
+    accept_metrics = {"written": 9, "invalid": 1, "valid": 8, "inputs": 8, "accepted": 7, "verified": 6,
+                      "accepted_adjudicated": 1, "rejected": 0, "pending": 1,
+                      "pending_by_reason": {"awaiting_verification": 0, "awaiting_adjudication": 1},
+                      "rejected_by_reason": {"stale_pair": 0, "adjudicated_reject": 0, "duplicate_pair": 0},
+                      "human_accuracy": {"answered_questions": 8, "per_question": 0.9167, "per_pair": 0.8333}}
+    (root / "accept.json").write_text(json.dumps(accept_metrics))
     (root / "CHANGELOG.md").write_text(CHANGELOG)
     return {"params": params_file, "manifest": manifest, "images": images_path, "accepted": root / "accepted.parquet",
             "pairs": root / "pairs.parquet", "mine": root / "mine.json", "ingest": root / "ingest.json",
+            "accept": root / "accept.json",
             "changelog": root / "CHANGELOG.md"}
 
 
@@ -106,7 +114,7 @@ def package_args(inputs: dict[str, Path], out: Path, metrics: Path, *extra: str)
     return [
         "--params", str(inputs["params"]), "--accepted", str(inputs["accepted"]), "--images", str(inputs["images"]),
         "--source", str(inputs["manifest"]), "--pairs", str(inputs["pairs"]), "--mine-metrics", str(inputs["mine"]),
-        "--ingest-metrics", str(inputs["ingest"]), "--changelog", str(inputs["changelog"]), "--out", str(out),
+        "--ingest-metrics", str(inputs["ingest"]), "--accept-metrics", str(inputs["accept"]), "--changelog", str(inputs["changelog"]), "--out", str(out),
         "--metrics", str(metrics), *extra,
     ]
 

@@ -74,6 +74,7 @@ def test_release_loads_offline_with_load_dataset(world, monkeypatch):
         assert isinstance(row["image"], Image.Image)
         assert row["image"].convert("RGB").tobytes() == decode(expected).image.tobytes()
         assert ds.with_format("arrow")[rows.index(row)]["image"][0]["bytes"].as_py() == expected
+        assert row["image_sha256"] == hashlib.sha256(expected).hexdigest()  # the released bytes' own hash
     released = {r["pair_id"]: (r["pattern"], r["pattern_key"]) for r in rows}
     assert sorted(released.values()) == sorted((p.paper, p.key) for p in map(patterns.by_key, WORLD_PATTERN_KEYS))
     assert {r["statement"] is None for r in rows if r["pattern_key"] == "quantity"} == {True}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -61,3 +62,37 @@ def test_commands_are_registered():
     result = subprocess.run([sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True)
     for name in ("package", "verify", "remove", "publish", "tag"):
         assert f"  {name} " in result.stdout
+
+
+def test_status_says_what_makes_an_unreleased_build_releasable(tmp_path):
+    from pipeline import status
+
+    (tmp_path / "dvc.yaml").write_text("stages:\n  package:\n    cmd: x\n    outs: [data/release]\n"
+                                       "    metrics: [{metrics/package.json: {cache: false}}]\n")
+    (tmp_path / "metrics").mkdir()
+    step = "set package.version in params.yaml to 1.1.0 (or any version above the released 1.0.0)"
+    (tmp_path / "metrics/package.json").write_text(json.dumps({"status": "unreleased", "version": "1.1.0-dev",
+                                                               "todo": [step]}))
+    lines = status.report(tmp_path / "dvc.yaml")
+    assert "status=unreleased version=1.1.0-dev" in lines[0]
+    assert lines[-1] == f"  package: 1.1.0-dev is unreleased; to release it: {step}"
+
+
+def test_tag_and_publish_refuse_an_unreleased_build_saying_what_to_do(sample_corpus, tmp_path, monkeypatch, capsys):
+    from pipeline import package
+    from tests.release_world import build_inputs, package_args
+
+    inputs = build_inputs(sample_corpus, tmp_path / "inputs")
+    inputs["params"].write_text(inputs["params"].read_text().replace("version: 1.0.0", "version: 1.1.0"))
+    assert package.main(package_args(inputs, tmp_path / "release", tmp_path / "m.json")) == 0
+    assert release.read_manifest(tmp_path / "release")["version"] == "1.1.0-dev"
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "-C", str(repo), "init", "-q"], check=True)
+    assert tag.main([str(tmp_path / "release"), "--repo", str(repo)]) == 1
+    err = capsys.readouterr().err
+    assert "unreleased build (clipblind-test 1.1.0-dev)" in err and "add a '## 1.1.0' section" in err
+    assert not (repo / release.RELEASED_RECORD).exists()
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    with pytest.raises(publish.PublishError, match="add a '## 1.1.0' section"):
+        publish.publish(str(tmp_path / "release"), "org/clipblind", released=str(tmp_path / "RELEASED.json"))
