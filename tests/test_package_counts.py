@@ -21,7 +21,8 @@ def built(sample_corpus, tmp_path_factory):
     assert package.main(package_args(inputs, root / "release", root / "package.json")) == 0
     metrics = {name: json.loads(inputs[name].read_text()) for name in ("ingest", "mine", "accept")}
     metrics["package"] = json.loads((root / "package.json").read_text())
-    return {"card": (root / "release" / release.CARD).read_text(), "metrics": metrics, "release": root / "release"}
+    return {"card": (root / "release" / release.CARD).read_text(), "metrics": metrics, "release": root / "release",
+            "inputs": inputs, "root": root}
 
 
 def _funnel(text: str) -> dict[str, str]:
@@ -54,3 +55,25 @@ def test_verified_means_one_thing_in_readme_card_and_metrics(built):
     assert card.VERIFIED_DEFINITION in built["card"]
     readme = " ".join((REPO / "README.md").read_text().split())
     assert " ".join(card.VERIFIED_DEFINITION.split()) in readme
+
+
+def test_a_failed_build_leaves_the_last_release_and_its_metrics_whole(built, tmp_path, capsys):
+    import shutil
+
+    import pyarrow as pa
+
+    from pipeline import schemas
+
+    out, metrics = tmp_path / "release", tmp_path / "package.json"
+    shutil.copytree(built["release"], out)
+    shutil.copy(built["root"] / "package.json", metrics)
+    before = {p: p.read_bytes() for p in [metrics, *out.rglob("*")] if p.is_file()}
+    table = schemas.read_table(built["inputs"]["accepted"], "accepted")
+    blank = table.set_column(table.schema.get_field_index("question"), "question", pa.array([""] * table.num_rows))
+    schemas.write_table(blank, tmp_path / "accepted.parquet", "accepted")
+    inputs = dict(built["inputs"], accepted=tmp_path / "accepted.parquet")
+    assert package.main(package_args(inputs, out, metrics)) == 1
+    err = capsys.readouterr().err
+    assert "fix the rejected pairs" in err and "The last build is left as it was" in err
+    assert {p: p.read_bytes() for p in [metrics, *out.rglob("*")] if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left

@@ -96,3 +96,20 @@ def test_tag_and_publish_refuse_an_unreleased_build_saying_what_to_do(sample_cor
     monkeypatch.setenv("HF_TOKEN", "hf_test")
     with pytest.raises(publish.PublishError, match="add a '## 1.1.0' section"):
         publish.publish(str(tmp_path / "release"), "org/clipblind", released=str(tmp_path / "RELEASED.json"))
+
+
+def test_the_release_record_keeps_each_version_once_and_the_newest_items(built, tmp_path):
+    record = tmp_path / "RELEASED.json"
+    assert release.record_release(record, built) and not release.record_release(record, built)  # idempotent
+    entry = release.last_released(release.read_released(record), "clipblind-test")
+    assert entry["version"] == "1.0.0" and entry["sums_sha256"] == release.file_sha256(built / "SHA256SUMS")
+    assert sorted(entry["items"]) == sorted(i["item_id"] for i in release.read_items(built))
+    assert set(next(iter(entry["items"].values()))) == set(release.COMPARED_FIELDS)
+    other = tmp_path / "other"
+    shutil.copytree(built, other)
+    (other / "SHA256SUMS").write_bytes((other / "SHA256SUMS").read_bytes() + b"# another build\n")
+    with pytest.raises(release.ReleaseError, match="released with other bytes"):
+        release.record_release(record, other)
+    (tmp_path / "bad.json").write_text("[]")
+    with pytest.raises(release.ReleaseError, match="restore it from git"):
+        release.read_released(tmp_path / "bad.json")
