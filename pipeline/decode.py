@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import enum
 import functools
+import hashlib
 import io
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -104,6 +106,16 @@ _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
     (b"PK\x03\x04", 0, "ZIP"),
     (b"\x1f\x8b", 0, "gzip"),
 )
+
+
+@functools.cache
+def rules_digest() -> str:
+    """A digest of the decode rules (the sha256 of this module's source).
+
+    Ingest's per-part records, the embeddings' fingerprint and export's display copies carry it,
+    so nothing made from pixels of older rules is reused once the rules change.
+    """
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 
 
 def sniff(data: bytes) -> str:

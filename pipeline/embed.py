@@ -30,7 +30,7 @@ import numpy as np
 from pipeline import embeddings, schemas
 from pipeline.config import AtLeastOne, Count, Positive, command_params
 from pipeline.corpus import Corpus
-from pipeline.decode import DecodeError, decode
+from pipeline.decode import DecodeError, decode, rules_digest
 from pipeline.encoders import Encoder, EncoderParams, load_encoder
 from pipeline.ingest import IngestParams
 from pipeline.report import progress, summary, warn, write_metrics
@@ -238,7 +238,8 @@ def embed_corpus(
     """
     fingerprints = {}
     for name, encoder in encoders.items():
-        description = encoder.describe()
+        # the decode rules made the pixels: shards embedded under other rules are never reused
+        description = {**encoder.describe(), "decode_rules": rules_digest()}
         fingerprints[name] = embeddings.fingerprint(description)
         out_dirs[name].mkdir(parents=True, exist_ok=True)
         embeddings.write_description(out_dirs[name], description)

@@ -3,7 +3,8 @@
 Inputs: the pairs table, the images table, the corpus source; params section `export`.
 Outputs: a display folder of JPEG copies made from the canonical decode (the folder Label
 Studio serves, whatever the corpus source), and a task JSON list, one task per pair, whose
-image URLs point into that folder.
+image URLs point into that folder. Both carry the digest of the decode rules (each copy in its
+JPEG comment, each task in its data), so they change when the rules do.
 Metrics: pairs = tasks + pairs_skipped (a pair whose image no longer reads is skipped and
 its image named in images_failed), display_images, random_init_encoders.
 """
@@ -12,18 +13,20 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from PIL import Image
 
 from pipeline import schemas
 from pipeline.atomic import write_bytes, write_json
 from pipeline.config import AtLeastOne, JpegQuality, command_params
 from pipeline.corpus import Corpus
-from pipeline.decode import DecodeError, decode
+from pipeline.decode import DecodeError, decode, rules_digest
 from pipeline.ingest import IngestParams
 from pipeline.report import progress, summary, warn, write_metrics
 
@@ -46,15 +49,33 @@ def display_name(image_id: str) -> str:
     return f"{image_id}.jpg"
 
 
-def display_bytes(data: bytes, params: ExportParams, max_pixels: int) -> bytes:
-    """The display copy of image bytes: canonical decode, downscaled to fit, JPEG."""
+def display_bytes(data: bytes, params: ExportParams, max_pixels: int, comment: bytes = b"") -> bytes:
+    """The display copy of image bytes: canonical decode, downscaled to fit, JPEG (with `comment`, if any)."""
     image = decode(data, max_pixels=max_pixels).image
     if max(image.size) > params.display_max_side:
         image = image.copy()
         image.thumbnail((params.display_max_side, params.display_max_side))
     out = io.BytesIO()
-    image.save(out, format="JPEG", quality=params.jpeg_quality, optimize=True)
+    image.save(out, format="JPEG", quality=params.jpeg_quality, optimize=True, **({"comment": comment} if comment else {}))
     return out.getvalue()
+
+
+def display_stamp(params: ExportParams) -> bytes:
+    """What a display copy is made with (decode rules, size, quality), kept as its JPEG comment.
+
+    A copy whose stamp differs was made under other rules or settings and is made again.
+    """
+    made_with = {"decode_rules": rules_digest(), "display_max_side": params.display_max_side,
+                 "jpeg_quality": params.jpeg_quality}
+    return json.dumps(made_with, sort_keys=True).encode()
+
+
+def _stamp_of(path: Path) -> bytes | None:
+    try:
+        with Image.open(path) as image:
+            return image.info.get("comment")
+    except (OSError, ValueError):  # unreadable or not an image: made again
+        return None
 
 
 def build_tasks(pairs: pa.Table, params: ExportParams, meta: dict[str, Any]) -> list[dict[str, Any]]:
@@ -81,19 +102,20 @@ def build_tasks(pairs: pa.Table, params: ExportParams, meta: dict[str, Any]) -> 
 def write_display_images(
     image_ids: Sequence[str], images: pa.Table, corpus: Corpus, display_dir: Path, params: ExportParams, max_pixels: int
 ) -> tuple[int, dict[str, str]]:
-    """Write display copies of `image_ids` into `display_dir`, skipping copies already there.
+    """Write display copies of `image_ids` into `display_dir`, skipping copies already made with these rules.
 
     Returns how many were written and, for each image that no longer reads or decodes, why.
     """
     location = dict(zip(images.column("image_id").to_pylist(), images.column("source_path").to_pylist()))
     written = 0
     failed: dict[str, str] = {}
+    stamp = display_stamp(params)
     for image_id in progress(sorted(set(image_ids)), desc="display images", unit="img"):
         target = display_dir / display_name(image_id)
-        if target.exists():
+        if target.exists() and _stamp_of(target) == stamp:
             continue
         try:
-            write_bytes(target, display_bytes(corpus.read(location[image_id]), params, max_pixels))
+            write_bytes(target, display_bytes(corpus.read(location[image_id]), params, max_pixels, comment=stamp))
         except DecodeError as err:
             failed[image_id] = err.reason.value
             continue
@@ -128,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # a pair whose image no longer reads (the corpus changed since ingest) costs only that pair
     usable = pc.invert(pc.or_(pc.is_in(pairs.column("image_a"), pa.array(list(failed), pa.string())),
                               pc.is_in(pairs.column("image_b"), pa.array(list(failed), pa.string()))))
-    meta = {"random_init_encoders": ",".join(random_init)} if random_init else {}
+    meta = {"decode_rules": rules_digest(), **({"random_init_encoders": ",".join(random_init)} if random_init else {})}
     tasks = build_tasks(pairs.filter(usable), params, meta)
     write_json(args.tasks, tasks)
     if failed:

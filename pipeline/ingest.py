@@ -171,7 +171,7 @@ class _State:
 
 def _settings(params: IngestParams) -> dict[str, dict[str, Any]]:
     """Per source, what its recorded outcomes depend on besides the bytes: decode rules and params."""
-    decode_rules = hashlib.sha256(Path(decode_module.__file__).read_bytes()).hexdigest()
+    decode_rules = decode_module.rules_digest()
     settings = {}
     for source in params.sources:
         listing = {k: v for k, v in asdict(source).items() if k != "part_size"}
