@@ -61,7 +61,7 @@ def test_planted_pairs_lie_where_asked():
 
 
 def test_search_check_on_cpu_finds_the_planted_pairs_and_agrees_with_faiss():
-    result = gpu.search_check(3000, 1000, 64, 0.9, 60, block_size=256, device="cpu", matmul=1.0, seed=2)
+    result = gpu.search_check(3000, 1000, 64, 0.9, 60, block_size=256, device="cpu", seed=2)
     assert result["ok"]
     assert result["pairs_found"] == result["planted_above_threshold"] > 0
     assert result["planted_missed"] == result["unplanted_found"] == 0
@@ -82,7 +82,7 @@ def test_search_check_fails_when_the_search_loses_a_pair(monkeypatch):
         yield from chunks[1:]
 
     monkeypatch.setattr(search, "exact_pairs", lossy)
-    result = gpu.search_check(3000, 1000, 64, 0.9, 60, block_size=256, device="cpu", matmul=1.0, seed=2)
+    result = gpu.search_check(3000, 1000, 64, 0.9, 60, block_size=256, device="cpu", seed=2)
     assert not result["ok"] and result["planted_missed"] == 1
 
 
@@ -97,7 +97,7 @@ def test_embed_check_on_cpu_runs_the_stage_and_compares_with_fp32(small_corpus, 
     corpus, ids, locations = small_corpus
     assert len(ids) == 12
     result = gpu.embed_check(tmp_path, corpus, ids, locations, TINY_CLIP, TINY_DINO, batch_size=4, sample=6,
-                             matmul=1.0, model_batches=1)
+                             model_batches=1)
     assert result["ok"] and result["images_embedded"] == 12 and result["sample"] == 6
     for name in ("clip", "dino"):
         model = result["models"][name]
@@ -117,7 +117,7 @@ def test_embed_check_fails_when_stored_vectors_do_not_match(small_corpus, tmp_pa
 
     monkeypatch.setattr(embeddings, "load", shuffled)
     result = gpu.embed_check(tmp_path, corpus, ids, locations, TINY_CLIP, TINY_DINO, batch_size=4, sample=6,
-                             matmul=1.0, model_batches=1)
+                             model_batches=1)
     assert not result["ok"] and not result["models"]["clip"]["within_bf16_bound"]
 
 
@@ -133,3 +133,8 @@ def test_whole_run_on_cpu_reports_and_writes_json(tmp_path, capsys):
     assert results["embed"]["models"]["clip"]["pairwise_cosine_drift"] > 0  # bf16 moves cosines a little
     assert any(line.startswith("embed stage: 8 images") for line in lines)
     assert any(line.startswith("exact search: 2,000 × 64") for line in lines)
+    assert results["bf16_matmul_gflops"] == max(results["bf16_matmul_gflops_windows"])
+    shares = results["share_of_bf16_matmul"]
+    assert set(shares) == {"embed stage (both models)", "clip alone", "dino alone", "exact search"}
+    assert shares["exact search"] == pytest.approx(results["search"]["gflops"] / results["bf16_matmul_gflops"], abs=2e-3)
+    assert shares["exact search"] > 0

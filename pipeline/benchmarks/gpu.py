@@ -6,10 +6,10 @@ On a machine with a CUDA GPU, in one run (about 10 minutes at most on one H200-c
   (`pipeline.embed.embed_corpus`, local engine, loader threads, pinned memory) with both
   ViT-L/14 encoders (open_clip CLIP, DINOv2) on `device: cuda` in bf16 autocast with random
   weights (same cost as trained ones). Prints the stage's images/s, each model's images/s
-  alone and its achieved FLOP/s as a share of the GPU's dense bf16 matmul rate measured in the
-  same run. Check: on a seeded sample of `--sample` images, the vectors the stage wrote and the
-  same encoders on CPU in fp32 give pairwise cosines that differ by at most the bf16 bound of
-  `clipblind bench embed` (`COSINE_LIMIT`).
+  alone and their achieved FLOP/s as a share of the GPU's dense bf16 matmul rate (the better
+  of two windows of the same run, before and after). Check: on a seeded sample of `--sample`
+  images, the vectors the stage wrote and the same encoders on CPU in fp32 give pairwise
+  cosines that differ by at most the bf16 bound of `clipblind bench embed` (`COSINE_LIMIT`).
 * search: `--vectors` (10⁶) random unit vectors of dimension 768 with `--planted` pairs
   planted at cosines around the threshold, searched by the search stage's exact tile kernel
   (`pipeline.search.exact_pairs`, bf16 tiles, exact re-scoring) on the GPU. Prints the
@@ -150,7 +150,7 @@ def prepare_corpus(folder: Path, images: int, seed: int = 0) -> tuple[Corpus, li
 
 def embed_check(
     workdir: Path, corpus: Corpus, ids: Sequence[str], locations: Sequence[str], clip: EncoderParams, dino: EncoderParams,
-    batch_size: int, sample: int, matmul: float, model_batches: int = 5, seed: int = 0,
+    batch_size: int, sample: int, model_batches: int = 5, seed: int = 0,
 ) -> dict[str, Any]:
     """Run the embed stage with `clip` and `dino` (on their device) over the corpus; time it and check a
     seeded sample of images against the same encoders on CPU in fp32."""
@@ -192,10 +192,10 @@ def embed_check(
         "images_embedded": metrics["images_embedded"],
         "images_failed": metrics["images_failed"],
         "stage_images_per_s": round(stage_rate, 1),
-        "stage_share_of_bf16_matmul": round(stage_rate * sum(flops.values()) / 1e9 / matmul, 3),
+        "stage_gflops": round(stage_rate * sum(flops.values()) / 1e9, 3),
         "models": {
             name: {"gflop_per_image": round(flops[name] / 1e9, 4), "images_per_s_alone": round(alone[name], 1),
-                   "share_of_bf16_matmul": round(alone[name] * flops[name] / 1e9 / matmul, 3), **checks[name]}
+                   "gflops_alone": round(alone[name] * flops[name] / 1e9, 3), **checks[name]}
             for name in flops
         },
         "sample": len(rows),
@@ -234,7 +234,7 @@ def _pair_set(i: np.ndarray, j: np.ndarray) -> set[tuple[int, int]]:
 
 
 def search_check(
-    n: int, subset: int, dim: int, threshold: float, planted: int, block_size: int, device: str, matmul: float, seed: int = 0,
+    n: int, subset: int, dim: int, threshold: float, planted: int, block_size: int, device: str, seed: int = 0,
 ) -> dict[str, Any]:
     """Exact search of n planted random vectors on `device`; its pairs against the planted truth and, on the
     first `subset` rows, against FAISS on the CPU."""
@@ -263,7 +263,7 @@ def search_check(
     return {
         "vectors": n, "dim": dim, "threshold": threshold, "block_size": block_size,
         "seconds": round(seconds, 2), "dot_products": counts.dot_products, "rescored": counts.rescored,
-        "gflops": round(rate, 1), "share_of_bf16_matmul": round(rate / matmul, 3),
+        "gflops": round(rate, 3),
         "planted_above_threshold": len(truth), "pairs_found": len(got),
         "planted_missed": len(truth - got), "unplanted_found": len(got - truth),
         "subset": subset, "subset_pairs": len(ours), "faiss_subset_pairs": len(theirs), "faiss_seconds": round(faiss_s, 2),
@@ -321,30 +321,35 @@ def run(args: argparse.Namespace, report: Callable[[str], None],
     with tempfile.TemporaryDirectory(prefix="clipblind-bench-gpu-") as tmp:
         if args.images:  # before the GPU is touched: drawing and ingest fork this process
             corpus, ids, locations = prepare_corpus(Path(tmp) / "corpus", args.images, seed=args.seed)
-        matmul = matmul_gflops(args.device, args.matmul_size)
-        results["bf16_matmul_gflops"] = round(matmul, 1)
-        report(f"{PROG}: {results.get('gpu', args.device)}, torch {torch.__version__}: dense bf16 matmul {matmul / 1e3:.1f} TFLOP/s")
+        matmul = [matmul_gflops(args.device, args.matmul_size)]
+        report(f"{PROG}: {results.get('gpu', args.device)}, torch {torch.__version__}: dense bf16 matmul "
+               f"{matmul[0] / 1e3:.1f} TFLOP/s")
         if args.images:
             clip, dino = (replace(p, device=args.device) for p in encoders)
-            embed = embed_check(Path(tmp), corpus, ids, locations, clip, dino, args.batch_size, args.sample, matmul,
-                                seed=args.seed)
+            embed = embed_check(Path(tmp), corpus, ids, locations, clip, dino, args.batch_size, args.sample, seed=args.seed)
             results["embed"] = embed
-            report(f"embed stage: {embed['images_embedded']} images at {embed['stage_images_per_s']:.0f} img/s "
-                   f"({embed['stage_share_of_bf16_matmul']:.1%} of the bf16 matmul rate)")
+            report(f"embed stage: {embed['images_embedded']} images at {embed['stage_images_per_s']:.0f} img/s")
             for name, m in embed["models"].items():
-                report(f"  {name}: {m['gflop_per_image']:.1f} GFLOP/img, {m['images_per_s_alone']:.0f} img/s alone = "
-                       f"{m['share_of_bf16_matmul']:.1%} of the bf16 matmul rate; vs CPU fp32 on {embed['sample']} images: "
-                       f"pairwise cosines differ by ≤ {m['pairwise_cosine_drift']:.4f} (bound {COSINE_LIMIT})")
+                report(f"  {name}: {m['gflop_per_image']:.1f} GFLOP/img, {m['images_per_s_alone']:.0f} img/s alone; "
+                       f"vs CPU fp32 on {embed['sample']} images: pairwise cosines differ by ≤ "
+                       f"{m['pairwise_cosine_drift']:.4f} (bound {COSINE_LIMIT})")
         if args.vectors:
             search = search_check(args.vectors, args.subset, args.dim, args.threshold, args.planted, args.block_size,
-                                  args.device, matmul, seed=args.seed)
+                                  args.device, seed=args.seed)
             results["search"] = search
             report(f"exact search: {search['vectors']:,} × {search['dim']} in {search['seconds']:.1f} s = "
-                   f"{search['gflops'] / 1e3:.1f} TFLOP/s ({search['share_of_bf16_matmul']:.1%} of the bf16 matmul rate); "
-                   f"{search['pairs_found']} pairs, planted missed {search['planted_missed']}, "
-                   f"unplanted {search['unplanted_found']}; first {search['subset']:,} rows vs FAISS on CPU: "
-                   f"{search['subset_pairs']} vs {search['faiss_subset_pairs']} pairs, "
+                   f"{search['gflops'] / 1e3:.1f} TFLOP/s; {search['pairs_found']} pairs, planted missed "
+                   f"{search['planted_missed']}, unplanted {search['unplanted_found']}; first {search['subset']:,} rows "
+                   f"vs FAISS on CPU: {search['subset_pairs']} vs {search['faiss_subset_pairs']} pairs, "
                    f"{search['subset_differing_beyond_rounding']} differ beyond float32 rounding")
+        # The reference is the best of two matmul windows, before and after: shares are never flattered by a slow window.
+        matmul.append(matmul_gflops(args.device, args.matmul_size))
+    results["bf16_matmul_gflops"] = round(max(matmul), 1)
+    results["bf16_matmul_gflops_windows"] = [round(m, 1) for m in matmul]
+    report(f"dense bf16 matmul rate (best of before/after): {max(matmul) / 1e3:.1f} TFLOP/s; achieved shares:")
+    for name, gflops in _achieved(results):
+        report(f"  {name}: {gflops / max(matmul):.1%}")
+    results["share_of_bf16_matmul"] = {name: round(gflops / max(matmul), 3) for name, gflops in _achieved(results)}
     ok = all(results[k]["ok"] for k in ("embed", "search") if k in results)
     results["ok"] = ok
     if args.json:
@@ -355,6 +360,17 @@ def run(args: argparse.Namespace, report: Callable[[str], None],
     if not ok:
         print(f"{PROG}: a check failed (see 'ok' above)", file=sys.stderr)
     return 0 if ok else EXIT_CHECK_FAILED
+
+
+def _achieved(results: dict[str, Any]) -> list[tuple[str, float]]:
+    """(what, achieved GFLOP/s) for the embed stage, each model alone, and the search."""
+    achieved = []
+    if "embed" in results:
+        achieved.append(("embed stage (both models)", results["embed"]["stage_gflops"]))
+        achieved += [(f"{name} alone", m["gflops_alone"]) for name, m in results["embed"]["models"].items()]
+    if "search" in results:
+        achieved.append(("exact search", results["search"]["gflops"]))
+    return achieved
 
 
 if __name__ == "__main__":
