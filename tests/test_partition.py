@@ -35,6 +35,7 @@ def test_finds_99_percent_of_exact_pairs_with_a_quarter_of_the_products_in_balan
     assert result["planted_pairs"] == 500 and result["planted_straddling"] >= 300  # most planted pairs cross a border
     assert result["exact_pairs"] >= 500 and result["partitioned_only"] == 0
     assert result["recall"] >= 0.99
+    assert result["planted_found"] >= 0.98 * result["planted_pairs"]  # the border-straddling pairs themselves
     assert result["dot_product_share"] <= 0.25
     assert abs(result["share_over_model"] - 1) <= 0.10  # the cost model predicts what the code computes
     assert result["task_memory_over_model"] <= 2.0  # no task holds more than twice (1 + p)·N/P vectors
