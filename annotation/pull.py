@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="snapshot file (default labels/<project>.json)")
     parser.add_argument("--metrics", help="metrics file (default metrics/pull_<project>.json)")
     args = parser.parse_args(argv)
-    params = load_params(args.params)
+    params = load_params(args.params, parser)
     title = params.writing_project if args.project == "writing" else params.verification_project
     out = Path(args.out or f"labels/{args.project}.json")
     metrics_path = Path(args.metrics or f"metrics/pull_{args.project}.json")

@@ -257,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--suggestions", help="JSON {pair_id: {pattern, question, option_a, option_b}}")
     parser.add_argument("--metrics", default="metrics/push.json")
     args = parser.parse_args(argv)
-    params = load_params(args.params)
+    params = load_params(args.params, parser)
     if not Path(args.tasks).exists():
         print(f"[{STAGE}] error: no task file at {args.tasks}: run `dvc repro export` first", file=sys.stderr)
         return 1

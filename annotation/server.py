@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
 from pipeline.atomic import write_bytes
-from pipeline.config import Port, Positive, load_section
+from pipeline.config import Port, Positive, command_params, load_section
 
 HOST = "127.0.0.1"  # never another interface: annotators reach it through an SSH tunnel if remote
 VENV_ENV = "CLIPBLIND_LABELSTUDIO_VENV"
@@ -70,8 +70,10 @@ class Admin:
     token: str
 
 
-def load_params(path: str | Path) -> LabelStudioParams:
-    """The `labelstudio` section of a params file."""
+def load_params(path: str | Path, parser: argparse.ArgumentParser | None = None) -> LabelStudioParams:
+    """The `labelstudio` section of a params file; for a command line (`parser`), a problem exits with code 2."""
+    if parser is not None:
+        return command_params(parser, path, "labelstudio", LabelStudioParams)
     return load_section(path, "labelstudio", LabelStudioParams)
 
 
@@ -299,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     user_cmd.add_argument("email")
     user_cmd.add_argument("--password", help="default: a generated one, printed once")
     args = parser.parse_args(argv)
-    params = load_params(args.params)
+    params = load_params(args.params, parser)
     try:
         if args.action == "start":
             pid, started = start(params, Path(args.display))

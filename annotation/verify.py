@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--display", default="data/display")
     parser.add_argument("--metrics", default="metrics/verify_push.json")
     args = parser.parse_args(argv)
-    params = load_params(args.params)
+    params = load_params(args.params, parser)
     verifiers = command_params(parser, args.params, "accept", AcceptParams).verifiers
     annotations = schemas.read_table(args.annotations, "annotations")
     try:

@@ -291,3 +291,19 @@ def test_calibrate_refuses_bad_mine_thresholds_too(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--params", str(path), *argv])
     assert exit_.value.code == 2 and "'mine.clip_threshold' is 1.5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["labelstudio", "push", "pull", "push-verification"])
+def test_annotation_commands_report_bad_server_params(tmp_path, capsys, command):
+    from pipeline import cli
+
+    params = tiny_params()
+    params["labelstudio"] = {"port": 70000}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    argv = [command, "--params", str(path), *(["status"] if command == "labelstudio" else [])]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(f"clipblind {command}: bad params in {path}:")
+    assert "'labelstudio.port' is 70000, but it must be in [1, 65535]" in err
