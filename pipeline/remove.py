@@ -1,6 +1,7 @@
 """remove: take items out of a release (a takedown request) as a new version with a changelog line.
 
-Input: a release folder, the ids to remove (item ids, pair ids or image sha256s; a pair leaves
+Input: a release folder, the ids to remove (item ids, pair ids, or image sha256s: the source
+file's (`source_sha256`, the pipeline's image id) or the released bytes' (`image_sha256`); a pair leaves
 whole, since MMVP scores pairs), a reason. Output: a new release folder whose version is the
 next minor (or --bump) version, whose CHANGELOG names every removed pair and item, and whose
 manifest lists the changes. The input release is left as it is.
@@ -21,11 +22,12 @@ STAGE = "remove"
 
 
 def resolve(items: Sequence[dict[str, Any]], ids: Sequence[str]) -> list[str]:
-    """The pair ids that `ids` (item ids, pair ids or image sha256s) name; ReleaseError for an unknown id."""
+    """The pair ids that `ids` (item ids, pair ids, source or released image sha256s) name; ReleaseError for an unknown id."""
     by_key: dict[str, str] = {}
     for item in items:
-        for key in (item["item_id"], item["pair_id"], item["image_sha256"]):
-            by_key[key] = item["pair_id"]
+        for key in (item["item_id"], item["pair_id"], item["source_sha256"], item["image_sha256"]):
+            if key:  # image_sha256 is null for a withheld image
+                by_key[key] = item["pair_id"]
     unknown = [i for i in ids if i not in by_key]
     if unknown:
         raise release.ReleaseError(f"not in this release: {unknown} (give item ids, pair ids or image sha256s)")

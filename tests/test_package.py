@@ -291,7 +291,10 @@ def test_remove_yields_a_new_version_naming_the_removed_items(world, tmp_path):
     before = release.file_sha256(world["release"] / "SHA256SUMS")
     from pipeline import remove
 
-    assert remove.main([str(world["release"]), "--ids", target["image_sha256"], "--reason", "takedown request #1",
+    # a takedown names the source image (its image id); the released bytes' hash names the same pair
+    assert remove.resolve(items, [target["image_sha256"]]) == remove.resolve(items, [target["source_sha256"]])
+    assert target["image_sha256"] != target["source_sha256"]
+    assert remove.main([str(world["release"]), "--ids", target["source_sha256"], "--reason", "takedown request #1",
                         "--out", str(out)]) == 0
     assert release.file_sha256(world["release"] / "SHA256SUMS") == before  # the old version is untouched
     manifest = release.read_manifest(out)
