@@ -322,8 +322,9 @@ def recall_against_exact(vectors: np.ndarray, found: PairChunk, rows: np.ndarray
     truth_chunks: list[np.ndarray] = []
     truth = np.zeros(0, np.int64)
     hits, used, interval = 0, 0, (0.0, 1.0)
-    for start in range(0, len(rows), block_size):
-        block = rows[start : start + block_size]
+    step = max(1, min(block_size, min_rows))  # rows per look at the interval
+    for start in range(0, len(rows), step):
+        block = rows[start : start + step]
         for c in range(0, n, block_size):
             chunk = kernel.hits(block, np.arange(c, min(c + block_size, n)), threshold, upper=False)
             truth_chunks.append(np.minimum(chunk.i, chunk.j).astype(np.int64) * n + np.maximum(chunk.i, chunk.j))

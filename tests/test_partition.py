@@ -154,6 +154,8 @@ def test_the_recall_sample_grows_until_it_can_tell_99_from_95_percent():
     assert result["recall_sample_pairs"] >= 73  # below that, 100 % recall still admits 95 %
     assert result["recall_interval"][0] > 0.95 and result["recall_interval"][1] == 1.0
     assert touching.sum() >= result["recall_sample_pairs"]
+    fewer = result["recall_sample_rows"] - 100  # it stops at the first look, every 100 rows, that can tell
+    assert not recall_against_exact(x, exact, rows[:fewer], 0.95, 256, min_rows=fewer)["recall_sample_sufficient"]
     missing = PairChunk(exact.i[::10], exact.j[::10], exact.sim[::10])  # a search that found a tenth
     low = recall_against_exact(x, missing, rows, 0.95, 256, min_rows=100)
     assert low["recall_sample_sufficient"] and low["recall_interval"][1] < 0.95 < 0.99
