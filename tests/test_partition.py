@@ -100,6 +100,17 @@ def test_partitions_are_balanced_and_no_partition_is_a_hub():
     assert np.allclose(np.linalg.norm(plan.centroids, axis=1), 1, atol=1e-5)  # partitions on the sphere
 
 
+def test_with_no_room_to_spare_every_vector_still_gets_a_partition_and_its_visits():
+    x = _hub_prone(4000, 16, seed=3)
+    # balance 1: the cores fill exactly, so rows turned away rank deeper than the first 18 partitions
+    plan = plan_partitions(x, PartitionParams(partitions=40, probes=2, train_size=4000, iterations=10, balance=1.0), seed=0)
+    core, visitors = task_rows(plan)
+    assert (core == 100).all() and (plan.probes >= 0).all() and not (plan.probes == plan.label[:, None]).any()
+    assert (plan.probes[:, 0] != plan.probes[:, 1]).all()
+    # a visit goes past a partition's room only when every partition the row may still visit is full
+    assert np.maximum(visitors - 200, 0).sum() <= 0.01 * 4000
+
+
 def test_with_room_to_spare_each_vector_takes_its_most_similar_partitions():
     x = _hub_prone(3000, 32, seed=5)
     plan = plan_partitions(x, PartitionParams(partitions=8, probes=2, train_size=3000, iterations=10, balance=100.0), seed=0)
