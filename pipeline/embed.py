@@ -31,7 +31,7 @@ from pipeline import embeddings, schemas
 from pipeline.config import AtLeastOne, Count, Positive, command_params
 from pipeline.corpus import Corpus
 from pipeline.decode import DecodeError, decode, rules_digest
-from pipeline.encoders import Encoder, EncoderParams, load_encoder
+from pipeline.encoders import Encoder, EncoderParams, load_encoders as build_encoders
 from pipeline.ingest import IngestParams
 from pipeline.report import progress, summary, warn, write_metrics
 
@@ -297,7 +297,7 @@ def _engine(kind: str) -> Callable[..., Iterable[ShardResult]]:
 
 def load_encoders(params: EmbedParams, names: Iterable[str] = ("clip", "dino")) -> dict[str, Encoder]:
     """The stage's encoders, built from params (warning loudly about random weights)."""
-    encoders = {name: load_encoder(name, getattr(params, name)) for name in names}
+    encoders = build_encoders({name: getattr(params, name) for name in names})  # names every one that cannot load
     for name, encoder in encoders.items():
         if encoder.random_init:
             warn(STAGE, f"{name} encoder uses RANDOMLY INITIALISED weights (weights: random): "

@@ -28,7 +28,7 @@ from pipeline import mmvp, patterns, release, scoring
 from pipeline.atomic import write_bytes
 from pipeline.config import command_params
 from pipeline.decode import decode
-from pipeline.encoders import EncoderParams, OpenClipEncoder
+from pipeline.encoders import EncoderParams, OpenClipEncoder, load_encoders
 from pipeline.report import progress, summary, warn, write_metrics
 from pipeline.vlm import Backend, CachedBackend, VlmParams, build_prompt, load_backend
 
@@ -152,11 +152,9 @@ def _vlm_pairs(root: Path) -> list[EvalPair]:
 class ClipScorer:
     """An open_clip model's image and text towers (weights resolved as the embed stage does)."""
 
-    def __init__(self, params: EncoderParams) -> None:
-        import open_clip
-
-        self.encoder = OpenClipEncoder("clip", params)
-        self.tokenizer = open_clip.get_tokenizer(params.model)
+    def __init__(self, params: EncoderParams, encoder: OpenClipEncoder | None = None) -> None:
+        self.encoder = encoder or OpenClipEncoder("clip", params)
+        self.tokenizer = self.encoder.tokenizer()
         self.name = f"open_clip:{params.model}:{self.encoder.weights_source}"
         self.random_init = self.encoder.random_init
 
@@ -174,6 +172,16 @@ class ClipScorer:
         with torch.inference_mode():
             features = self.encoder.model.encode_text(self.tokenizer(list(texts)))
         return torch.nn.functional.normalize(features.float(), dim=-1).numpy()
+
+
+def load_clip_scorers(specs: Sequence[EncoderParams]) -> list[ClipScorer]:
+    """A scorer per `evaluate.clip` entry; one error names every entry whose weights cannot be had."""
+    for i, p in enumerate(specs):
+        if p.kind != "open_clip":
+            raise ValueError(f"evaluate.clip[{i}] ({p.model!r}) has kind {p.kind!r}: set kind: open_clip "
+                             "(its image and text towers are scored)")
+    encoders = load_encoders({f"evaluate.clip[{i}] {p.model}": p for i, p in enumerate(specs)})
+    return [ClipScorer(p, e) for p, e in zip(specs, encoders.values())]  # type: ignore[arg-type]
 
 
 def evaluate_clip(pairs: Sequence[EvalPair], scorer: ClipScorer) -> dict[str, Any]:
@@ -308,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     benchmark = {"folder": str(folder), "format": fmt, "pairs": len(pairs)}
     if fmt == "release":
         benchmark["version"] = release.read_manifest(folder)["version"]
-    scorers = [ClipScorer(p) for p in params.clip]
+    scorers = load_clip_scorers(params.clip)
     for scorer in scorers:
         if scorer.random_init:
             warn(STAGE, f"{scorer.name} has RANDOMLY INITIALISED weights: its scores are a pipeline check, not a result")

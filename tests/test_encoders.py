@@ -130,3 +130,41 @@ def test_auto_dtype_follows_the_cpu_flags(tmp_path):
     without.write_text("flags\t\t: fpu sse2 avx2\n")
     assert cpu_has_native_bf16(with_bf16) and not cpu_has_native_bf16(without)
     assert resolve_dtype("fp32", "cuda") == "fp32" and resolve_dtype("auto", "cuda") == "bf16"
+
+
+def test_dino_transform_pickles_for_ray_workers():
+    import pickle
+
+    import torch
+
+    encoder = load_encoder("d", TINY_DINO)
+    image = _images(1)[0]
+    torch.testing.assert_close(pickle.loads(pickle.dumps(encoder.transform))(image), encoder.preprocess(image))
+
+
+def test_dino_with_registers_hub_id_builds_registers_and_mean_skips_them():
+    import dataclasses
+
+    import torch
+
+    params = EncoderParams(kind="dinov2", model="facebook/dinov2-with-registers-small", weights="random",
+                           image_size=28, pooling="mean", config={"num_hidden_layers": 1})
+    encoder = load_encoder("r", params)
+    assert type(encoder.model).__name__ == "Dinov2WithRegistersModel"
+    assert encoder.describe()["architecture"]["num_register_tokens"] == 4
+    batch = torch.stack([encoder.preprocess(im) for im in _images(2)])
+    with torch.inference_mode():
+        hidden = encoder.model(pixel_values=batch).last_hidden_state
+    assert hidden.shape[1] == 1 + 4 + (28 // 14) ** 2
+    expected = torch.nn.functional.normalize(hidden[:, 5:].mean(dim=1), dim=-1).numpy()
+    np.testing.assert_allclose(encoder.encode(batch), expected, atol=1e-6)
+    cls = load_encoder("c", dataclasses.replace(params, pooling="cls"))
+    np.testing.assert_allclose(cls.encode(batch), torch.nn.functional.normalize(hidden[:, 0], dim=-1).numpy(), atol=1e-6)
+
+
+def test_open_clip_tag_facts_are_applied_both_ways():
+    from pipeline.encoders import _tag_model_facts
+
+    assert _tag_model_facts({"quick_gelu": True}) == {"force_quick_gelu": True}
+    assert _tag_model_facts({"quick_gelu": False}) == {"quick_gelu": False}
+    assert _tag_model_facts({"mean": (0.5,) * 3}) == {}
