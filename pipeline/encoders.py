@@ -547,11 +547,13 @@ class OpenClipEncoder:
         if wanted and not self.quick_gelu:
             raise RuntimeError(f"open_clip built {self.source.model_name} without QuickGELU, which its weights need")
         built = getattr(model.visual, "preprocess_cfg", {})
+        # a tag's cfg holds the preprocessing keys itself; a hub repo's config under `preprocess_cfg`
+        stated = self.source.pretrained_cfg.get("preprocess_cfg", self.source.pretrained_cfg)
         for key in ("mean", "std", "interpolation", "resize_mode"):
-            if key in self.source.pretrained_cfg and _json_safe(built.get(key)) != self.source.pretrained_cfg[key]:
+            if key in stated and _json_safe(built.get(key)) != _json_safe(stated[key]):
                 raise RuntimeError(
                     f"open_clip built {self.source.model_name} with preprocessing {key}={built.get(key)!r}, "
-                    f"but its pretrained config says {self.source.pretrained_cfg[key]!r}"
+                    f"but its pretrained config says {stated[key]!r}"
                 )
 
     def tokenizer(self) -> Any:
