@@ -31,7 +31,7 @@ def test_clip_retrieval_output_is_imported_and_mined(sample_corpus, tmp_path):
     params = tiny_params()
     params["embed"]["clip"] = {"kind": "clip_retrieval", "model": "ViT-L-14", "weights": "openai",
                                "config": {"strip_prefix": PREFIX}}
-    params["mine"] = {"clip_threshold": 0.95, "dino_threshold": 1.01}  # every CLIP candidate becomes a pair
+    params["mine"] = {"clip_threshold": 0.95, "dino_threshold": 1.0}  # every CLIP candidate of two distinct images becomes a pair
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
     images = _ingest(params_file, sample_corpus, tmp_path / "data")
