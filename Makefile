@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml .ci/constraints.txt
 
 env: $(VENV)/.installed  ## create the virtual environment and install clipblind
 
-demo: env  ## generate the sample corpus and run the pipeline through export, offline
+demo: env  ## generate the sample corpus and run the whole pipeline (dvc repro) offline; a clean clone stays clean (.ci/run)
 	@echo "clipblind demo: RANDOMLY INITIALISED encoders (no model hub offline); thresholds are the demo's own (params.yaml)."
 	PATH="$(abspath $(VENV))/bin:$$PATH" dvc repro
 	@PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pipeline.status
