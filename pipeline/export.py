@@ -56,7 +56,8 @@ def display_bytes(data: bytes, params: ExportParams, max_pixels: int, comment: b
         image = image.copy()
         image.thumbnail((params.display_max_side, params.display_max_side))
     out = io.BytesIO()
-    image.save(out, format="JPEG", quality=params.jpeg_quality, optimize=True, **({"comment": comment} if comment else {}))
+    # comment is always passed: Pillow would otherwise copy the source file's own JPEG comment
+    image.save(out, format="JPEG", quality=params.jpeg_quality, optimize=True, comment=comment)
     return out.getvalue()
 
 

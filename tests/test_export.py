@@ -79,3 +79,15 @@ def test_an_image_gone_since_ingest_costs_only_its_pairs(sample_corpus, params_f
     assert metrics["pairs"] == metrics["tasks"] + metrics["pairs_skipped"] == 2
     assert metrics["images_failed"] == {a: "empty_file"}
     assert a in capsys.readouterr().err
+
+
+def test_display_copy_carries_no_text_of_the_source_file():
+    import io
+
+    source = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(source, format="JPEG", comment=b"private note of the photographer")
+    params = export.ExportParams(url_prefix="/data/local-files/?d=display/", display_max_side=64, jpeg_quality=90)
+    plain = Image.open(io.BytesIO(export.display_bytes(source.getvalue(), params, max_pixels=10_000)))
+    assert "comment" not in plain.info
+    stamped = Image.open(io.BytesIO(export.display_bytes(source.getvalue(), params, max_pixels=10_000, comment=b"rules")))
+    assert stamped.info["comment"] == b"rules"
