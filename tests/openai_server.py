@@ -5,7 +5,8 @@ usage: python -m tests.openai_server MODEL_DIR PORT_FILE LOG_FILE
 It binds an ephemeral port on 127.0.0.1, writes the port to PORT_FILE, and answers
 POST /v1/chat/completions with the model's greedy reply. Each request's image bytes are
 decoded from the data URL and their sha256 appended to LOG_FILE, so a test can check that
-every request carried the image it was about.
+every request carried the image it was about. `chat_handler` serves any reply function
+(tests/journey_world.py scripts one).
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ import json
 import sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import Any, Callable
 
 from pipeline.vlm import TransformersBackend, VlmParams
 
+Answer = Callable[[dict[str, Any], str, bytes | None], str]
 
-def serve(model_dir: str, port_file: str, log_file: str) -> None:
-    backend = TransformersBackend(VlmParams(backend="transformers", model=model_dir, max_new_tokens=8))
+
+def chat_handler(answer: Answer) -> type[BaseHTTPRequestHandler]:
+    """A request handler for POST /v1/chat/completions that replies `answer(body, prompt, image bytes)`."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
@@ -35,10 +39,7 @@ def serve(model_dir: str, port_file: str, log_file: str) -> None:
                     prompt += part["text"]
                 elif part["type"] == "image_url":
                     image = base64.b64decode(part["image_url"]["url"].split(",", 1)[1])
-            with open(log_file, "a") as log:
-                log.write(json.dumps({"image_sha256": hashlib.sha256(image).hexdigest() if image else None,
-                                      "temperature": body.get("temperature"), "model": body.get("model")}) + "\n")
-            reply = backend.ask(prompt, image)
+            reply = answer(body, prompt, image)
             data = json.dumps({"object": "chat.completion", "model": body.get("model"),
                                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
                                             "finish_reason": "stop"}]}).encode()
@@ -51,7 +52,19 @@ def serve(model_dir: str, port_file: str, log_file: str) -> None:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = HTTPServer(("127.0.0.1", 0), Handler)
+    return Handler
+
+
+def serve(model_dir: str, port_file: str, log_file: str) -> None:
+    backend = TransformersBackend(VlmParams(backend="transformers", model=model_dir, max_new_tokens=8))
+
+    def answer(body: dict[str, Any], prompt: str, image: bytes | None) -> str:
+        with open(log_file, "a") as log:
+            log.write(json.dumps({"image_sha256": hashlib.sha256(image).hexdigest() if image else None,
+                                  "temperature": body.get("temperature"), "model": body.get("model")}) + "\n")
+        return backend.ask(prompt, image)
+
+    server = HTTPServer(("127.0.0.1", 0), chat_handler(answer))
     Path(port_file).write_text(str(server.server_address[1]))
     server.serve_forever()
 

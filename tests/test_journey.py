@@ -1,0 +1,411 @@
+"""The journey: corpus → `dvc repro` → Label Studio in a real browser → release → readers, twice.
+
+One test walks the path a benchmark maker walks, in a temp copy of this repository, with real
+stage outputs only (nothing in the chain is a hand-made table): the sample corpus stage (made
+smaller through its `--scenes` option), `dvc repro`, `clipblind labelstudio start`, `add-user`,
+`push`, a writer and a verifier in Chromium, `pull`, `push-verification`, `adjudicate`, the
+release read by `sha256sum -c`, `datasets.load_dataset` offline, MMVP's own reading and scoring
+logic (tests/mmvp_oracle.py) and `clipblind evaluate` against a scripted model; then a second
+round that changes the release, which stays unreleased until the version is bumped and the
+changelog names the changes, and `clipblind tag`. `dvc exp run` is tried after each round.
+
+The journey walks a copy of the working tree, or of the git revision named by
+CLIPBLIND_JOURNEY_REV. Run with `-s` to see the wall time of every step (artifacts/journey/ keeps the screenshots).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import patterns, release
+from pipeline.patterns import ANSWERS
+from tests import mmvp_oracle
+from tests.journey_world import (
+    ARTIFACTS, Question, ScriptedVlm, Timings, Verifier, Workspace, Writer, chromium, copy_repository, free_port,
+    new_page,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.browser]
+
+SCENES = 16  # the sample corpus: 16 scenes × 9 variants (the shipped stage makes 40)
+WRITER = ("writer@example.org", "writer-pass-1")
+VERIFIER = ("verifier@example.org", "verifier-pass-1")
+MARKUP = "<b>bold</b> & <i>"  # must reach the release byte-exact
+FORMULA = "-5 or +5: which way does the arrow turn?"  # a spreadsheet would evaluate it: validate refuses it
+# mine.dino_threshold of each `dvc exp run`: each different, so each mines again (DVC's run cache would skip it)
+EXPERIMENT_DINO = {"after round 1": "0.92", "on the unreleased build": "0.91", "after the bump": "0.93"}
+RELEASE = "data/release"
+SOURCE_ENV = "CLIPBLIND_JOURNEY_REV"  # a git revision to walk instead of the working tree (e.g. HEAD)
+
+
+def nine_questions(shown: list[str]) -> list[Question]:
+    """One question per pattern, the pattern picked by the name the labeling config shows."""
+    questions = []
+    for k, name in enumerate(shown):
+        key = patterns.lookup(name).key
+        first, second = ANSWERS if k % 2 == 0 else ANSWERS[::-1]
+        text = f"Which {key.replace('_', ' ')} detail does the {MARKUP} sign show?" if k == 0 else \
+            f"Which {key.replace('_', ' ')} does this picture have?"
+        questions.append(Question(
+            pattern=name, question=text, option_a=f"{MARKUP} left" if k == 0 else f"{key} one",
+            option_b=f"{key} two", answer_a=first, answer_b=second,
+            statement_a=f"The {key} of the first picture.", statement_b=f"The {key} of the second picture.",
+        ))
+    return questions
+
+
+def _reply(k: int, member: int, truth: str) -> str:
+    """The scripted model: right on image a; on image b right for even k, else wrong or no answer."""
+    if member == 1 and k % 2 == 1:
+        return "I cannot tell." if k == 7 else ANSWERS[1 - ANSWERS.index(truth)]
+    shape = ("{}", "Answer: {}", "The answer is {}.")[k % 3]
+    return shape.format(truth)
+
+
+def _letter(reply: str) -> str | None:
+    """The one answer letter a scripted reply names (None: neither or both)."""
+    named = [letter for letter in ANSWERS if letter in reply]
+    return named[0] if len(named) == 1 else None
+
+
+def _release_rows(ws: Workspace) -> list[dict[str, Any]]:
+    return pq.read_table(ws.path(f"{RELEASE}/{release.PARQUET_PATH}")).to_pylist()
+
+
+def _by_pair(rows: list[dict[str, Any]]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """pair_id → its two release rows, in member order."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for row in sorted(rows, key=lambda r: release.MEMBERS.index(r["member"])):
+        found.setdefault(row["pair_id"], []).append(row)
+    return {pair_id: (a, b) for pair_id, (a, b) in found.items()}
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_release(ws: Workspace, written: dict[str, Question], verification: dict[str, str], version: str) -> None:
+    """The release holds every accepted pair exactly as written, and every reader agrees."""
+    release_dir = ws.path(RELEASE)
+    manifest = ws.json(f"{RELEASE}/manifest.json")
+    assert manifest["version"] == version
+    rows = _release_rows(ws)
+    by_pair = _by_pair(rows)
+    assert set(by_pair) == set(written), "every accepted pair, and nothing else, is released"
+    for pair_id, q in written.items():
+        a, b = by_pair[pair_id]
+        for row, answer, statement in ((a, q.answer_a, q.statement_a), (b, q.answer_b, q.statement_b)):
+            assert row["question"] == q.question and list(row["options"]) == [q.option_a, q.option_b]
+            assert row["answer"] == answer and row["statement"] == statement
+            assert row["pattern"] == patterns.lookup(q.pattern).paper
+            assert row["pattern_key"] == patterns.lookup(q.pattern).key
+            assert row["verification"] == verification[pair_id]
+    # every row's image_sha256 is the sha256 of the image bytes it ships
+    for row in rows:
+        assert row["image_sha256"] == _sha256(row["image"]["bytes"]), row["item_id"]
+    # the real sha256sum accepts the checksums
+    check = subprocess.run(["sha256sum", "--strict", "-c", "SHA256SUMS"], cwd=release_dir, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    # MMVP's reading of mmvp/: the question + options prompt, the answer and the image by row position
+    mmvp_rows = mmvp_oracle.read_mmvp(release_dir / "mmvp")
+    assert len(mmvp_rows) == len(rows)
+    for row in rows:
+        seen = mmvp_rows[row["mmvp_index"] - 1]
+        assert seen.prompt == f"{row['question']} (a) {row['options'][0]} (b) {row['options'][1]}"
+        assert seen.answer == row["answer"]
+        assert Path(seen.image_path).read_bytes() == row["image"]["bytes"]
+    for pair in by_pair.values():
+        assert pair[1]["mmvp_index"] == pair[0]["mmvp_index"] + 1 and pair[0]["mmvp_index"] % 2 == 1
+
+
+def check_mmvp_vlm(ws: Workspace, written: dict[str, Question]) -> None:
+    """MMVP's evaluate_vlm.py logic (reduced form: num_pairs // 9 per category) labels every category right."""
+    by_statement = {q.statement_a: (pair_id, q) for pair_id, q in written.items()}
+    by_pair = _by_pair(_release_rows(ws))
+    pairs = mmvp_oracle.read_mmvp_vlm(ws.path(f"{RELEASE}/mmvp_vlm"), pairs_per_category=None)
+    assert len(pairs) == len(written)
+    for pair in pairs:
+        pair_id, q = by_statement[pair.statement_a]
+        assert pair.category == patterns.lookup(q.pattern).mmvp_script, (pair_id, q.pattern, pair.category)
+        assert pair.statement_b == q.statement_b and pair.truth == ("img1", "img2")
+        assert Path(pair.image_a).read_bytes() == by_pair[pair_id][0]["image"]["bytes"]
+        assert Path(pair.image_b).read_bytes() == by_pair[pair_id][1]["image"]["bytes"]
+    perfect = {(p.qid_a, p.qid_b): (1.0, 0.0) for p in pairs}
+    assert mmvp_oracle.score_mmvp_vlm(pairs, perfect) == {c: 100.0 for c in mmvp_oracle.MMVP_CATEGORIES}
+
+
+def check_load_dataset(ws: Workspace, written: dict[str, Question]) -> None:
+    """`datasets.load_dataset` on the folder, offline, returns every item as released."""
+    script = (
+        "import hashlib, json, sys\nfrom datasets import Image, load_dataset\n"
+        "ds = load_dataset(sys.argv[1], split='test').cast_column('image', Image(decode=False))\n"
+        "rows = [{k: r[k] for k in ('pair_id', 'member', 'question', 'options', 'answer', 'pattern', 'image_sha256')} "
+        "| {'bytes_sha256': hashlib.sha256(r['image']['bytes']).hexdigest()} for r in ds]\n"
+        "open(sys.argv[2], 'w').write(json.dumps(rows))\n"
+    )
+    out = ws.path("..").resolve() / "loaded.json"
+    ws.run("load_dataset offline", sys.executable, "-c", script, str(ws.path(RELEASE)), str(out))
+    loaded = json.loads(out.read_text())
+    assert len(loaded) == 2 * len(written)
+    for item in loaded:
+        q = written[item["pair_id"]]
+        assert item["question"] == q.question and item["options"] == [q.option_a, q.option_b]
+        assert item["answer"] == (q.answer_a, q.answer_b)[release.MEMBERS.index(item["member"])]
+        assert item["pattern"] == patterns.lookup(q.pattern).paper
+        assert item["bytes_sha256"] == item["image_sha256"]
+
+
+def check_counts(ws: Workspace, verification: dict[str, str]) -> None:
+    """The card's counts are the metrics files' counts (and the release's own)."""
+    card = ws.path(f"{RELEASE}/README.md").read_text()
+    ingest, mine, validate, accept, package = (ws.json(f"metrics/{name}.json")
+                                               for name in ("ingest", "mine", "validate", "accept", "package"))
+    funnel = {m[1]: m[2] for m in re.finditer(r"^\| (\w+) \| (\d+) \|$", card, re.M)}
+    expected = {
+        "corpus_files": ingest["inputs"], "images": ingest["accepted"], "pairs_mined": mine["pairs"],
+        "questions_written": validate["inputs"], "questions_valid": validate["accepted"],
+        "questions_accepted": accept["accepted"], "questions_rejected": accept["rejected"],
+        "questions_pending": accept["pending"], "pairs_packaged": package["packaged"],
+    }
+    assert {k: funnel.get(k) for k in expected} == {k: str(v) for k, v in expected.items()}
+    assert (accept["written"], accept["valid"]) == (validate["inputs"], validate["accepted"])
+    assert package["packaged"] == accept["accepted"] == len(verification)
+    assert f"**{package['packaged']} pairs, {2 * package['packaged']} questions**" in card
+    accuracy = accept["human_accuracy"]
+    assert f"per question\n  **{accuracy['per_question']}**" in card
+    assert f"per pair (both images right) **{accuracy['per_pair']}**" in card
+    verified = sum(v == "verified" for v in verification.values())
+    assert (accept["verified"], accept["accepted_adjudicated"]) == (verified, len(verification) - verified)
+    assert f"{verified} verified, {len(verification) - verified} adjudicated" in card
+    assert f"Pairs in this release verified: {verified}; adjudicated: {len(verification) - verified}." in card
+
+
+def check_evaluate(ws: Workspace, tmp: Path, order: list[str]) -> None:
+    """`clipblind evaluate` against a scripted model gives the scores computed here by hand."""
+    rows = _release_rows(ws)
+    by_pair = _by_pair(rows)
+    replies: dict[tuple[str, str], str] = {}
+    right: dict[tuple[str, int], bool] = {}
+    for pair_id, members in by_pair.items():
+        k = order.index(members[0]["pattern_key"])
+        for m, row in enumerate(members):
+            reply = _reply(k, m, row["answer"])
+            replies[(row["question"], _sha256(row["image"]["bytes"]))] = reply
+            right[(pair_id, m)] = _letter(reply) == row["answer"]
+    vlm = ScriptedVlm(replies)
+    try:
+        params = tmp / "evaluate.yaml"
+        params.write_text(json.dumps({"evaluate": {"clip": [], "vlm": [
+            {"backend": "openai", "url": vlm.url, "model": "scripted", "api_key_env": "JOURNEY_NO_KEY"}]}}))
+        ws.clipblind("evaluate (scripted VLM)", "evaluate", RELEASE, "--params", str(params),
+                     "--results", str(tmp / "scores.json"), "--cache", str(tmp / "vlm-cache"))
+    finally:
+        vlm.close()
+    assert sorted(vlm.asked) == sorted(replies), "one request per released image, each with its own image"
+    scores = next(iter(json.loads((tmp / "scores.json").read_text())["models"].values()))
+    pairs_right = {p: right[(p, 0)] and right[(p, 1)] for p in by_pair}
+    assert scores["question_accuracy"] == pytest.approx(round(sum(right.values()) / len(right), 4))
+    assert scores["pair_accuracy"] == pytest.approx(round(sum(pairs_right.values()) / len(pairs_right), 4))
+    assert scores["counts"]["unanswered"] == sum(reply == vlm.fallback for reply in replies.values())
+    per_pattern = {patterns.lookup(name).key: s for name, s in scores["per_pattern"].items()}
+    for pair_id, members in by_pair.items():
+        key = members[0]["pattern_key"]
+        assert per_pattern[key]["pair_accuracy"] == float(pairs_right[pair_id]), key
+        assert per_pattern[key]["question_accuracy"] == (right[(pair_id, 0)] + right[(pair_id, 1)]) / 2, key
+
+
+def experiment(ws: Workspace, when: str) -> None:
+    """`dvc exp run -S mine.dino_threshold=…` succeeds, mines with it, and leaves the workspace as it was."""
+    value = EXPERIMENT_DINO[when]
+    out = ws.dvc(f"dvc exp run -S mine.dino_threshold ({when})", "exp", "run", "--temp", "-S",
+                 f"mine.dino_threshold={value}")
+    assert "Ran experiment" in out and f"DINOv2 < {float(value):.4f}" in out, out
+    assert ws.git("status", "--porcelain") == ""
+
+
+@pytest.fixture
+def journey(tmp_path: Path) -> Iterator[tuple[Workspace, Timings]]:
+    """The checkout; the Label Studio it starts is stopped by its PID file at the end, and the timings printed."""
+    timings = Timings()
+    root = tmp_path / "clipblind"
+    root.mkdir()
+    ws = Workspace(root, timings)
+    for old in ARTIFACTS.glob("*.png"):  # screenshots of this run only
+        old.unlink()
+    with timings.step("copy repository, git init"):
+        copy_repository(root, os.environ.get(SOURCE_ENV) or None)
+        ws.edit("dvc.yaml", "--scenes 40", f"--scenes {SCENES}")
+        ws.set_param("labelstudio", "port", str(free_port()))
+        ws.git("init", "-q")
+        ws.commit("clipblind checkout")
+    try:
+        yield ws, timings
+    finally:
+        if (root / ".labelstudio" / "server.pid").exists():
+            ws.clipblind("labelstudio stop", "labelstudio", "stop")
+        print("\n\njourney wall time per step\n" + timings.table())
+
+
+def test_journey(journey: tuple[Workspace, Timings], tmp_path: Path) -> None:
+    from annotation import adjudication, server
+    from annotation.client import Client
+
+    ws, timings = journey
+    ws.dvc("dvc repro (corpus → tasks, release awaiting)", "repro")
+    assert ws.json(f"{RELEASE}/manifest.json")["status"] == "awaiting_annotations"
+    tasks = [t["data"]["pair_id"] for t in ws.json("data/tasks.json")]
+    assert len(tasks) >= 14, f"the corpus gave only {len(tasks)} pairs"
+    ws.commit("mined")
+
+    # ---------------------------------------------------------------- the annotation server
+    ws.clipblind("labelstudio start", "labelstudio", "start")
+    for email, password in (WRITER, VERIFIER):
+        ws.clipblind("labelstudio add-user", "labelstudio", "add-user", email, "--password", password)
+    ws.clipblind("push", "push")
+    ls = dataclasses.replace(server.load_params(ws.path("params.yaml")), data_dir=str(ws.path(".labelstudio")))
+    client = Client.from_params(ls)  # the lead's API view, only to find task ids
+    writing = client.project_by_title(ls.writing_project)["id"]
+    task_of = {t["data"]["pair_id"]: t["id"] for t in client.tasks(writing)}
+    assert set(task_of) == set(tasks)
+
+    round1, extra = tasks[:12], tasks[12:14]
+    written: dict[str, Question] = {}
+    with chromium() as browser:
+        with timings.step("writer in Chromium: 12 tasks"):
+            writer = Writer(new_page(browser), ls.url, *WRITER)
+            writer.open(writing, task_of[round1[0]])
+            shown = writer.choice_names("field-pattern")
+            assert shown == list(patterns.PAPER_NAMES), "the labeling config shows the nine paper names"
+            order = [patterns.lookup(name).key for name in shown]
+            for k, q in enumerate(nine_questions(shown)):
+                writer.write(writing, task_of[round1[k]], q, shot="writer-markup" if k == 0 else None)
+                written[round1[k]] = q
+            writer.reject(writing, task_of[round1[9]], "Same scene, nothing nameable differs", shot="writer-reject")
+            same = dataclasses.replace(written[round1[1]], question="Is there a picture?", answer_b=written[round1[1]].answer_a)
+            writer.write(writing, task_of[round1[10]], same)
+            formula = dataclasses.replace(written[round1[2]], question=FORMULA)
+            writer.write(writing, task_of[round1[11]], formula, shot="writer-formula")
+
+        ws.clipblind("pull", "pull")
+        ws.dvc("dvc repro validate", "repro", "validate")
+        validated = ws.json("metrics/validate.json")
+        assert (validated["inputs"], validated["accepted"]) == (12, 9)
+        assert {k: v for k, v in validated["rejected_by_reason"].items() if v} == \
+            {"pair_rejected": 1, "same_answer": 1, "formula_like": 1}
+        ws.clipblind("push-verification", "push-verification")
+        ws.commit("round 1: questions written")
+
+        disputed = round1[3]  # the verifier swaps this pair's answers; the lead sides with the writer
+        verification_project = client.project_by_title(ls.verification_project)["id"]
+        questions = {t["data"]["pair_id"]: t["id"] for t in client.tasks(verification_project)}
+        assert set(questions) == set(written)
+        with timings.step("verifier in Chromium: 9 tasks"):
+            verifier = Verifier(new_page(browser), ls.url, *VERIFIER)
+            for pair_id, q in written.items():
+                answers = (q.answer_b, q.answer_a) if pair_id == disputed else (q.answer_a, q.answer_b)
+                shown_question = verifier.answer(verification_project, questions[pair_id], *answers,
+                                                 shot="verifier-markup" if q.question.count(MARKUP) else None)
+                assert q.question in shown_question  # shown as text, markup and all
+    ws.clipblind("pull verification", "pull", "verification")
+    ws.dvc("dvc repro accept", "repro", "accept")
+    accepted = ws.json("metrics/accept.json")
+    assert (accepted["accepted"], accepted["verified"], accepted["pending_by_reason"]["awaiting_adjudication"]) == (8, 8, 1)
+
+    ws.clipblind("adjudicate", "adjudicate")
+    rows = adjudication.read(ws.path("labels/adjudication.csv"))
+    assert [r["pair_id"] for r in rows] == [disputed]
+    rows[0]["decision"] = "accept"
+    ws.path("labels/adjudication.csv").write_bytes(adjudication.encode(rows))
+    ws.commit("round 1: verified and adjudicated")
+    ws.dvc("dvc repro (round 1 release)", "repro")
+    verification = {p: "adjudicated" if p == disputed else "verified" for p in written}
+
+    check_release(ws, written, verification, "1.0.0")
+    check_mmvp_vlm(ws, written)
+    check_load_dataset(ws, written)
+    check_counts(ws, verification)
+    check_evaluate(ws, tmp_path, order)
+    ws.commit("release 1.0.0")
+    ws.clipblind("clipblind tag 1.0.0", "tag", RELEASE)
+    ws.commit("Release clipblind-benchmark@v1.0.0")  # tag records the version in data_cards/RELEASED.json
+    experiment(ws, "after round 1")
+
+    # ---------------------------------------------------------------- round 2: two more pairs, one correction
+    corrected = round1[5]
+    more = {
+        extra[0]: Question(patterns.PATTERNS[5].paper, "What colour is the ball?", "Red", "Blue", *ANSWERS,
+                           "A red ball.", "A blue ball."),
+        extra[1]: Question(patterns.PATTERNS[7].paper, "What does the sign say?", "STOP", "EXIT", *ANSWERS[::-1],
+                           "A sign saying EXIT.", "A sign saying STOP."),
+    }
+    with chromium() as browser:
+        with timings.step("writer in Chromium: 2 tasks + 1 correction"):
+            writer = Writer(new_page(browser), ls.url, *WRITER)
+            for pair_id, q in more.items():
+                writer.write(writing, task_of[pair_id], q)
+            old = written[corrected]
+            writer.correct_answers(writing, task_of[corrected], old.answer_b, old.answer_a, shot="writer-correction")
+        written.update(more)
+        written[corrected] = dataclasses.replace(old, answer_a=old.answer_b, answer_b=old.answer_a)
+        ws.clipblind("pull (round 2)", "pull")
+        ws.dvc("dvc repro validate (round 2)", "repro", "validate")
+        ws.clipblind("push-verification (round 2)", "push-verification")
+        questions = {t["data"]["pair_id"]: t["id"] for t in client.tasks(verification_project)}
+        with timings.step("verifier in Chromium: 2 tasks"):
+            verifier = Verifier(new_page(browser), ls.url, *VERIFIER)
+            for pair_id, q in more.items():
+                verifier.answer(verification_project, questions[pair_id], q.answer_a, q.answer_b)
+    ws.clipblind("pull verification (round 2)", "pull", "verification")
+    ws.dvc("dvc repro accept (round 2)", "repro", "accept")
+    ws.clipblind("adjudicate (round 2)", "adjudicate")
+    rows = adjudication.read(ws.path("labels/adjudication.csv"))
+    queued = [r for r in rows if not r["decision"]]
+    assert [r["pair_id"] for r in queued] == [corrected]  # the old verification disagrees with the correction
+    assert (queued[0]["writer_answer_a"], queued[0]["writer_answer_b"]) == (old.answer_b, old.answer_a)
+    queued[0]["decision"] = "accept"
+    queued[0]["note"] = "answers corrected by the writer; the first verification was wrong"
+    ws.path("labels/adjudication.csv").write_bytes(adjudication.encode(rows))
+    ws.commit("round 2: two pairs, one correction")
+    ws.dvc("dvc repro (round 2: unreleased build)", "repro")
+    verification.update({p: "verified" for p in more} | {corrected: "adjudicated"})
+
+    manifest = ws.json(f"{RELEASE}/manifest.json")
+    assert (manifest["version"], manifest["release"]["status"]) == ("1.1.0-dev", "unreleased")
+    changes = manifest["changes"]
+    assert changes["previous_version"] == "1.0.0"
+    assert sorted(changes["added_pairs"]) == sorted(more)
+    assert sorted(changes["changed_items"]) == [f"{corrected}-a", f"{corrected}-b"]
+    assert all("answer" in fields for fields in changes["changed_items"].values())
+    check_release(ws, written, verification, "1.1.0-dev")
+    check_counts(ws, verification)
+    ws.commit("round 2 build")
+    experiment(ws, "on the unreleased build")
+    refused = ws.clipblind("clipblind tag refuses 1.1.0-dev", "tag", RELEASE, ok=False)
+    assert "package.version" in refused and "CHANGELOG" in refused
+
+    ws.set_param("package", "version", "1.1.0")
+    added = ", ".join(sorted(more))
+    ws.edit("data_cards/CHANGELOG.md", "## 1.0.0", f"## 1.1.0\n\n- Added pairs {added}.\n"
+            f"- Corrected the answers of pair {corrected}.\n\n## 1.0.0")
+    ws.dvc("dvc repro (1.1.0)", "repro")
+    check_release(ws, written, verification, "1.1.0")
+    assert ws.json(f"{RELEASE}/manifest.json")["release"]["status"] == "releasable"
+    check_counts(ws, verification)
+    ws.commit("release 1.1.0")
+    ws.clipblind("clipblind tag 1.1.0", "tag", RELEASE)
+    ws.commit("Release clipblind-benchmark@v1.1.0")
+    assert ws.git("tag", "--list").split() == ["clipblind-benchmark@v1.0.0", "clipblind-benchmark@v1.1.0"]
+    experiment(ws, "after the bump")
+    shots = {"writer-markup", "writer-reject", "writer-formula", "verifier-markup", "writer-correction"}
+    assert shots <= {p.stem for p in ARTIFACTS.glob("*.png")}
