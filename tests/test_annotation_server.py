@@ -327,5 +327,7 @@ def test_writer_verifier_round_trip_with_adjudication(world: dict[str, Any]) -> 
     accepted = {r["pair_id"]: r for r in schemas.read_table(data / "accepted.parquet", "accepted").to_pylist()}
     assert accepted[disputed]["verification"] == "adjudicated"
     result = json.loads((metrics / "accept.json").read_text())
-    assert result["accepted"] + result["rejected"] == result["inputs"]
+    # the browser test's question in this world was never verified: pending, not rejected
+    assert (result["accepted"], result["rejected"], result["pending"]) == (2, 0, 1)
+    assert result["accepted"] + result["rejected"] + result["pending"] == result["inputs"]
     assert result["human_accuracy"]["per_pair"] == 0.5 and result["human_accuracy"]["per_question"] == 0.75
