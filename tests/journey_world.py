@@ -141,6 +141,7 @@ class Workspace:
         self.git("commit", "-q", "--allow-empty", "-m", message)
 
     def path(self, rel: str) -> Path:
+        """A path inside the checkout."""
         return self.root / rel
 
     def json(self, rel: str) -> Any:

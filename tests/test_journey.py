@@ -10,7 +10,8 @@ round that changes the release, which stays unreleased until the version is bump
 changelog names the changes, and `clipblind tag`. `dvc exp run` is tried after each round.
 
 The journey walks a copy of the working tree, or of the git revision named by
-CLIPBLIND_JOURNEY_REV. Run with `-s` to see the wall time of every step (artifacts/journey/ keeps the screenshots).
+CLIPBLIND_JOURNEY_REV. Run with `-s` to see the wall time of every step; artifacts/journey/ keeps it (timings.md)
+and the screenshots.
 """
 
 from __future__ import annotations
@@ -254,7 +255,10 @@ def journey(tmp_path: Path) -> Iterator[tuple[Workspace, Timings]]:
     finally:
         if (root / ".labelstudio" / "server.pid").exists():
             ws.clipblind("labelstudio stop", "labelstudio", "stop")
-        print("\n\njourney wall time per step\n" + timings.table())
+        table = "journey wall time per step\n\n" + timings.table() + "\n"
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "timings.md").write_text(table)
+        print("\n\n" + table)
 
 
 def test_journey(journey: tuple[Workspace, Timings], tmp_path: Path) -> None:
