@@ -7,15 +7,21 @@ Inputs: the annotations table (validate), the pairs table, the verification snap
 `verified` when at least `verifiers` people other than its writer answered it and every one of
 them chose the writer's answer for both images. Any other answer (including "unanswerable")
 sends it to the adjudication queue with every answer; the lead's `accept` there accepts it
-(`adjudicated`), `reject` rejects it.
+(`adjudicated`), `reject` rejects it, `correct` accepts it with the lead's answers (`adjudicated`;
+the writer's answers kept in `writer_answer_a/b`). `reject` and `correct` apply to a verified
+question too (`clipblind adjudicate --correct`): the lead's decision on any question verifiers
+answered is final.
 Outputs: the accepted table (schemas.ACCEPTED, one row per pair), the outcome of every
 written question (kind `question_outcomes`), the adjudication queue CSV.
 Metrics: written = invalid + valid (invalid by reason); of the valid questions (inputs):
 accepted (verified + adjudicated), rejected by reason, pending by reason (awaiting
 verification or adjudication: not decided yet, so not rejected); accepted + rejected + pending
-== valid. Human verification accuracy over every question verifiers answered
-(answered_questions), per question (each image answered) and per pair (both images right:
-MMVP's 95.7 % figure), and all of these per pattern.
+== valid. answers_corrected: accepted questions whose answers the lead changed;
+decisions_unused: decisions naming no question verifiers answered (unknown, invalid, stale or
+awaiting verification). Human verification accuracy over every question verifiers answered
+(answered_questions), against the answers that ship (the lead's where corrected), per question
+(each image answered) and per pair (both images right: MMVP's 95.7 % figure), and all of these
+per pattern.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import argparse
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 
@@ -72,11 +78,22 @@ def _accuracy(correct: int, total: int) -> float | None:
     return round(correct / total, 4) if total else None
 
 
+# Outcome reasons of questions no verifier answered (as `accept.verifiers` counts): no decision applies to them.
+UNANSWERED_REASONS: tuple[str, ...] = (*INVALID_REASONS, "awaiting_verification")
+
+
+def unused_decisions(decided: Mapping[str, adjudication.Decision], outcomes: pa.Table) -> list[str]:
+    """Question ids the lead decided that no verifier answered (unknown, invalid, stale or awaiting verification)."""
+    answered = {r["question_id"] for r in outcomes.select(["question_id", "reason"]).to_pylist()
+                if r["reason"] not in UNANSWERED_REASONS}
+    return sorted(set(decided) - answered)
+
+
 def accept(
     annotations: pa.Table,
     pairs: pa.Table,
     verification: dict[str, Any],
-    decided: dict[str, str],
+    decided: Mapping[str, adjudication.Decision],
     params: AcceptParams,
 ) -> tuple[pa.Table, pa.Table, list[dict[str, str]], dict[str, Any]]:
     """Decide every written question; return (accepted, outcomes, adjudication queue, metrics)."""
@@ -99,7 +116,9 @@ def accept(
             reason = "awaiting_verification"
         elif row["valid"]:
             answered += 1
-            right = [(a.answer_a == row["answer_a"]) + (a.answer_b == row["answer_b"]) for a in mine]
+            decision = decided.get(row["question_id"])
+            truth = decision.answers if decision and decision.answers else (row["answer_a"], row["answer_b"])
+            right = [(a.answer_a == truth[0]) + (a.answer_b == truth[1]) for a in mine]
             for key in ("all", row["pattern"]):
                 t = tally[key]
                 t[0] += 1
@@ -107,28 +126,32 @@ def accept(
                 t[2] += 2 * len(right)
                 t[3] += sum(r == 2 for r in right)
                 t[4] += len(right)
-            if all(r == 2 for r in right):
+            agreed = all(a.answer_a == row["answer_a"] and a.answer_b == row["answer_b"] for a in mine)
+            if not agreed:
+                queue.append(adjudication.question_row(row, [a.verifier for a in mine], [a.answer_a for a in mine],
+                                                       [a.answer_b for a in mine]))
+            kind = decision.kind if decision else None
+            if kind == adjudication.REJECT:
+                reason = "adjudicated_reject"
+            elif kind == adjudication.CORRECT or (kind == adjudication.ACCEPT and not agreed):
+                status, reason, how = "accepted", None, "adjudicated"
+            elif agreed:
                 status, reason, how = "accepted", None, "verified"
             else:
-                queue.append({
-                    **{k: row[k] for k in ("question_id", "pair_id", "pattern", "question", "option_a", "option_b", "writer")},
-                    "writer_answer_a": row["answer_a"], "writer_answer_b": row["answer_b"],
-                    "verifier_answers_a": "; ".join(f"{a.verifier}: {a.answer_a or '-'}" for a in mine),
-                    "verifier_answers_b": "; ".join(f"{a.verifier}: {a.answer_b or '-'}" for a in mine),
-                })
-                decision = decided.get(row["question_id"])
-                if decision == "accept":
-                    status, reason, how = "accepted", None, "adjudicated"
-                else:
-                    reason = "adjudicated_reject" if decision == "reject" else "awaiting_adjudication"
+                reason = "awaiting_adjudication"
         if status == "accepted" and row["pair_id"] in accepted_pairs:
             status, reason, how = "rejected", "duplicate_pair", None
         if status == "accepted":
             accepted_pairs.add(row["pair_id"])
             pair = pair_rows[row["pair_id"]]
+            writer_answers = (row["answer_a"], row["answer_b"])
+            changed = truth != writer_answers
             accepted.append({
                 **{k: row[k] for k in ("pair_id", "pattern", "tags", "question", "option_a", "option_b",
-                                       "answer_a", "answer_b", "statement_a", "statement_b", "writer")},
+                                       "statement_a", "statement_b", "writer")},
+                "answer_a": truth[0], "answer_b": truth[1],
+                "writer_answer_a": writer_answers[0] if changed else None,
+                "writer_answer_b": writer_answers[1] if changed else None,
                 "image_a": pair["image_a"], "image_b": pair["image_b"],
                 "clip_sim": pair["clip_sim"], "dino_sim": pair["dino_sim"],
                 "verification": how,
@@ -164,6 +187,8 @@ def accept(
         "accepted": len(accepted),
         "verified": sum(r["verification"] == "verified" for r in accepted),
         "accepted_adjudicated": sum(r["verification"] == "adjudicated" for r in accepted),
+        "answers_corrected": sum(r["writer_answer_a"] is not None for r in accepted),
+        "decisions_unused": len(unused_decisions(decided, outcomes_table)),
         "rejected": sum(reasons.get(r, 0) for r in decided_reasons),
         "rejected_by_reason": {r: reasons.get(r, 0) for r in decided_reasons},
         "pending": sum(reasons.get(r, 0) for r in PENDING_REASONS),
@@ -197,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         read_snapshot(args.verification), decided, params,
     )
     metrics["unreadable_decisions"] = len(problems)
+    for qid in unused_decisions(decided, outcomes):
+        print(f"[{STAGE}] not applied: {args.decisions} decides question {qid}, which no verifier has answered "
+              "(unknown, invalid, stale or awaiting verification)")
     schemas.write_table(accepted, args.accepted, "accepted")
     schemas.write_table(outcomes, args.outcomes, "question_outcomes")
     write_bytes(args.queue, adjudication.encode(queue))

@@ -86,6 +86,9 @@ ACCEPTED = pa.schema(
         pa.field("verification", pa.string(), nullable=False),  # "verified" or "adjudicated"
         pa.field("verifier_answers_a", pa.list_(pa.string()), nullable=False),
         pa.field("verifier_answers_b", pa.list_(pa.string()), nullable=False),
+        # the writer's answers when the lead corrected them in adjudication (answer_a/b are then the lead's); else null
+        pa.field("writer_answer_a", pa.string(), nullable=True),
+        pa.field("writer_answer_b", pa.string(), nullable=True),
     ]
 )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ def label_studio_result(**fields: Any) -> list[dict[str, Any]]:
     return out
 
 
+ACCEPT, REJECT = adjudication.Decision(adjudication.ACCEPT), adjudication.Decision(adjudication.REJECT)
 QUANTITY = patterns.by_key("quantity")
 TEXT = patterns.by_key("text")
 # Label Studio stores the pattern choice as the writing config shows it: the paper's name.
@@ -138,7 +140,7 @@ def test_accept_verifies_queues_mismatches_and_applies_decisions() -> None:
         qid["p3"]: [("writer@example.org", "(a)", "(b)")],  # only the writer answered: ignored
         qid["p4"]: [("v@example.org", "(b)", "(a)")],  # disagrees, lead rejects
     })
-    decided = {qid["p2"]: "accept", qid["p4"]: "reject"}
+    decided = {qid["p2"]: ACCEPT, qid["p4"]: REJECT}
     accepted, outcomes, queue, metrics = accept.accept(table, pairs, verification, {}, accept.AcceptParams())
     assert accepted.column("pair_id").to_pylist() == ["p1"]
     assert [r["question_id"] for r in queue] == sorted([qid["p2"], qid["p4"]])
@@ -225,7 +227,147 @@ def test_adjudicate_merge_keeps_decisions_and_flags_bad_ones(tmp_path: Path) -> 
     bad = list(merged.values())
     bad[2]["decision"] = "maybe"
     decided, problems = adjudication.decisions(bad)
-    assert decided == {"q0": "accept", "q1": "reject"} and "maybe" in problems[0] and "q2" in problems[0]
+    assert decided == {"q0": ACCEPT, "q1": REJECT} and "maybe" in problems[0] and "q2" in problems[0]
+
+
+def _lead_world() -> tuple[pa.Table, pa.Table, dict[str, Any], dict[str, str]]:
+    """Four valid questions: p1 verified, p2 disputed (verifier swapped the answers), p3 verified, p4 never verified."""
+    cases = {p: GOOD for p in ("p1", "p2", "p3", "p4")} | {"p5": REASON_CASES["same_answer"]}
+    pairs = _pairs(*cases)
+    table = validate.validate(writing_snapshot(cases), pairs, validate.ValidateParams())
+    qid = {r["pair_id"]: r["question_id"] for r in table.to_pylist()}
+    verification = verification_snapshot({
+        qid["p1"]: [("v@example.org", "(a)", "(b)")],
+        qid["p2"]: [("v@example.org", "(b)", "(a)")],
+        qid["p3"]: [("v@example.org", "(a)", "(b)")],
+    })
+    return table, pairs, verification, qid
+
+
+def test_the_lead_corrects_the_answers_of_a_disputed_and_of_a_verified_question() -> None:
+    table, pairs, verification, qid = _lead_world()
+    swapped = adjudication.Decision(adjudication.CORRECT, ("(b)", "(a)"))
+    decided = {qid["p1"]: swapped, qid["p2"]: swapped, qid["p4"]: swapped}
+    accepted, outcomes, queue, metrics = accept.accept(table, pairs, verification, decided, accept.AcceptParams())
+    rows = {r["pair_id"]: r for r in accepted.to_pylist()}
+    assert sorted(rows) == ["p1", "p2", "p3"]  # p4 was never verified: the correction waits with it
+    for pair in ("p1", "p2"):
+        row = rows[pair]
+        assert (row["answer_a"], row["answer_b"]) == ("(b)", "(a)"), pair
+        assert (row["writer_answer_a"], row["writer_answer_b"]) == ("(a)", "(b)"), pair  # the correction is visible
+        assert row["verification"] == "adjudicated", pair
+    assert (rows["p3"]["answer_a"], rows["p3"]["writer_answer_a"], rows["p3"]["verification"]) == ("(a)", None, "verified")
+    assert queue and [r["question_id"] for r in queue] == [qid["p2"]]  # still disputed, decided by the lead
+    assert (metrics["accepted"], metrics["verified"], metrics["accepted_adjudicated"]) == (3, 1, 2)
+    assert metrics["answers_corrected"] == 2
+    assert metrics["decisions_unused"] == 1 and metrics["pending_by_reason"]["awaiting_verification"] == 1
+    # verifiers are scored against the answers that ship: on p2 the verifier was right, on p1 wrong
+    assert metrics["human_accuracy"] == {"answered_questions": 3, "per_question": round(4 / 6, 4), "per_pair": round(2 / 3, 4)}
+    assert {r["question_id"]: r["verification"] for r in outcomes.to_pylist() if r["status"] == "accepted"} == \
+        {qid["p1"]: "adjudicated", qid["p2"]: "adjudicated", qid["p3"]: "verified"}
+    # reject applies to a verified question too: a question found wrong after release can be withdrawn
+    _, _, _, rejected = accept.accept(table, pairs, verification, {qid["p1"]: REJECT}, accept.AcceptParams())
+    assert (rejected["accepted"], rejected["rejected_by_reason"]["adjudicated_reject"]) == (1, 1)
+
+
+BAD_CORRECTIONS = {
+    "q-letter": ({"decision": "correct", "answer_a": "(c)", "answer_b": "(a)"}, ["answer_a", "'(c)'", "(a) or (b)"]),
+    "q-same": ({"decision": "correct", "answer_a": "(b)", "answer_b": "(b)"}, ["both '(b)'", "must differ"]),
+    "q-missing": ({"decision": "Correct", "answer_a": "(b)", "answer_b": ""}, ["answer_b ''", "(a) or (b)"]),
+    "q-accept-with-answers": ({"decision": "accept", "answer_a": "(b)", "answer_b": "(a)"},
+                              ["decision is 'accept'", "set decision to correct"]),
+    "q-no-decision": ({"decision": "", "answer_a": "(b)", "answer_b": "(a)"}, ["decision is ''"]),
+}
+
+
+def test_bad_correction_rows_name_the_row_the_value_and_the_fix_and_cost_no_other_row(tmp_path: Path) -> None:
+    blank = {c: "" for c in adjudication.COLUMNS}
+    rows = [blank | {"question_id": q} | cells for q, (cells, _) in BAD_CORRECTIONS.items()]
+    rows += [blank | {"question_id": "q-good", "decision": "correct", "answer_a": " (b)", "answer_b": "(a) "},
+             blank | {"question_id": "q-ok", "decision": "reject"},
+             blank | {"question_id": "q-twice", "decision": "accept"}, blank | {"question_id": "q-twice", "decision": "reject"}]
+    path = tmp_path / "adjudication.csv"
+    path.write_bytes(adjudication.encode(rows))
+    back = adjudication.read(path)
+    assert back == sorted(({c: r[c] for c in adjudication.COLUMNS} for r in rows), key=lambda r: r["question_id"])
+    decided, problems = adjudication.decisions(back)
+    assert decided == {"q-good": adjudication.Decision("correct", ("(b)", "(a)")), "q-ok": REJECT}
+    assert len(problems) == len(BAD_CORRECTIONS) + 1
+    by_question = {re.search(r"question (\S+)\)", p)[1]: p for p in problems}
+    for number, row in enumerate(back, start=2):  # spreadsheet row numbers: the header is row 1
+        qid = row["question_id"]
+        if qid in BAD_CORRECTIONS:
+            assert by_question[qid].startswith(f"row {number} (question {qid}):"), by_question[qid]
+            for needle in BAD_CORRECTIONS[qid][1]:
+                assert needle in by_question[qid], (needle, by_question[qid])
+    assert "keep one row per question" in by_question["q-twice"]
+
+
+def test_a_file_written_before_corrections_existed_still_reads(tmp_path: Path) -> None:
+    old_columns = [c for c in adjudication.COLUMNS if c not in ("answer_a", "answer_b")]
+    path = tmp_path / "adjudication.csv"
+    path.write_text(",".join(old_columns) + "\n" + ",".join("q1" if c == "question_id" else "accept" if c == "decision"
+                                                             else "" for c in old_columns) + "\n")
+    assert adjudication.decisions(adjudication.read(path)) == ({"q1": ACCEPT}, [])
+
+
+def _accept_main(tmp_path: Path, decisions: Path) -> dict[str, Any]:
+    """validate's and accept's outputs on the lead world, through their command lines; accept's metrics."""
+    table, pairs, verification, _ = _lead_world()
+    schemas.write_table(table, tmp_path / "annotations.parquet", "annotations")
+    schemas.write_table(pairs, tmp_path / "pairs.parquet", "pairs")
+    (tmp_path / "verification.json").write_bytes(encode(verification))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"accept": {"verifiers": 1}}))
+    assert accept.main(["--params", str(params), "--annotations", str(tmp_path / "annotations.parquet"),
+                        "--pairs", str(tmp_path / "pairs.parquet"), "--verification", str(tmp_path / "verification.json"),
+                        "--decisions", str(decisions), "--accepted", str(tmp_path / "accepted.parquet"),
+                        "--outcomes", str(tmp_path / "outcomes.parquet"), "--queue", str(tmp_path / "queue.csv"),
+                        "--metrics", str(tmp_path / "accept.json")]) == 0
+    return json.loads((tmp_path / "accept.json").read_text())
+
+
+def test_adjudicate_correct_adds_a_row_for_an_accepted_question_that_accept_applies(tmp_path: Path, capsys) -> None:
+    decisions = tmp_path / "labels" / "adjudication.csv"
+    _, _, _, qid = _lead_world()
+    assert _accept_main(tmp_path, decisions)["accepted"] == 2
+    paths = ["--queue", str(tmp_path / "queue.csv"), "--file", str(decisions),
+             "--annotations", str(tmp_path / "annotations.parquet"), "--outcomes", str(tmp_path / "outcomes.parquet")]
+    assert adjudication.main(paths) == 0  # the disputed p2 is queued
+    # a wrong answer found after release: the accepted pair p1, named by its pair id, as the release shows it
+    assert adjudication.main([*paths, "--correct", "p1", "--answer-a", "(b)", "--answer-b", "(a)",
+                              "--note", "-the flag is on the left"]) == 0
+    rows = {r["question_id"]: r for r in adjudication.read(decisions)}
+    assert sorted(rows) == sorted([qid["p1"], qid["p2"]])
+    row = rows[qid["p1"]]
+    assert (row["decision"], row["answer_a"], row["answer_b"]) == ("correct", "(b)", "(a)")
+    assert row["note"] == "-the flag is on the left"  # guarded in the file, exact when read back
+    assert (row["question"], row["writer_answer_a"], row["verifier_answers_a"]) == ("How many dots?", "(a)", "v@example.org: (a)")
+    assert rows[qid["p2"]]["decision"] == ""
+    # the disputed one, by its question id
+    assert adjudication.main([*paths, "--correct", qid["p2"], "--answer-a", "(b)", "--answer-b", "(a)"]) == 0
+    metrics = _accept_main(tmp_path, decisions)
+    assert (metrics["accepted"], metrics["answers_corrected"], metrics["accepted_adjudicated"]) == (3, 2, 2)
+    accepted = {r["pair_id"]: r for r in schemas.read_table(tmp_path / "accepted.parquet", "accepted").to_pylist()}
+    assert (accepted["p1"]["answer_a"], accepted["p1"]["answer_b"], accepted["p1"]["writer_answer_a"]) == ("(b)", "(a)", "(a)")
+    assert adjudication.main(paths) == 0  # a later merge keeps the lead's corrections
+    assert {q: (r["decision"], r["answer_a"]) for q, r in ((r["question_id"], r) for r in adjudication.read(decisions))} == \
+        {qid["p1"]: ("correct", "(b)"), qid["p2"]: ("correct", "(b)")}
+    capsys.readouterr()
+    # what cannot be corrected here is refused with the id and the way out; the file is left as it was
+    before = decisions.read_bytes()
+    for wanted, needle in (("nope", "neither a question id nor an accepted pair id"),
+                           (qid["p4"], "only a question verifiers answered"), (qid["p5"], "goes back to its writer")):
+        assert adjudication.main([*paths, "--correct", wanted, "--answer-a", "(b)", "--answer-b", "(a)"]) == 2
+        err = capsys.readouterr().err
+        assert wanted in err and needle in err, err
+    with pytest.raises(SystemExit):
+        adjudication.main([*paths, "--correct", "p1", "--answer-a", "(b)", "--answer-b", "(b) "])
+    with pytest.raises(SystemExit):
+        adjudication.main([*paths, "--correct", "p1", "--answer-a", "(b)"])
+    assert adjudication.main([*paths, "--correct", "p1", "--answer-a", "(a)", "--answer-b", "(a)"]) == 2
+    assert "must differ" in capsys.readouterr().err
+    assert decisions.read_bytes() == before
 
 
 def test_stages_are_byte_identical_when_run_twice(tmp_path: Path) -> None:
