@@ -58,12 +58,26 @@ def test_dvc_repro_gate_package_evaluate(tmp_path):
     assert manifest["gate"] is None  # the project's params run no VLM offline; the card says so
     assert "The blind gate did not run" in (repo / "data/release/README.md").read_text()
     assert "Running stage" not in _dvc(["repro", "-s", "package"], repo)
-    # the first release becomes public: `clipblind tag` records it (data_cards/RELEASED.json, committed)
+    # the first release becomes public: `clipblind tag` records it in data_cards/RELEASED.json and commits
+    # that file alone; the tag is on that commit
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "first build")
-    assert _clipblind(repo, "tag", "data/release").returncode == 0
-    _git(repo, "add", "data_cards/RELEASED.json")
-    _git(repo, "commit", "-q", "-m", "release 1.0.0")
+    sums = (repo / "data/release/SHA256SUMS").read_bytes()
+    tagged = _clipblind(repo, "tag", "data/release")
+    assert tagged.returncode == 0, tagged.stdout + tagged.stderr
+    assert "`dvc status` now reports package changed" in tagged.stdout
+    assert _git(repo, "status", "--porcelain") == ""
+    assert _git(repo, "rev-parse", "clipblind-benchmark@v1.0.0^{commit}") == _git(repo, "rev-parse", "HEAD")
+    assert "1.0.0" in _git(repo, "show", "clipblind-benchmark@v1.0.0:data_cards/RELEASED.json")
+    # what the README says follows: package is changed (its dep, the record), and rebuilding it gives the same
+    # release bytes; only dvc.lock moves (the record's hash), for the user to commit
+    status = _dvc(["status", "package"], repo)
+    assert "package:" in status and "modified: data_cards/RELEASED.json" in " ".join(status.split()), status
+    assert "Running stage 'package'" in _dvc(["repro", "-s", "package"], repo)
+    assert (repo / "data/release/SHA256SUMS").read_bytes() == sums
+    assert release.read_manifest(repo / "data/release")["release"]["status"] == release.RELEASABLE
+    assert _git(repo, "status", "--porcelain").split() == ["M", "dvc.lock"]
+    _git(repo, "commit", "-q", "-m", "dvc.lock: the release record of 1.0.0", "dvc.lock")
     # a corrected answer: iterating works, the build is marked unreleased with the change listed
     rows = accepted.to_pylist()
     fixed = next(r for r in rows if r["pattern"] == "state")
@@ -89,6 +103,8 @@ def test_dvc_repro_gate_package_evaluate(tmp_path):
     assert built["version"] == "1.1.0" and built["release"]["status"] == release.RELEASABLE
     assert built["changes"]["previous_version"] == manifest["version"]
     assert sorted(built["changes"]["changed_items"]) == [f"{fixed['pair_id']}-a", f"{fixed['pair_id']}-b"]
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "build 1.1.0")
     tagged = _clipblind(repo, "tag", "data/release")
     assert tagged.returncode == 0, tagged.stdout + tagged.stderr
     assert "clipblind-benchmark@v1.1.0" in _git(repo, "tag", "--list")

@@ -42,20 +42,64 @@ def test_publish_needs_a_token_and_a_verified_release(built, tmp_path, monkeypat
         publish.publish(str(damaged), "org/clipblind")
 
 
-def test_tag_creates_the_artifact_tag_once(built, tmp_path):
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
-    subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "init"], check=True)
-    subprocess.run(["git", "-C", str(repo), "config", "user.name", "t"], check=True)
-    subprocess.run(["git", "-C", str(repo), "config", "user.email", "t@example.invalid"], check=True)
+def _repo(path):
+    """A git repository with one commit and an identity, as a user's checkout has."""
+    path.mkdir()
+    for args in (["init", "-q"], ["config", "user.name", "t"], ["config", "user.email", "t@example.invalid"],
+                 ["commit", "-q", "--allow-empty", "-m", "init"]):
+        subprocess.run(["git", "-C", str(path), *args], check=True)
+    return path
+
+
+def _git_out(repo, *args):
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout
+
+
+def test_tag_creates_the_artifact_tag_once_on_a_commit_that_holds_its_release_record(built, tmp_path):
+    repo = _repo(tmp_path / "repo")
     assert tag.main([str(built), "--repo", str(repo)]) == 0
-    shown = subprocess.run(["git", "-C", str(repo), "tag", "-n5", "--list"], capture_output=True, text=True).stdout
+    shown = _git_out(repo, "tag", "-n5", "--list")
     assert shown.startswith("clipblind-test@v1.0.0")
-    assert release.file_sha256(built / "SHA256SUMS") in subprocess.run(
-        ["git", "-C", str(repo), "cat-file", "-p", "clipblind-test@v1.0.0"], capture_output=True, text=True).stdout
+    assert release.file_sha256(built / "SHA256SUMS") in _git_out(repo, "cat-file", "-p", "clipblind-test@v1.0.0")
+    # the tagged commit is the release commit: it holds the record naming this version, and nothing else changed
+    commit = "clipblind-test@v1.0.0^{commit}"
+    assert _git_out(repo, "rev-parse", commit) == _git_out(repo, "rev-parse", "HEAD")
+    assert _git_out(repo, "log", "-1", "--format=%s", commit).strip() == "Release clipblind-test@v1.0.0"
+    assert _git_out(repo, "show", "--name-only", "--format=", commit).split() == [release.RELEASED_RECORD]
+    recorded = json.loads(_git_out(repo, "show", f"{commit}:{release.RELEASED_RECORD}"))
+    assert [(r["name"], r["version"]) for r in recorded["releases"]] == [("clipblind-test", "1.0.0")]
+    assert _git_out(repo, "status", "--porcelain") == ""  # nothing left for the user to commit
     assert tag.main([str(built), "--repo", str(repo)]) == 1  # never moved
+
+
+def test_tag_refuses_staged_changes_and_an_edited_record_and_changes_nothing(built, tmp_path, capsys):
+    repo = _repo(tmp_path / "repo")
+    record = repo / release.RELEASED_RECORD
+    (repo / "notes.txt").write_text("work in progress\n")
+    subprocess.run(["git", "-C", str(repo), "add", "notes.txt"], check=True)
+    assert tag.main([str(built), "--repo", str(repo)]) == 1
+    err = capsys.readouterr().err
+    assert "staged changes (notes.txt)" in err and "git restore --staged" in err
+    assert not record.exists() and _git_out(repo, "tag", "--list") == ""
+    subprocess.run(["git", "-C", str(repo), "commit", "-q", "-m", "notes"], check=True)
+    record.parent.mkdir()
+    record.write_text('{"releases": []}\n')
+    assert tag.main([str(built), "--repo", str(repo)]) == 1
+    assert f"{release.RELEASED_RECORD} has uncommitted changes" in capsys.readouterr().err
+    assert record.read_text() == '{"releases": []}\n' and _git_out(repo, "tag", "--list") == ""
+    outside = tmp_path / "RELEASED.json"
+    assert tag.main([str(built), "--repo", str(repo), "--released", str(outside)]) == 1
+    assert "outside the git repository" in capsys.readouterr().err and not outside.exists()
+    # a failed commit (no identity) leaves the record as it was and tags nothing
+    subprocess.run(["git", "-C", str(repo), "add", release.RELEASED_RECORD], check=True)
+    subprocess.run(["git", "-C", str(repo), "commit", "-q", "-m", "empty record"], check=True)
+    hooks = repo / ".git" / "hooks"
+    (hooks / "pre-commit").write_text("#!/bin/sh\necho refused by hook >&2\nexit 1\n")
+    (hooks / "pre-commit").chmod(0o755)
+    assert tag.main([str(built), "--repo", str(repo)]) == 1
+    assert "refused by hook" in capsys.readouterr().err
+    assert record.read_text() == '{"releases": []}\n' and _git_out(repo, "status", "--porcelain") == ""
+    assert _git_out(repo, "tag", "--list") == ""
 
 
 def test_commands_are_registered():
