@@ -78,14 +78,10 @@ def _accuracy(correct: int, total: int) -> float | None:
     return round(correct / total, 4) if total else None
 
 
-# Outcome reasons of questions no verifier answered (as `accept.verifiers` counts): no decision applies to them.
-UNANSWERED_REASONS: tuple[str, ...] = (*INVALID_REASONS, "awaiting_verification")
-
-
 def unused_decisions(decided: Mapping[str, adjudication.Decision], outcomes: pa.Table) -> list[str]:
     """Question ids the lead decided that no verifier answered (unknown, invalid, stale or awaiting verification)."""
     answered = {r["question_id"] for r in outcomes.select(["question_id", "reason"]).to_pylist()
-                if r["reason"] not in UNANSWERED_REASONS}
+                if adjudication.decidable(r["reason"])}
     return sorted(set(decided) - answered)
 
 

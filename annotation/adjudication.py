@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import pyarrow as pa
 
-import annotation.tables  # noqa: F401 - registers the table kinds `--correct` reads (annotations, question_outcomes)
+import annotation.tables  # also registers the table kinds `--correct` reads (annotations, question_outcomes)
 from pipeline import schemas
 from pipeline.atomic import write_bytes
 from pipeline.patterns import ANSWERS
@@ -170,6 +170,15 @@ def merge(queue: list[dict[str, str]], current: list[dict[str, str]]) -> list[di
     return sorted(merged.values(), key=lambda r: r["question_id"])
 
 
+# Outcome reasons of questions no verifier answered (as `accept.verifiers` counts): no decision applies to them.
+UNANSWERED_REASONS: tuple[str, ...] = (*annotation.tables.INVALID_REASONS, "awaiting_verification")
+
+
+def decidable(reason: str | None) -> bool:
+    """Whether a lead's decision applies to a question with this outcome reason (verifiers answered it)."""
+    return reason not in UNANSWERED_REASONS
+
+
 class CorrectionError(ValueError):
     """`adjudicate --correct` names a question the lead cannot correct (or answers that cannot be right)."""
 
@@ -191,7 +200,7 @@ def correct(rows: list[dict[str, str]], wanted: str, answers: tuple[str, str], a
         raise CorrectionError(f"--correct {wanted!r} is neither a question id nor an accepted pair id in the "
                               "question outcomes: copy the id from labels/adjudication.csv, "
                               "data/question_outcomes.parquet or the release's pair_id, and run `dvc repro accept` first")
-    if not outcome["verifiers"]:
+    if not decidable(outcome["reason"]):
         raise CorrectionError(f"--correct {wanted!r}: question {outcome['question_id']} is {outcome['status']} "
                               f"({outcome['reason']}); only a question verifiers answered can be corrected here "
                               "(an invalid question goes back to its writer)")
