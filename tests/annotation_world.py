@@ -1,10 +1,12 @@
-"""A tiny annotation world: a real pipeline run on generated images, ending in Label Studio tasks."""
+"""A tiny annotation world: a real pipeline run on generated images, ending in Label Studio tasks, and the
+browser helpers every Label Studio test drives Chromium with."""
 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -68,15 +70,43 @@ def type_text(page: Any, name: str, text: str) -> None:
     area.locator("xpath=ancestor::form[1]").get_by_role("button", name="Add").click()
 
 
-def tick(page: Any, panel: str, option: str) -> None:
-    """Click an option of a choice control inside the panel with HTML id `panel`."""
-    page.locator(f'#{panel} input[name="{option}"]').click()
+def choose(page: Any, panel: str, option: str) -> None:
+    """Select an option of a choice control inside the panel with HTML id `panel` (a no-op if selected).
+
+    `check`, not `click`: a click on an option already selected (an autosaved draft) deselects it.
+    """
+    page.locator(f'#{panel} input[name="{option}"]').check()
 
 
-def image_widths(page: Any, panels: tuple[str, ...]) -> list[int]:
-    """naturalWidth of the image shown in each panel (0 if not loaded)."""
-    widths = []
-    for panel in panels:
-        page.wait_for_function(f"() => {{ const i = document.querySelector('#{panel} img'); return i && i.complete; }}")
-        widths.append(page.eval_on_selector(f"#{panel} img", "img => img.naturalWidth"))
-    return widths
+def wait_for_images(page: Any, panels: tuple[str, ...] = ("panel-image-a", "panel-image-b")) -> None:
+    """Wait until every panel shows a loaded image (fails after a minute): the annotator sees both.
+
+    One check in the page, so a re-render between waiting and reading cannot lose the element.
+    """
+    ids = json.dumps(list(panels))
+    page.wait_for_function(f"() => {ids}.every(id => {{ const i = document.querySelector('#' + id + ' img'); "
+                           "return i && i.complete && i.naturalWidth > 0; })", timeout=60_000)
+
+
+def submit(page: Any, label: str = "Submit", method: str = "POST") -> None:
+    """Press the annotation button `label` and wait for Label Studio to store the annotation."""
+    with page.expect_response(lambda r: "/annotations" in r.url and r.request.method == method):
+        page.locator("button", has_text=label).first.click()
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """A headless Debian Chromium driven by playwright, closed at the end."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def new_page(browser: Any) -> Any:
+    """A fresh browser context (its own cookies) and page."""
+    return browser.new_context(viewport={"width": 1400, "height": 1600}).new_page()

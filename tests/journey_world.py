@@ -25,7 +25,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
-from tests.annotation_world import CHROMIUM_ARGS, login, open_task, type_text
+from tests.annotation_world import chromium, choose, login, new_page, open_task, submit, type_text, wait_for_images
 from tests.conftest import REPO
 from tests.openai_server import chat_handler
 
@@ -179,23 +179,6 @@ class Question:
         return {name: text for name, text in fields.items() if text}
 
 
-def choose(page: Any, panel: str, option: str) -> None:
-    """Select an option of a choice control inside the panel with HTML id `panel` (a no-op if selected)."""
-    page.locator(f'#{panel} input[name="{option}"]').check()
-
-
-def wait_for_images(page: Any, panels: tuple[str, ...] = ("panel-image-a", "panel-image-b")) -> None:
-    """Wait until every panel shows a loaded image (fails after a minute): the annotator sees both."""
-    ids = json.dumps(list(panels))
-    page.wait_for_function(f"() => {ids}.every(id => {{ const i = document.querySelector('#' + id + ' img'); "
-                           "return i && i.complete && i.naturalWidth > 0; })", timeout=60_000)
-
-
-def _submit(page: Any, label: str = "Submit", method: str = "POST") -> None:
-    with page.expect_response(lambda r: "/annotations" in r.url and r.request.method == method):
-        page.locator("button", has_text=label).first.click()
-
-
 class Person:
     """One annotator in a real Chromium page, logged in to Label Studio."""
 
@@ -232,7 +215,7 @@ class Writer(Person):
         choose(self.page, "field-answer-b", q.answer_b)
         if shot:
             self.shot(shot)
-        _submit(self.page)
+        submit(self.page)
 
     def reject(self, project_id: int, task_id: int, reason: str, shot: str | None = None) -> None:
         """Reject the pair instead of writing a question."""
@@ -241,16 +224,7 @@ class Writer(Person):
         type_text(self.page, "reject_reason", reason)
         if shot:
             self.shot(shot)
-        _submit(self.page)
-
-    def correct_answers(self, project_id: int, task_id: int, answer_a: str, answer_b: str, shot: str | None = None) -> None:
-        """Reopen a submitted annotation, change both answers and press Update."""
-        self.open(project_id, task_id)
-        choose(self.page, "field-answer-a", answer_a)
-        choose(self.page, "field-answer-b", answer_b)
-        if shot:
-            self.shot(shot)
-        _submit(self.page, "Update", "PATCH")
+        submit(self.page)
 
 
 class Verifier(Person):
@@ -265,26 +239,8 @@ class Verifier(Person):
         choose(self.page, "field-verify-b", answer_b)
         if shot:
             self.shot(shot)
-        _submit(self.page)
+        submit(self.page)
         return shown
-
-
-@contextmanager
-def chromium() -> Iterator[Any]:
-    """A headless Debian Chromium driven by playwright, closed at the end."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-def new_page(browser: Any) -> Any:
-    """A fresh browser context (its own cookies) and page."""
-    return browser.new_context(viewport={"width": 1400, "height": 1600}).new_page()
 
 
 class ScriptedVlm:

@@ -21,7 +21,7 @@ from annotation import pull, push, server
 from annotation.client import Client
 from pipeline import patterns
 from tests.annotation_world import (
-    ARTIFACTS, CHROMIUM_ARGS, image_widths, login, open_task, run_pipeline, tick, type_text,
+    ARTIFACTS, choose, chromium, login, new_page, open_task, run_pipeline, submit, type_text, wait_for_images,
 )
 from tests.conftest import REPO
 
@@ -164,8 +164,6 @@ def test_remined_pairs_go_stale_and_annotated_tasks_survive(world: dict[str, Any
 
 @pytest.mark.browser
 def test_annotator_writes_a_question_in_the_browser_and_pull_returns_it(world: dict[str, Any]) -> None:
-    from playwright.sync_api import sync_playwright
-
     client, ls, tasks, root = world["client"], world["ls"], world["tasks"], world["root"]
     project_id = push.push(client, ls, tasks, world["display"])["project_id"]
     server.add_user(ls, *WRITER)
@@ -178,24 +176,19 @@ def test_annotator_writes_a_question_in_the_browser_and_pull_returns_it(world: d
         "statement_a": "Two dots lie below the door.",
     }
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1600})
-            login(page, ls.url, *WRITER)
-            open_task(page, ls.url, project_id, remote[pair], "#field-question")
-            tick(page, "field-pattern", QUANTITY)
-            tick(page, "field-tags", SPATIAL)
-            for name, text in typed.items():
-                type_text(page, name, text)
-            tick(page, "field-answer-a", "(a)")
-            tick(page, "field-answer-b", "(b)")
-            assert all(w > 0 for w in image_widths(page, ("panel-image-a", "panel-image-b")))
-            page.screenshot(path=str(ARTIFACTS / "writer.png"), full_page=True)
-            with page.expect_response(lambda r: "/annotations" in r.url and r.request.method == "POST"):
-                page.get_by_role("button", name="Submit").click()
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = new_page(browser)
+        login(page, ls.url, *WRITER)
+        open_task(page, ls.url, project_id, remote[pair], "#field-question")
+        choose(page, "field-pattern", QUANTITY)
+        choose(page, "field-tags", SPATIAL)
+        for name, text in typed.items():
+            type_text(page, name, text)
+        choose(page, "field-answer-a", "(a)")
+        choose(page, "field-answer-b", "(b)")
+        wait_for_images(page)
+        page.screenshot(path=str(ARTIFACTS / "writer.png"), full_page=True)
+        submit(page)
     assert (ARTIFACTS / "writer.png").stat().st_size > 10_000
     # a skipped annotation on another task must not reach the snapshot
     client.request("POST", f"/api/tasks/{remote[tasks[1]['data']['pair_id']]}/annotations/",
@@ -243,8 +236,6 @@ def _write_as_admin(client: Client, task_id: int, question: str, answers: tuple[
 
 @pytest.mark.browser
 def test_writer_verifier_round_trip_with_adjudication(world: dict[str, Any]) -> None:
-    from playwright.sync_api import sync_playwright
-
     from annotation import accept, adjudication, validate, verify
 
     client, ls, tasks, root, display = world["client"], world["ls"], world["tasks"], world["root"], world["display"]
@@ -280,26 +271,21 @@ def test_writer_verifier_round_trip_with_adjudication(world: dict[str, Any]) -> 
 
     server.add_user(ls, *VERIFIER)
     verification_project = client.project_by_title(ls.verification_project)["id"]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1400})
-            login(page, ls.url, *VERIFIER)
-            for pair, (answer_a, answer_b) in ((agreed, ("(a)", "(b)")), (disputed, ("(a)", "unanswerable"))):
-                open_task(page, ls.url, verification_project, verification[pair]["id"], "#field-verify-a")
-                assert all(w > 0 for w in image_widths(page, ("panel-image-a", "panel-image-b")))
-                tick(page, "field-verify-a", answer_a)
-                tick(page, "field-verify-b", answer_b)
-                if pair == agreed:
-                    # the untrusted question is shown as text: no element injected, no handler run
-                    assert PAYLOAD in page.inner_text("#field-question")
-                    assert page.locator('#field-question img[src="x"]').count() == 0
-                    assert page.evaluate("window.__pwned") is None
-                    page.screenshot(path=str(ARTIFACTS / "verifier.png"), full_page=True)
-                with page.expect_response(lambda r: "/annotations" in r.url and r.request.method == "POST"):
-                    page.get_by_role("button", name="Submit").click()
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = new_page(browser)
+        login(page, ls.url, *VERIFIER)
+        for pair, (answer_a, answer_b) in ((agreed, ("(a)", "(b)")), (disputed, ("(a)", "unanswerable"))):
+            open_task(page, ls.url, verification_project, verification[pair]["id"], "#field-verify-a")
+            wait_for_images(page)
+            choose(page, "field-verify-a", answer_a)
+            choose(page, "field-verify-b", answer_b)
+            if pair == agreed:
+                # the untrusted question is shown as text: no element injected, no handler run
+                assert PAYLOAD in page.inner_text("#field-question")
+                assert page.locator('#field-question img[src="x"]').count() == 0
+                assert page.evaluate("window.__pwned") is None
+                page.screenshot(path=str(ARTIFACTS / "verifier.png"), full_page=True)
+            submit(page)
 
     assert pull.main(["verification", "--params", str(params_file), "--out", str(labels / "verification.json"),
                       "--metrics", str(metrics / "pull_verification.json")]) == 0

@@ -6,8 +6,9 @@ smaller through its `--scenes` option), `dvc repro`, `clipblind labelstudio star
 `push`, a writer and a verifier in Chromium, `pull`, `push-verification`, `adjudicate`, the
 release read by `sha256sum -c`, `datasets.load_dataset` offline, MMVP's own reading and scoring
 logic (tests/mmvp_oracle.py) and `clipblind evaluate` against a scripted model; then a second
-round that changes the release, which stays unreleased until the version is bumped and the
-changelog names the changes, and `clipblind tag`. `dvc exp run` is tried after each round.
+round (two more pairs written and verified, one released answer corrected by the lead with
+`clipblind adjudicate --correct`) that changes the release, which stays unreleased until the
+version is bumped and the changelog names the changes, and `clipblind tag`. `dvc exp run` is tried after each round.
 
 The journey walks a copy of the working tree, or of the git revision named by
 CLIPBLIND_JOURNEY_REV. Run with `-s` to see the wall time of every step; artifacts/journey/ keeps it (timings.md)
@@ -32,9 +33,9 @@ import pytest
 from pipeline import patterns, release
 from pipeline.patterns import ANSWERS
 from tests import mmvp_oracle
+from tests.annotation_world import chromium, new_page
 from tests.journey_world import (
-    ARTIFACTS, Question, ScriptedVlm, Timings, Verifier, Workspace, Writer, chromium, copy_repository, free_port,
-    new_page,
+    ARTIFACTS, Question, ScriptedVlm, Timings, Verifier, Workspace, Writer, copy_repository, free_port,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.browser]
@@ -235,6 +236,14 @@ def experiment(ws: Workspace, when: str) -> None:
     assert ws.git("status", "--porcelain") == ""
 
 
+def tagged_record(ws: Workspace, name: str, version: str) -> None:
+    """`clipblind tag` committed the release record itself: the tagged commit names the version, nothing is left to commit."""
+    assert ws.git("status", "--porcelain") == ""
+    assert ws.git("rev-parse", f"{name}^{{commit}}") == ws.git("rev-parse", "HEAD")
+    record = json.loads(ws.git("show", f"{name}:{release.RELEASED_RECORD}"))
+    assert version in [r["version"] for r in record["releases"]]
+
+
 @pytest.fixture
 def journey(tmp_path: Path) -> Iterator[tuple[Workspace, Timings]]:
     """The checkout; the Label Studio it starts is stopped by its PID file at the end, and the timings printed."""
@@ -342,11 +351,10 @@ def test_journey(journey: tuple[Workspace, Timings], tmp_path: Path) -> None:
     check_evaluate(ws, tmp_path, order)
     ws.commit("release 1.0.0")
     ws.clipblind("clipblind tag 1.0.0", "tag", RELEASE)
-    ws.commit("Release clipblind-benchmark@v1.0.0")  # tag records the version in data_cards/RELEASED.json
+    tagged_record(ws, "clipblind-benchmark@v1.0.0", "1.0.0")
     experiment(ws, "after round 1")
 
     # ---------------------------------------------------------------- round 2: two more pairs, one correction
-    corrected = round1[5]
     more = {
         extra[0]: Question(patterns.PATTERNS[5].paper, "What colour is the ball?", "Red", "Blue", *ANSWERS,
                            "A red ball.", "A blue ball."),
@@ -354,14 +362,11 @@ def test_journey(journey: tuple[Workspace, Timings], tmp_path: Path) -> None:
                            "A sign saying EXIT.", "A sign saying STOP."),
     }
     with chromium() as browser:
-        with timings.step("writer in Chromium: 2 tasks + 1 correction"):
+        with timings.step("writer in Chromium: 2 tasks"):
             writer = Writer(new_page(browser), ls.url, *WRITER)
             for pair_id, q in more.items():
                 writer.write(writing, task_of[pair_id], q)
-            old = written[corrected]
-            writer.correct_answers(writing, task_of[corrected], old.answer_b, old.answer_a, shot="writer-correction")
         written.update(more)
-        written[corrected] = dataclasses.replace(old, answer_a=old.answer_b, answer_b=old.answer_a)
         ws.clipblind("pull (round 2)", "pull")
         ws.dvc("dvc repro validate (round 2)", "repro", "validate")
         ws.clipblind("push-verification (round 2)", "push-verification")
@@ -373,24 +378,28 @@ def test_journey(journey: tuple[Workspace, Timings], tmp_path: Path) -> None:
     ws.clipblind("pull verification (round 2)", "pull", "verification")
     ws.dvc("dvc repro accept (round 2)", "repro", "accept")
     ws.clipblind("adjudicate (round 2)", "adjudicate")
-    rows = adjudication.read(ws.path("labels/adjudication.csv"))
-    queued = [r for r in rows if not r["decision"]]
-    assert [r["pair_id"] for r in queued] == [corrected]  # the old verification disagrees with the correction
-    assert (queued[0]["writer_answer_a"], queued[0]["writer_answer_b"]) == (old.answer_b, old.answer_a)
-    queued[0]["decision"] = "accept"
-    queued[0]["note"] = "answers corrected by the writer; the first verification was wrong"
-    ws.path("labels/adjudication.csv").write_bytes(adjudication.encode(rows))
-    ws.commit("round 2: two pairs, one correction")
+    assert [r["pair_id"] for r in adjudication.read(ws.path("labels/adjudication.csv")) if not r["decision"]] == []
+    # the lead finds a wrong answer in the released 1.0.0 and corrects it in adjudication, by its pair id
+    corrected = round1[5]
+    old = written[corrected]
+    out = ws.clipblind("adjudicate --correct (round 2)", "adjudicate", "--correct", corrected,
+                       "--answer-a", old.answer_b, "--answer-b", old.answer_a, "--note", "the answers were swapped")
+    assert "set to correct" in out
+    row = next(r for r in adjudication.read(ws.path("labels/adjudication.csv")) if r["pair_id"] == corrected)
+    assert (row["decision"], row["answer_a"], row["answer_b"]) == ("correct", old.answer_b, old.answer_a)
+    assert (row["writer_answer_a"], row["writer_answer_b"], row["question"]) == (old.answer_a, old.answer_b, old.question)
+    written[corrected] = dataclasses.replace(old, answer_a=old.answer_b, answer_b=old.answer_a)
+    ws.commit("round 2: two pairs, one answer corrected in adjudication")
     ws.dvc("dvc repro (round 2: unreleased build)", "repro")
     verification.update({p: "verified" for p in more} | {corrected: "adjudicated"})
+    assert ws.json("metrics/accept.json")["answers_corrected"] == 1
 
     manifest = ws.json(f"{RELEASE}/manifest.json")
     assert (manifest["version"], manifest["release"]["status"]) == ("1.1.0-dev", "unreleased")
     changes = manifest["changes"]
     assert changes["previous_version"] == "1.0.0"
     assert sorted(changes["added_pairs"]) == sorted(more)
-    assert sorted(changes["changed_items"]) == [f"{corrected}-a", f"{corrected}-b"]
-    assert all("answer" in fields for fields in changes["changed_items"].values())
+    assert changes["changed_items"] == {f"{corrected}-a": ["answer"], f"{corrected}-b": ["answer"]}
     check_release(ws, written, verification, "1.1.0-dev")
     check_counts(ws, verification)
     ws.commit("round 2 build")
@@ -408,8 +417,8 @@ def test_journey(journey: tuple[Workspace, Timings], tmp_path: Path) -> None:
     check_counts(ws, verification)
     ws.commit("release 1.1.0")
     ws.clipblind("clipblind tag 1.1.0", "tag", RELEASE)
-    ws.commit("Release clipblind-benchmark@v1.1.0")
+    tagged_record(ws, "clipblind-benchmark@v1.1.0", "1.1.0")
     assert ws.git("tag", "--list").split() == ["clipblind-benchmark@v1.0.0", "clipblind-benchmark@v1.1.0"]
     experiment(ws, "after the bump")
-    shots = {"writer-markup", "writer-reject", "writer-formula", "verifier-markup", "writer-correction"}
+    shots = {"writer-markup", "writer-reject", "writer-formula", "verifier-markup"}
     assert shots <= {p.stem for p in ARTIFACTS.glob("*.png")}
