@@ -4,7 +4,8 @@ Inputs: a release folder, or an original MMVP folder (`Questions.csv` + `MMVP Im
 MMVP-VLM folder (`Questions.csv` + `MLLM_VLM Images/`); params section `evaluate` (a list of
 open_clip encoders and a list of VLM backends).
 Outputs: a results JSON (DVC metrics), a markdown table and an SVG chart of pair accuracy per
-pattern; a response cache per VLM (JSONL), so an interrupted run resumes without repeating calls.
+pattern (each path given, or else `evaluate/<folder name>/results.json`, `table.md`, `chart.svg`);
+a response cache per VLM (JSONL), so an interrupted run resumes without repeating calls.
 Metrics: per model, question and pair accuracy overall and per pattern, with chance stated;
 pairs without statements (CLIP) or without images are counted, not hidden.
 
@@ -36,6 +37,8 @@ STAGE = "evaluate"
 CACHE_DIR = ".cache/evaluate"  # VLM reply caches; dvc.yaml and README name the same folder
 UNLABELLED = "unlabelled"  # MMVP's Questions.csv carries no pattern per question
 CLIP_TEXT = "a photo of {statement}"  # MMVP-VLM's text prompt
+DEFAULT_OUT = "evaluate"  # outputs not named on the command line go to DEFAULT_OUT/<folder name>/
+DEFAULT_FILES = ("results.json", "table.md", "chart.svg")  # results, table, chart: their names there
 
 
 @dataclass(frozen=True)
@@ -238,16 +241,23 @@ def evaluate_vlm(pairs: Sequence[EvalPair], backend: Backend) -> dict[str, Any]:
 # ---------------------------------------------------------------- reports
 
 
+def pattern_columns(results: dict[str, Any]) -> list[str]:
+    """The patterns any model was scored on: the nine in `pipeline.patterns.PATTERNS` order, then any
+    other name (MMVP's `unlabelled`, a foreign folder's own type) in the order the results first name it."""
+    seen = list(dict.fromkeys(p for r in results["models"].values() for p in r["per_pattern"]))
+    return [p for p in patterns.PAPER_NAMES if p in seen] + [p for p in seen if p not in patterns.PAPER_NAMES]
+
+
 def markdown_table(results: dict[str, Any]) -> str:
-    """A markdown table: one row per model, pair accuracy overall and per pattern."""
-    patterns = sorted({p for r in results["models"].values() for p in r["per_pattern"]})
-    header = ["model", "kind", "question acc.", "pair acc.", *patterns]
+    """A markdown table: one row per model, pair accuracy overall and per pattern (in pattern order)."""
+    columns = pattern_columns(results)
+    header = ["model", "kind", "question acc.", "pair acc.", *columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, r in results["models"].items():
         cells = [name.replace("|", "\\|"), r["kind"], _pct(r.get("question_accuracy")), _pct(r["pair_accuracy"])]
-        cells += [_pct(r["per_pattern"].get(p, {}).get("pair_accuracy")) for p in patterns]
+        cells += [_pct(r["per_pattern"].get(p, {}).get("pair_accuracy")) for p in columns]
         lines.append("| " + " | ".join(cells) + " |")
-    lines.append("| chance | | 50.0 | 25.0 |" + " |" * len(patterns))
+    lines.append("| chance | | 50.0 | 25.0 |" + " |" * len(columns))
     return "\n".join(lines) + "\n"
 
 
@@ -256,17 +266,17 @@ def _pct(value: float | None) -> str:
 
 
 def svg_chart(results: dict[str, Any]) -> str:
-    """An SVG bar chart of pair accuracy per pattern, one bar per model, chance as a line."""
+    """An SVG bar chart of pair accuracy per pattern (in pattern order), one bar per model, chance as a line."""
     models = list(results["models"])
-    patterns = sorted({p for r in results["models"].values() for p in r["per_pattern"]})
-    width, height, left, bottom, top = max(360, 90 * len(patterns) + 120), 300, 50, 60, 30
+    columns = pattern_columns(results)
+    width, height, left, bottom, top = max(360, 90 * len(columns) + 120), 300, 50, 60, 30
     plot_w, plot_h = width - left - 20, height - bottom - top
-    group = plot_w / max(1, len(patterns))
+    group = plot_w / max(1, len(columns))
     bar = group * 0.8 / max(1, len(models))
     colors = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2"]
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
              f'<text x="{left}" y="16">pair accuracy per pattern (chance 25 %)</text>']
-    for g, pattern in enumerate(patterns):
+    for g, pattern in enumerate(columns):
         for m, model in enumerate(models):
             value = results["models"][model]["per_pattern"].get(pattern, {}).get("pair_accuracy") or 0.0
             x = left + g * group + group * 0.1 + m * bar
@@ -299,18 +309,23 @@ def evaluate(pairs: Sequence[EvalPair], clip_scorers: Iterable[ClipScorer], back
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: `clipblind evaluate <folder> --results R.json [--table T.md] [--chart C.svg]`."""
+    """Command line: `clipblind evaluate <folder> [--out DIR] [--results R.json] [--table T.md] [--chart C.svg]`."""
     parser = argparse.ArgumentParser(prog="clipblind evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("folder", help="release folder, MMVP folder or MMVP-VLM folder")
     parser.add_argument("--format", default="auto", choices=("auto", "release", "mmvp", "mmvp_vlm"))
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--results", required=True, help="output results JSON (DVC metrics)")
-    parser.add_argument("--table", help="output markdown table")
-    parser.add_argument("--chart", help="output SVG chart of pair accuracy per pattern")
+    parser.add_argument("--out", help=f"folder for the outputs not named below; default {DEFAULT_OUT}/<folder name>")
+    results_file, table_file, chart_file = DEFAULT_FILES
+    parser.add_argument("--results", help=f"output results JSON (DVC metrics); default <out>/{results_file}")
+    parser.add_argument("--table", help=f"output markdown table; default <out>/{table_file}")
+    parser.add_argument("--chart", help=f"output SVG chart of pair accuracy per pattern; default <out>/{chart_file}")
     parser.add_argument("--cache", default=CACHE_DIR, help=f"folder of VLM response caches (resume); default {CACHE_DIR}")
     args = parser.parse_args(argv)
     params = command_params(parser, args.params, STAGE, EvaluateParams)
     folder = Path(args.folder)
+    out = Path(args.out) if args.out else Path(DEFAULT_OUT) / folder.resolve().name
+    results_path, table_path, chart_path = (Path(given) if given else out / name for given, name in
+                                            zip((args.results, args.table, args.chart), DEFAULT_FILES))
     fmt = detect_format(folder) if args.format == "auto" else args.format
     pairs = load_pairs(folder, fmt)
     benchmark = {"folder": str(folder), "format": fmt, "pairs": len(pairs)}
@@ -326,13 +341,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         cache_name = hashlib.sha256(backend.name.encode()).hexdigest()[:16] + ".jsonl"
         backends.append(CachedBackend(backend, Path(args.cache) / cache_name))
     results = evaluate(pairs, scorers, backends, benchmark)
-    write_metrics(args.results, results)
-    if args.table:
-        write_bytes(args.table, markdown_table(results).encode())
-    if args.chart:
-        write_bytes(args.chart, svg_chart(results).encode())
+    write_metrics(results_path, results)
+    write_bytes(table_path, markdown_table(results).encode())
+    write_bytes(chart_path, svg_chart(results).encode())
     line = ", ".join(f"{name}: pair {_pct(r['pair_accuracy'])} %" for name, r in results["models"].items())
-    summary(STAGE, f"{len(pairs)} pairs ({fmt}) → {line or 'no models in params evaluate'} (chance 25 %)")
+    summary(STAGE, f"{len(pairs)} pairs ({fmt}) → {line or 'no models in params evaluate'} (chance 25 %) "
+                   f"→ {results_path}, {table_path}, {chart_path}")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import evaluate, patterns, scoring
+from pipeline import cli, evaluate, patterns, scoring
 from pipeline.encoders import EncoderParams
 from pipeline.vlm import CachedBackend, OpenAIBackend, TransformersBackend, VlmParams, build_prompt
 from tests.release_world import build_release
@@ -260,3 +261,53 @@ def test_clip_weights_from_a_local_checkpoint_file_offline(built, tmp_path, monk
     from_memory = evaluate.evaluate_clip(pairs, random_scorer)
     assert from_file["random_init"] is False
     assert {k: v for k, v in from_file.items() if k != "random_init"} == {k: v for k, v in from_memory.items() if k != "random_init"}
+
+
+def test_table_and_chart_list_patterns_in_the_pattern_order():
+    Q = scoring.QuestionResult
+    # every pattern scored, fed in reverse order, with MMVP's unlabelled rows first
+    names = [evaluate.UNLABELLED, *reversed(patterns.PAPER_NAMES)]
+    questions = [Q(f"p{i}", m, name, "(a)", "(a)") for i, name in enumerate(names) for m in ("a", "b")]
+    results = {"models": {"m": {"kind": "vlm", **scoring.score_questions(questions)}}}
+    expected = [*patterns.PAPER_NAMES, evaluate.UNLABELLED]  # the nine as pipeline.patterns orders them, then the rest
+    header = evaluate.markdown_table(results).splitlines()[0].strip("| ").split(" | ")
+    assert header[4:] == expected
+    chart = evaluate.svg_chart(results)
+    positions = [chart.index(f'text-anchor="middle">{name}<') for name in expected]
+    assert positions == sorted(positions)
+
+
+README_FOLDERS = {"data/release": "", "/path/to/MMVP": "mmvp", "/path/to/MMVP_VLM": "mmvp_vlm"}
+
+
+def readme_evaluate_commands() -> list[list[str]]:
+    """Every `clipblind evaluate ...` line of README's 'Score a model' section, as argv (comments dropped)."""
+    from tests.conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("\n## Score a model\n"):]
+    section = section[:section.index("\n## ", 1)]
+    return [shlex.split(line, comments=True) for line in section.splitlines() if line.startswith("clipblind ")]
+
+
+def test_every_readme_evaluate_command_runs_as_written(built, tmp_path, monkeypatch, capsys):
+    commands = readme_evaluate_commands()
+    assert len(commands) >= 3 and all(argv[:2] == ["clipblind", "evaluate"] for argv in commands)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": {"clip": [{
+        "kind": "open_clip", "model": "tiny-clip-text", "weights": "random", "image_size": 32,
+        "config": TINY_CLIP_TEXT_CONFIG, "seed": 0}], "vlm": []}}))
+    monkeypatch.chdir(tmp_path)  # README's relative outputs land here
+    for argv in commands:
+        folder = argv[2]
+        assert folder in README_FOLDERS, f"README evaluates {folder!r}: add it to README_FOLDERS"
+        run = [str(built / README_FOLDERS[folder]) if a == folder else a for a in argv[2:]]
+        assert cli.main(["evaluate", *run]) == 0, argv
+        printed = capsys.readouterr().out
+        if "--results" in argv:
+            outputs = [Path(argv[argv.index(flag) + 1]) for flag in ("--results", "--table", "--chart")]
+        else:  # no flags: results, table and chart side by side under evaluate/<folder name>/, named in the summary
+            out = Path(evaluate.DEFAULT_OUT) / Path(run[0]).name
+            outputs = [out / name for name in evaluate.DEFAULT_FILES]
+            assert str(out) in printed
+        assert all(p.is_file() and p.stat().st_size for p in outputs), (argv, outputs)
+        assert json.loads(outputs[0].read_text())["benchmark"]["folder"] == run[0]
