@@ -8,7 +8,8 @@ Inputs: the annotations table (validate), the pairs table, the verification snap
 them chose the writer's answer for both images. Any other answer (including "unanswerable")
 sends it to the adjudication queue with every answer; the lead's `accept` there accepts it
 (`adjudicated`), `reject` rejects it, `correct` accepts it with the lead's answers (`adjudicated`;
-the writer's answers kept in `writer_answer_a/b`). `reject` and `correct` apply to a verified
+the writer's answers kept in `writer_answer_a/b`) and the lead's statements (new, dropped, or the
+writer's where the lead's decision keeps them). `reject` and `correct` apply to a verified
 question too (`clipblind adjudicate --correct`): the lead's decision on any question verifiers
 answered is final.
 Outputs: the accepted table (schemas.ACCEPTED, one row per pair), the outcome of every
@@ -142,9 +143,12 @@ def accept(
             pair = pair_rows[row["pair_id"]]
             writer_answers = (row["answer_a"], row["answer_b"])
             changed = truth != writer_answers
+            statements = (row["statement_a"], row["statement_b"])
+            if decision is not None and decision.kind == adjudication.CORRECT:
+                statements = decision.shipped_statements(statements)
             accepted.append({
-                **{k: row[k] for k in ("pair_id", "pattern", "tags", "question", "option_a", "option_b",
-                                       "statement_a", "statement_b", "writer")},
+                **{k: row[k] for k in ("pair_id", "pattern", "tags", "question", "option_a", "option_b", "writer")},
+                "statement_a": statements[0], "statement_b": statements[1],
                 "answer_a": truth[0], "answer_b": truth[1],
                 "writer_answer_a": writer_answers[0] if changed else None,
                 "writer_answer_b": writer_answers[1] if changed else None,
@@ -210,12 +214,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--metrics", required=True)
     args = parser.parse_args(argv)
     params = command_params(parser, args.params, STAGE, AcceptParams)
-    decided, problems = adjudication.decisions(adjudication.read(args.decisions))
+    annotations = schemas.read_table(args.annotations, "annotations")
+    decided, problems = adjudication.decisions(adjudication.read(args.decisions),
+                                               {r["question_id"]: r for r in annotations.to_pylist()})
     for problem in problems:
         print(f"[{STAGE}] ignored: {problem}")
     accepted, outcomes, queue, metrics = accept(
-        schemas.read_table(args.annotations, "annotations"), schemas.read_table(args.pairs, "pairs"),
-        read_snapshot(args.verification), decided, params,
+        annotations, schemas.read_table(args.pairs, "pairs"), read_snapshot(args.verification), decided, params,
     )
     metrics["unreadable_decisions"] = len(problems)
     for qid in unused_decisions(decided, outcomes):

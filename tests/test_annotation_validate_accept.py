@@ -230,9 +230,9 @@ def test_adjudicate_merge_keeps_decisions_and_flags_bad_ones(tmp_path: Path) -> 
     assert decided == {"q0": ACCEPT, "q1": REJECT} and "maybe" in problems[0] and "q2" in problems[0]
 
 
-def _lead_world() -> tuple[pa.Table, pa.Table, dict[str, Any], dict[str, str]]:
+def _lead_world(good: dict[str, Any] = GOOD) -> tuple[pa.Table, pa.Table, dict[str, Any], dict[str, str]]:
     """Four valid questions: p1 verified, p2 disputed (verifier swapped the answers), p3 verified, p4 never verified."""
-    cases = {p: GOOD for p in ("p1", "p2", "p3", "p4")} | {"p5": REASON_CASES["same_answer"]}
+    cases = {p: good for p in ("p1", "p2", "p3", "p4")} | {"p5": REASON_CASES["same_answer"]}
     pairs = _pairs(*cases)
     table = validate.validate(writing_snapshot(cases), pairs, validate.ValidateParams())
     qid = {r["pair_id"]: r["question_id"] for r in table.to_pylist()}
@@ -311,9 +311,9 @@ def test_a_file_written_before_corrections_existed_still_reads(tmp_path: Path) -
     assert adjudication.decisions(adjudication.read(path)) == ({"q1": ACCEPT}, [])
 
 
-def _accept_main(tmp_path: Path, decisions: Path) -> dict[str, Any]:
+def _accept_main(tmp_path: Path, decisions: Path, good: dict[str, Any] = GOOD) -> dict[str, Any]:
     """validate's and accept's outputs on the lead world, through their command lines; accept's metrics."""
-    table, pairs, verification, _ = _lead_world()
+    table, pairs, verification, _ = _lead_world(good)
     schemas.write_table(table, tmp_path / "annotations.parquet", "annotations")
     schemas.write_table(pairs, tmp_path / "pairs.parquet", "pairs")
     (tmp_path / "verification.json").write_bytes(encode(verification))
@@ -370,6 +370,63 @@ def test_adjudicate_correct_adds_a_row_for_an_accepted_question_that_accept_appl
     assert decisions.read_bytes() == before
 
 
+WITH_STATEMENTS = {**GOOD, "statement_a": "There are two dots.", "statement_b": "There are three dots."}
+
+
+def test_a_correction_that_changes_answers_says_what_the_statements_become(tmp_path: Path, capsys) -> None:
+    decisions = tmp_path / "labels" / "adjudication.csv"
+    _, _, _, qid = _lead_world(WITH_STATEMENTS)
+    _accept_main(tmp_path, decisions, WITH_STATEMENTS)
+    paths = ["--queue", str(tmp_path / "queue.csv"), "--file", str(decisions),
+             "--annotations", str(tmp_path / "annotations.parquet"), "--outcomes", str(tmp_path / "outcomes.parquet")]
+    swap = ["--correct", "p1", "--answer-a", "(b)", "--answer-b", "(a)"]
+    capsys.readouterr()
+    # the writer's statements were true of the images under the old answers: the lead must say what they become
+    assert adjudication.main([*paths, *swap]) == 2
+    err = capsys.readouterr().err
+    assert all(n in err for n in (qid["p1"], "--statement-a", "--drop-statements", "There are two dots.")), err
+    assert adjudication.main([*paths, *swap, "--statement-a", "=1+1", "--statement-b", "Three."]) == 2
+    assert "'=1+1'" in (err := capsys.readouterr().err) and "spreadsheet formula" in err, err
+    assert adjudication.main([*paths, *swap, "--statement-a", "Three dots."]) == 2
+    assert "give both" in capsys.readouterr().err
+    assert adjudication.main([*paths, *swap, "--statement-a", "A.", "--statement-b", "B.", "--drop-statements"]) == 2
+    assert not decisions.exists() or qid["p1"] not in decisions.read_text()
+    capsys.readouterr()
+    assert adjudication.main([*paths, *swap, "--statement-a", "There are three dots.",
+                              "--statement-b", "There are two dots."]) == 0
+    out = capsys.readouterr().out
+    # the console names the question, its pattern and the change; the disputed p2 still waits for a decision
+    assert f"question {qid['p1']} (pair p1, {QUANTITY.key}): answers (a)/(b) → (b)/(a)" in out, out
+    assert "1 of 2 questions" in out and "without a decision" in out, out
+    assert adjudication.main([*paths, "--correct", qid["p2"], "--answer-a", "(b)", "--answer-b", "(a)",
+                              "--drop-statements"]) == 0
+    out = capsys.readouterr().out
+    assert "statements dropped" in out and "without a decision" not in out, out  # nothing left undecided
+    metrics = _accept_main(tmp_path, decisions, WITH_STATEMENTS)
+    assert metrics["answers_corrected"] == 2 and metrics["unreadable_decisions"] == 0
+    accepted = {r["pair_id"]: r for r in schemas.read_table(tmp_path / "accepted.parquet", "accepted").to_pylist()}
+    assert (accepted["p1"]["statement_a"], accepted["p1"]["statement_b"]) == ("There are three dots.", "There are two dots.")
+    assert (accepted["p2"]["statement_a"], accepted["p2"]["statement_b"]) == (None, None)
+    assert (accepted["p3"]["statement_a"], accepted["p3"]["answer_a"]) == ("There are two dots.", "(a)")
+    # the same rule in the file: a correct row with changed answers, statements, and neither is named and skipped
+    rows = adjudication.read(decisions)
+    for row in rows:
+        if row["question_id"] == qid["p1"]:
+            row.update(statement_a="", statement_b="")
+    decided, problems = adjudication.decisions(rows)
+    assert qid["p1"] not in decided and qid["p2"] in decided and len(problems) == 1
+    assert problems[0].startswith(f"row {[r['question_id'] for r in rows].index(qid['p1']) + 2} (question {qid['p1']}):")
+    assert "fill statement_a and statement_b, or set drop_statements to yes" in problems[0], problems[0]
+    # the annotations say what the writer wrote even where the file's copy is missing (a file written before)
+    blanked = [r | {"writer_statement_a": "", "writer_statement_b": ""} for r in rows]
+    assert adjudication.decisions(blanked)[1] == []
+    table = schemas.read_table(tmp_path / "annotations.parquet", "annotations")
+    assert adjudication.decisions(blanked, {r["question_id"]: r for r in table.to_pylist()})[1] == problems
+    path = tmp_path / "again.csv"
+    path.write_bytes(adjudication.encode(rows))
+    assert adjudication.read(path) == sorted(rows, key=lambda r: r["question_id"])
+
+
 def test_stages_are_byte_identical_when_run_twice(tmp_path: Path) -> None:
     cases = {f"p{i}": GOOD for i in range(3)} | {"px": REASON_CASES["same_answer"]}
     params = tmp_path / "params.yaml"
@@ -419,3 +476,8 @@ def test_validate_and_the_adjudication_guard_share_one_formula_rule() -> None:
         rejected = reason == "formula_like" and bool(text.strip())
         guarded = adjudication.guard(text.strip()) != text.strip() and not text.strip().startswith("'")
         assert rejected == guarded, text
+
+
+def test_the_shipped_adjudication_file_has_the_header_adjudicate_writes_for_an_empty_queue() -> None:
+    shipped = Path(__file__).resolve().parents[1] / "labels" / "adjudication.csv"
+    assert shipped.read_bytes() == adjudication.encode([])
