@@ -119,7 +119,7 @@ def test_status_says_what_makes_an_unreleased_build_releasable(tmp_path):
                                                                "todo": [step]}))
     lines = status.report(tmp_path / "dvc.yaml")
     assert "status=unreleased version=1.1.0-dev" in lines[0]
-    assert lines[-1] == f"  package: 1.1.0-dev is unreleased; to release it: {step}"
+    assert f"1.1.0-dev is unreleased; to release it: {step}" in status.next_steps(tmp_path / "dvc.yaml")
 
 
 def test_tag_and_publish_refuse_an_unreleased_build_saying_what_to_do(sample_corpus, tmp_path, monkeypatch, capsys):
