@@ -14,7 +14,7 @@ question too (`clipblind adjudicate --correct`): the lead's decision on any ques
 answered is final.
 Outputs: the accepted table (schemas.ACCEPTED, one row per pair), the outcome of every
 written question (kind `question_outcomes`), the adjudication queue CSV.
-Metrics: written = invalid + valid (invalid by reason); of the valid questions (inputs):
+Metrics: written = invalid + valid (invalid by reason), as validate counts them; of the valid questions:
 accepted (verified + adjudicated), rejected by reason, pending by reason (awaiting
 verification or adjudication: not decided yet, so not rejected); accepted + rejected + pending
 == valid. answers_corrected: accepted questions whose answers the lead changed;
@@ -178,7 +178,6 @@ def accept(
     valid = sum(annotations.column("valid").to_pylist())
     decided_reasons = ("stale_pair", *(r for r in OUTCOME_REASONS if r not in PENDING_REASONS))
     metrics = {
-        "inputs": valid,
         "written": annotations.num_rows,
         "invalid": annotations.num_rows - valid,
         "invalid_by_reason": {r: invalid_reasons.get(r, 0) for r in INVALID_REASONS},

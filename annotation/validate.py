@@ -8,7 +8,8 @@ a reason from annotation.tables.INVALID_REASONS and a detail sentence. The patte
 chose (Label Studio shows and stores its paper name) is stored as its stable key
 (pipeline.patterns); text a spreadsheet would evaluate is rejected (`formula_like`) so that
 the writer rephrases it, and released files hold exactly what was written.
-Metrics: inputs (written), accepted (valid), rejected, rejected_by_reason, valid per pattern key.
+Metrics: written = valid + invalid, invalid_by_reason, valid_per_pattern (by pattern key); accept's
+metrics repeat written, valid, invalid and invalid_by_reason under the same names.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from pipeline.config import command_params
 from pipeline.report import progress, summary, write_metrics
 
 STAGE = "validate"
+# Counts of the written questions that metrics/accept.json repeats under the same names and values.
+SHARED_COUNTS: tuple[str, ...] = ("written", "valid", "invalid", "invalid_by_reason")
 
 
 @dataclass(frozen=True)
@@ -121,15 +124,15 @@ def validate(snapshot: dict[str, Any], pairs: pa.Table, params: ValidateParams) 
 
 
 def metrics_of(table: pa.Table) -> dict[str, Any]:
-    """Counts of the annotations table: written, valid, rejected by reason, per pattern."""
+    """Counts of the annotations table: written = valid + invalid, invalid by reason, valid per pattern key."""
     rows = table.to_pylist()
     reasons = Counter(r["reason"] for r in rows if not r["valid"])
     per_pattern = Counter(r["pattern"] for r in rows if r["valid"])
     return {
-        "inputs": len(rows),
-        "accepted": len(rows) - sum(reasons.values()),
-        "rejected": sum(reasons.values()),
-        "rejected_by_reason": {reason: reasons.get(reason, 0) for reason in INVALID_REASONS},
+        "written": len(rows),
+        "valid": len(rows) - sum(reasons.values()),
+        "invalid": sum(reasons.values()),
+        "invalid_by_reason": {reason: reasons.get(reason, 0) for reason in INVALID_REASONS},
         "valid_per_pattern": {key: per_pattern.get(key, 0) for key in patterns.KEYS},
     }
 
@@ -148,8 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     schemas.write_table(table, args.annotations, "annotations")
     metrics = metrics_of(table)
     write_metrics(args.metrics, metrics)
-    summary(STAGE, f"{metrics['inputs']} written → {metrics['accepted']} valid, {metrics['rejected']} rejected "
-                   f"{ {k: v for k, v in metrics['rejected_by_reason'].items() if v} } → {args.annotations}")
+    summary(STAGE, f"{metrics['written']} written → {metrics['valid']} valid, {metrics['invalid']} invalid "
+                   f"{ {k: v for k, v in metrics['invalid_by_reason'].items() if v} } → {args.annotations}")
     return 0
 
 

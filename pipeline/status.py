@@ -23,8 +23,8 @@ HEADLINES: dict[str, tuple[str, ...]] = {
     "mine": ("clip_candidates", "thresholded", "pairs", "search"),
     "export": ("tasks", "display_images"),
     "gallery": ("shown", "thumbnails"),
-    "validate": ("inputs", "accepted", "rejected"),
-    "accept": ("written", "valid", "verified", "accepted"),
+    "validate": ("written", "valid", "invalid"),
+    "accept": ("valid", "accepted", "verified", "rejected", "pending"),
     "gate": ("ran", "inputs", "dropped"),
     "package": ("status", "version", "packaged", "items"),
 }

@@ -315,5 +315,5 @@ def test_writer_verifier_round_trip_with_adjudication(world: dict[str, Any]) -> 
     result = json.loads((metrics / "accept.json").read_text())
     # the browser test's question in this world was never verified: pending, not rejected
     assert (result["accepted"], result["rejected"], result["pending"]) == (2, 0, 1)
-    assert result["accepted"] + result["rejected"] + result["pending"] == result["inputs"]
+    assert result["accepted"] + result["rejected"] + result["pending"] == result["valid"]
     assert result["human_accuracy"]["per_pair"] == 0.5 and result["human_accuracy"]["per_question"] == 0.75

@@ -98,9 +98,9 @@ def test_every_rejection_reason_is_detected_and_counted() -> None:
     assert got == {f"p-{reason}": reason for reason in INVALID_REASONS} | {"p-good": None}
     assert all(r["detail"] for r in table.to_pylist() if r["reason"])
     metrics = validate.metrics_of(table)
-    assert metrics["accepted"] == 1 and metrics["rejected"] == len(INVALID_REASONS)
-    assert metrics["accepted"] + metrics["rejected"] == metrics["inputs"]
-    assert set(metrics["rejected_by_reason"].values()) == {1}
+    assert metrics["valid"] == 1 and metrics["invalid"] == len(INVALID_REASONS)
+    assert metrics["valid"] + metrics["invalid"] == metrics["written"]
+    assert set(metrics["invalid_by_reason"].values()) == {1}
     assert metrics["valid_per_pattern"][QUANTITY.key] == 1
     assert {r["pattern"] for r in table.to_pylist() if r["valid"]} == {QUANTITY.key}  # tables store the key
 
@@ -148,6 +148,9 @@ def test_accept_verifies_queues_mismatches_and_applies_decisions() -> None:
     assert metrics["pending_by_reason"] == {"awaiting_verification": 2, "awaiting_adjudication": 2}  # p3 (self only), p5
     assert (metrics["accepted"], metrics["rejected"], metrics["pending"], metrics["valid"]) == (1, 0, 4, 5)
     assert metrics["invalid"] == 1 and metrics["written"] == 6 and metrics["verified"] == 1
+    assert {k: metrics[k] for k in validate.SHARED_COUNTS} == {k: validate.metrics_of(table)[k] for k in validate.SHARED_COUNTS}
+    assert metrics["answered_by_verifiers"] == metrics["human_accuracy"]["answered_questions"] == \
+        metrics["valid"] - metrics["rejected_by_reason"]["stale_pair"] - metrics["pending_by_reason"]["awaiting_verification"]
     assert metrics["self_verifications_ignored"] == 1
     assert metrics["human_accuracy"] == {"answered_questions": 3, "per_question": 0.5, "per_pair": round(1 / 3, 4)}
     assert metrics["per_pattern"][TEXT.key]["per_question"] == 0.25
@@ -157,7 +160,7 @@ def test_accept_verifies_queues_mismatches_and_applies_decisions() -> None:
     assert rows["p2"]["verification"] == "adjudicated" and rows["p2"]["verifier_answers_b"] == ["unanswerable"]
     assert rows["p1"]["verification"] == "verified" and (rows["p1"]["answer_a"], rows["p1"]["answer_b"]) == ("(a)", "(b)")
     assert metrics["rejected_by_reason"]["adjudicated_reject"] == 1
-    assert metrics["accepted"] + metrics["rejected"] + metrics["pending"] == metrics["valid"] == metrics["inputs"] == 5
+    assert metrics["accepted"] + metrics["rejected"] + metrics["pending"] == metrics["valid"] == 5
     assert (metrics["verified"], metrics["accepted_adjudicated"], metrics["pending"]) == (1, 1, 2)
     by_q = {r["question_id"]: r for r in outcomes.to_pylist()}
     assert by_q[qid["p6"]]["reason"] == "same_answer"
@@ -467,7 +470,7 @@ def test_formula_like_text_is_rejected_so_that_the_writer_rephrases(field: str) 
         assert field in row["detail"] and "rephrase" in row["detail"] and repr(text.strip())[:8] in row["detail"]
     for i, text in enumerate(NOT_FORMULA, start=len(FORMULA_LIKE)):
         assert rows[f"p{i}"]["valid"], (text, rows[f"p{i}"]["detail"])
-    assert validate.metrics_of(table)["rejected_by_reason"]["formula_like"] == len(FORMULA_LIKE)
+    assert validate.metrics_of(table)["invalid_by_reason"]["formula_like"] == len(FORMULA_LIKE)
 
 
 def test_validate_and_the_adjudication_guard_share_one_formula_rule() -> None:
@@ -481,3 +484,17 @@ def test_validate_and_the_adjudication_guard_share_one_formula_rule() -> None:
 def test_the_shipped_adjudication_file_has_the_header_adjudicate_writes_for_an_empty_queue() -> None:
     shipped = Path(__file__).resolve().parents[1] / "labels" / "adjudication.csv"
     assert shipped.read_bytes() == adjudication.encode([])
+
+
+def test_readme_documents_every_validate_and_accept_count_once(tmp_path: Path) -> None:
+    from tests.conftest import REPO
+
+    rows = re.findall(r"^\| `(\w+)` \| (both|validate|accept) \|", (REPO / "README.md").read_text(), re.M)
+    documented = {key: where for key, where in rows}
+    assert len(documented) == len(rows), "a count is documented twice"
+    accept_keys = set(_accept_main(tmp_path, tmp_path / "adjudication.csv"))
+    table, *_ = _lead_world()
+    validate_keys = set(validate.metrics_of(table))
+    assert {k for k, w in documented.items() if w in ("both", "validate")} == validate_keys
+    assert {k for k, w in documented.items() if w in ("both", "accept")} == accept_keys
+    assert {k for k, w in documented.items() if w == "both"} == set(validate.SHARED_COUNTS)

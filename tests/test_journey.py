@@ -30,6 +30,7 @@ from typing import Any, Iterator
 import pyarrow.parquet as pq
 import pytest
 
+from annotation.validate import SHARED_COUNTS
 from pipeline import patterns, release
 from pipeline.patterns import ANSWERS
 from tests import mmvp_oracle
@@ -176,12 +177,12 @@ def check_counts(ws: Workspace, verification: dict[str, str]) -> None:
     funnel = {m[1]: m[2] for m in re.finditer(r"^\| (\w+) \| (\d+) \|$", card, re.M)}
     expected = {
         "corpus_files": ingest["inputs"], "images": ingest["accepted"], "pairs_mined": mine["pairs"],
-        "questions_written": validate["inputs"], "questions_valid": validate["accepted"],
+        "questions_written": validate["written"], "questions_valid": validate["valid"],
         "questions_accepted": accept["accepted"], "questions_rejected": accept["rejected"],
         "questions_pending": accept["pending"], "pairs_packaged": package["packaged"],
     }
     assert {k: funnel.get(k) for k in expected} == {k: str(v) for k, v in expected.items()}
-    assert (accept["written"], accept["valid"]) == (validate["inputs"], validate["accepted"])
+    assert {k: accept[k] for k in SHARED_COUNTS} == {k: validate[k] for k in SHARED_COUNTS}
     assert package["packaged"] == accept["accepted"] == len(verification)
     assert f"**{package['packaged']} pairs, {2 * package['packaged']} questions**" in card
     accuracy = accept["human_accuracy"]
@@ -313,8 +314,8 @@ def test_journey(journey: tuple[Workspace, Timings], tmp_path: Path) -> None:
         ws.clipblind("pull", "pull")
         ws.dvc("dvc repro validate", "repro", "validate")
         validated = ws.json("metrics/validate.json")
-        assert (validated["inputs"], validated["accepted"]) == (12, 9)
-        assert {k: v for k, v in validated["rejected_by_reason"].items() if v} == \
+        assert (validated["written"], validated["valid"]) == (12, 9)
+        assert {k: v for k, v in validated["invalid_by_reason"].items() if v} == \
             {"pair_rejected": 1, "same_answer": 1, "formula_like": 1}
         ws.clipblind("push-verification", "push-verification")
         ws.commit("round 1: questions written")
