@@ -20,8 +20,9 @@ DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "data_cards" / "benchma
 # What "verified" means, in the card, the README and metrics/accept.json (`verified`) alike.
 VERIFIED_DEFINITION = (
     "A question is `verified` when at least `accept.verifiers` people other than its writer answered it and "
-    "every one of them chose the writer's answer for both images; it is `adjudicated` when a verifier answered "
-    "otherwise and the lead accepted it (`clipblind adjudicate`)."
+    "every one of them chose the writer's answer for both images; it is `adjudicated` when the lead decided it "
+    "(`clipblind adjudicate`): accepted as written after a verifier answered otherwise, or accepted with the "
+    "lead's corrected answers."
 )
 
 # SPDX ids whose Hub licence id is not simply the lower-cased SPDX id.
