@@ -219,11 +219,15 @@ def diff_against(previous: Sequence[Mapping[str, Any]], items: Sequence[Mapping[
 
 
 def plan_version(params: PackageParams, changelog_text: str, last: Mapping[str, Any] | None,
-                 items: Sequence[Mapping[str, Any]], excluded: Sequence[str]) -> VersionPlan:
+                 items: Sequence[Mapping[str, Any]], excluded: Sequence[str], sums_sha256: str | None = None,
+                 ) -> VersionPlan:
     """The version of this build against the last released version `last` (None before the first release).
 
     A build equal to the last release keeps its version and recorded changes (rebuilding it gives the
-    same bytes). A build that differs is releasable once `package.version` is above the last
+    same bytes). `sums_sha256` is the digest of this build's SHA256SUMS under that version: when it
+    differs from the released one, the same items come with other bytes (card, metadata), and the
+    build is a change ("card/metadata only") that needs a patch version of its own. A build that
+    differs is releasable once `package.version` is above the last
     release and CHANGELOG has that version's section naming every changed or removed pair; until
     then it is `<version>-dev`, with the steps left listed. Iterating never fails on versions.
     """
@@ -234,13 +238,19 @@ def plan_version(params: PackageParams, changelog_text: str, last: Mapping[str, 
     changes: dict[str, Any] = {}
     if last is not None:
         diff = release.diff_fingerprints(last.get("items", {}), release.item_fingerprints(items))
-        if version == last["version"] and not release.has_changes(diff):
+        same_bytes = sums_sha256 is None or sums_sha256 == last.get("sums_sha256", sums_sha256)
+        if version == last["version"] and not release.has_changes(diff) and same_bytes:
             return VersionPlan(version, release.RELEASABLE, dict(last.get("changes", {})), ())
         changes = {**diff, "previous_version": last["version"]}
+        if not release.has_changes(diff):
+            changes["other_changes"] = [release.METADATA_ONLY]
         if release.check_version(version) <= release.check_version(last["version"]):
-            version = release.bump(last["version"], "minor")
+            version = release.bump(last["version"], "minor" if release.has_changes(diff) else "patch")
+            why = "" if release.has_changes(diff) else (
+                f": the items equal {last['version']}'s but the release's bytes differ ({release.METADATA_ONLY}), "
+                "and a released version never changes")
             todo.append(f"set package.version in params.yaml to {version} (or any version above the released "
-                        f"{last['version']})")
+                        f"{last['version']}){why}")
     sections = release.parse_changelog(changelog_text)
     section = next((s for s in sections if s.version == version), None)
     touched = release.touched_pairs(changes)
@@ -368,8 +378,17 @@ def package(
     packaged = len({i["pair_id"] for i in items})
     # the funnel's last steps are this stage's own counts: the card and metrics/package.json show one number
     funnel = {**provenance_info.get("funnel", {}), "pairs_packaged": packaged, "pairs_rejected_at_packaging": len(rejected)}
-    spec = spec_for(params, plan, changelog_text, {**provenance_info, "funnel": funnel}, gate)
-    manifest = release.write_release(out_dir, items, spec, render_card, params.shard_size)
+    info = {**provenance_info, "funnel": funnel}
+    files, manifest = release.render_release(items, spec_for(params, plan, changelog_text, info, gate), render_card,
+                                             params.shard_size)
+    if last is not None and plan.version == last["version"]:
+        # the same version must mean the same bytes: compare the whole release, not only its items
+        replan = plan_version(params, changelog_text, last, items, excluded, release.sums_digest(files))
+        if replan != plan:
+            plan = replan
+            files, manifest = release.render_release(items, spec_for(params, plan, changelog_text, info, gate),
+                                                     render_card, params.shard_size)
+    release.write_files(files, out_dir)
     by_reason = Counter(r.reason.value for r in rejected)
     metrics = {
         "inputs": accepted.num_rows,
@@ -381,7 +400,8 @@ def package(
         "images_withheld": manifest["counts"]["images_withheld"],
         "status": plan.status,
         "todo": list(plan.todo),
-        "pending_changes": {k: len(plan.changes.get(k, ())) for k in ("added_pairs", "removed_pairs", "changed_items")}
+        "pending_changes": {k: len(plan.changes.get(k, ())) for k in ("added_pairs", "removed_pairs", "changed_items",
+                                                                      "other_changes")}
         if plan.status == release.UNRELEASED else {},
         **common,
     }

@@ -5,17 +5,20 @@ Input: a release folder, the Hub dataset repo id; the token comes from the envir
 repo's main branch and the commit is tagged `v<version>`, so `load_dataset(repo, revision=
 "v<version>")` always returns the version a published number was measured on. An existing tag
 is never moved. Offline (HF_HUB_OFFLINE=1, or the Hub unreachable) it fails at once, saying so.
-An unreleased build (`<version>-dev`) is refused with the steps that make it releasable; a
-published version is added to the record of released versions (`data_cards/RELEASED.json`).
+An unreleased build (`<version>-dev`) is refused with the steps that make it releasable, and so
+is a release the committed pipeline does not rebuild (uncommitted tracked files, `dvc status`
+not clean: the checks of `clipblind tag`). A published version is recorded as `tag` records it:
+added to `data_cards/RELEASED.json` and that file committed alone ("Release <name>@v<version>").
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Sequence
 
-from pipeline import release
+from pipeline import release, tag as git_tag
 from pipeline.encoders import HUB_HOST, hub_reachable
 from pipeline.report import summary
 
@@ -32,10 +35,16 @@ def hub_tag(version: str) -> str:
     return f"v{version}"
 
 
-def publish(release_dir: str, repo_id: str, private: bool = False, released: str = release.RELEASED_RECORD) -> str:
-    """Upload a verified, releasable release folder to `repo_id`, tag it and record it in `released`; return the tag."""
+def publish(release_dir: str, repo_id: str, private: bool = False, released: str | None = None,
+            repo: str | Path = ".") -> str:
+    """Upload a verified, releasable release folder to `repo_id`, tag it and record it; return the tag.
+
+    `released` is the record of released versions (default: `data_cards/RELEASED.json` in the git
+    repository `repo`), committed alone after the upload as `clipblind tag` commits it.
+    """
+    record = Path(released) if released is not None else Path(repo) / release.RELEASED_RECORD
     try:
-        release.check_releasable(release_dir, release.read_released(released))
+        release.check_releasable(release_dir, release.read_released(record))
     except release.ReleaseError as err:
         raise PublishError(str(err)) from err
     report = release.verify(release_dir)
@@ -52,6 +61,10 @@ def publish(release_dir: str, repo_id: str, private: bool = False, released: str
             "(offline, or HF_HUB_OFFLINE=1). The release folder is self-contained: copy it to a machine "
             "with network access and run `clipblind publish` there."
         )
+    try:
+        rel = git_tag.check_committed(repo, record, release_dir)
+    except release.ReleaseError as err:
+        raise PublishError(str(err)) from err
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
@@ -63,7 +76,7 @@ def publish(release_dir: str, repo_id: str, private: bool = False, released: str
                                commit_message=f"{manifest['name']} {manifest['version']}")
     api.create_tag(repo_id, repo_type="dataset", tag=tag, revision=commit.oid,
                    tag_message=f"{manifest['name']} {manifest['version']}")
-    release.record_release(released, release_dir)
+    git_tag.commit_record(repo, record, rel, release_dir, git_tag.git_tag_name(manifest["name"], manifest["version"]))
     return tag
 
 
@@ -73,15 +86,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("release", help="release folder")
     parser.add_argument("--repo-id", required=True, help="Hub dataset repo, e.g. my-org/clipblind-benchmark")
     parser.add_argument("--private", action="store_true")
-    parser.add_argument("--released", default=release.RELEASED_RECORD, help="record of released versions")
+    parser.add_argument("--released", help=f"record of released versions, inside the repository (default: "
+                                           f"<repo>/{release.RELEASED_RECORD})")
+    parser.add_argument("--repo", default=".", help="git repository that built the release (default: here)")
     args = parser.parse_args(argv)
     try:
-        tag = publish(args.release, args.repo_id, args.private, args.released)
+        tag = publish(args.release, args.repo_id, args.private, args.released, args.repo)
     except (PublishError, release.ReleaseError) as err:
         print(f"[{STAGE}] {err}")
         return 1
+    record = args.released or release.RELEASED_RECORD
     summary(STAGE, f"{args.release} → https://huggingface.co/datasets/{args.repo_id} at tag {tag}; recorded in "
-                   f"{args.released}: commit it")
+                   f"{record} and committed (\"Release <name>@v<version>\"): push it (`git push origin HEAD`)")
     return 0
 
 

@@ -187,6 +187,9 @@ DEV_SUFFIX = "-dev"
 # The record of released versions: written by `clipblind tag` and `clipblind publish`, committed to git,
 # read by `package` (a dep in dvc.yaml), so a fresh clone knows what was released.
 RELEASED_RECORD = "data_cards/RELEASED.json"
+# How `changes` names a build whose items equal the last release's while its bytes differ (card, metadata):
+# it needs a version of its own (a patch bump), as any change of released bytes does.
+METADATA_ONLY = "card/metadata only"
 # Item fields whose change alters what a score means: each change must be named in the changelog.
 COMPARED_FIELDS = ("image_sha256", "source_sha256", "question", "options", "answer", "pattern", "statement")
 
@@ -426,6 +429,18 @@ def write_release(
     shard_size: int = 1000,
 ) -> dict[str, Any]:
     """Write every layout of `items` into `out_dir`, replacing it whole; return the manifest."""
+    files, manifest = render_release(items, spec, render_card, shard_size)
+    write_files(files, out_dir)
+    return manifest
+
+
+def render_release(
+    items: Sequence[dict[str, Any]],
+    spec: ReleaseSpec,
+    render_card: Callable[[Mapping[str, Any], str], str],
+    shard_size: int = 1000,
+) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """Every file of the release of `items` but SHA256SUMS (relative path → bytes), and its manifest."""
     check_version(spec.version)
     ordered = order_items(items, spec.mmvp_vlm_pairs_per_pattern)
     files: dict[str, bytes] = {}
@@ -462,8 +477,17 @@ def write_release(
     files[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
     files[CHANGELOG] = changelog_text.encode()
     files[CARD] = render_card(manifest, changelog_text).encode()
+    return files, manifest
+
+
+def sums_digest(files: Mapping[str, bytes]) -> str:
+    """The sha256 of the SHA256SUMS a release of `files` carries: the digest RELEASED.json records (sums_sha256)."""
+    return sha256_hex(sums_text(files).encode())
+
+
+def write_files(files: Mapping[str, bytes], out_dir: str | Path) -> None:
+    """Write a rendered release (`render_release`) with its SHA256SUMS into `out_dir`, replacing it whole."""
     _publish(files, Path(out_dir))
-    return manifest
 
 
 def _publish(files: Mapping[str, bytes], out: Path) -> None:

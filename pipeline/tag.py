@@ -7,8 +7,13 @@ which the next `package` build compares with), that file alone is committed ("Re
 the release's SHA256SUMS, so the tag pins every file's bytes and the tagged commit holds its own
 release record. An existing tag is never moved. An unreleased build (`<version>-dev`: it differs
 from the last released version and its version or changelog does not say so yet) is refused
-with the steps that make it releasable; so is a repository with staged changes or uncommitted
-edits to the record (the release commit must hold the record and nothing else).
+with the steps that make it releasable. The tagged commit must rebuild the release, so tagging
+is refused, naming the files and the fix, while any tracked file has uncommitted changes (the
+record's own aside: the release commit holds the record and nothing else), and, in a DVC
+repository, while the release is not what the committed pipeline produces: it must be an output
+of a stage in dvc.lock, and `dvc status --with-deps` of that stage must be clean (inputs,
+params, code and outputs as dvc.lock records them). `clipblind publish` records its version
+through the same steps (`check_committed`, `commit_record`).
 After tagging, `dvc status` reports `package` changed: its dep `data_cards/RELEASED.json` now
 names this version. `dvc repro` rebuilds the same release bytes (a build equal to the last
 release keeps its version and changes) and updates `dvc.lock`, to be committed.
@@ -17,10 +22,14 @@ release keeps its version and changes) and updates `dvc.lock`, to be committed.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
+
+import yaml
 
 from pipeline import release
 from pipeline.atomic import write_bytes
@@ -52,16 +61,112 @@ def _record_in_repo(repo: Path, record: Path) -> str:
                                    "commit must hold it; use the repository's own record") from None
 
 
+def _listed(paths: Sequence[str]) -> str:
+    return ", ".join(paths[:8]) + (f" and {len(paths) - 8} more" if len(paths) > 8 else "")
+
+
+# What the README's Versions section says to do, in order; the refusals point at it.
+SEQUENCE = ("set package.version in params.yaml, add its section to data_cards/CHANGELOG.md, `dvc repro`, commit "
+            "everything it changed (`git commit -a`: params.yaml, data_cards/CHANGELOG.md, labels/, dvc.lock, metrics/), "
+            "`clipblind tag data/release`, "
+            "`git push origin HEAD <tag>`")
+
+
 def _check_clean(repo: Path, record: str) -> None:
-    """Refuse when a commit of the record alone would also take, or leave behind, other changes to it."""
+    """Refuse when the commit of the record alone would leave other changes out of the tagged commit."""
     staged = _git(repo, "diff", "--cached", "--name-only").split()
     if staged:
-        raise release.ReleaseError(f"staged changes ({', '.join(staged[:5])}{' ...' if len(staged) > 5 else ''}): the "
-                                   "release commit holds the release record only; commit or unstage them "
-                                   "(`git restore --staged <file>`) first")
+        raise release.ReleaseError(f"staged changes ({_listed(staged)}): the release commit holds the release record "
+                                   "only; commit or unstage them (`git restore --staged <file>`) first")
     if _git(repo, "status", "--porcelain", "--", record).strip():
         raise release.ReleaseError(f"{record} has uncommitted changes: commit them or restore it (`git checkout -- "
                                    f"{record}`) first, so that the release commit adds only this version")
+    changed = sorted(line[3:].split(" -> ")[-1] for line in
+                     _git(repo, "status", "--porcelain", "--untracked-files=no").splitlines() if line.strip())
+    if changed:
+        raise release.ReleaseError(f"uncommitted changes to tracked files ({_listed(changed)}): the tagged commit must "
+                                   f"rebuild this release; commit them (`git commit -a`) first. The sequence: {SEQUENCE}")
+
+
+def _dvc_status(top: Path, stage: str) -> dict[str, Any]:
+    """`dvc status --with-deps <stage>` as JSON ({} when the stage and everything upstream match dvc.lock)."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    result = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", "--with-deps", stage], cwd=top, env=env,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise release.ReleaseError(f"`dvc status {stage}` failed in {top}: {(result.stderr or result.stdout).strip()}")
+    lines = [line for line in result.stdout.splitlines() if line.strip().startswith(("{", "["))]
+    return json.loads(lines[-1]) if lines else {}
+
+
+def _stage_of(top: Path, release_dir: Path) -> str:
+    """The dvc.lock stage whose output is `release_dir`; ReleaseError when none is."""
+    lock = top / "dvc.lock"
+    if not lock.exists():
+        raise release.ReleaseError(f"{top} has dvc.yaml but no dvc.lock: run `dvc repro` and commit dvc.lock first")
+    try:
+        rel = release_dir.resolve().relative_to(top.resolve()).as_posix()
+    except ValueError:
+        rel = None
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    for name, stage in stages.items():
+        if rel is not None and any(out.get("path") == rel for out in stage.get("outs", [])):
+            return name
+    raise release.ReleaseError(f"{release_dir} is not an output of any stage in {lock}: tag the release folder the "
+                               "pipeline builds (package's output, data/release) after `dvc repro`")
+
+
+def check_committed(repo: str | Path, record: str | Path, release_dir: str | Path) -> str:
+    """The record's path in `repo`, once the commit of the record alone would pin a commit that rebuilds the release.
+
+    ReleaseError naming the files and the fix otherwise: staged or uncommitted changes to tracked
+    files (the record's aside), a record outside the repository, and in a DVC repository a release
+    folder that is no stage's output or whose stage (or anything upstream) differs from dvc.lock.
+    """
+    repo = Path(repo)
+    rel = _record_in_repo(repo, Path(record))
+    _check_clean(repo, rel)
+    top = Path(_git(repo, "rev-parse", "--show-toplevel").strip())
+    if (top / "dvc.yaml").exists():
+        stage = _stage_of(top, Path(release_dir))
+        status = _dvc_status(top, stage)
+        if status:
+            stale = sorted(status)
+            raise release.ReleaseError(
+                f"`dvc status` is not clean for {stage} ({', '.join(stale)} changed: "
+                f"{json.dumps(status, sort_keys=True)[:400]}): {release_dir} is not what the committed pipeline "
+                f"produces. Run `dvc repro`, commit what it changes, then tag. The sequence: {SEQUENCE}")
+    return rel
+
+
+def commit_record(repo: str | Path, record: str | Path, rel: str, release_dir: str | Path, name: str) -> bool:
+    """Add the release to the record and commit that file alone as "Release <name>"; False when already recorded.
+
+    On failure the record is left as it was and the ReleaseError raised.
+    """
+    repo, record = Path(repo), Path(record)
+    version = release.read_manifest(release_dir)["version"]
+    before = record.read_bytes() if record.exists() else None
+    try:
+        if not release.record_release(record, release_dir):
+            return False
+        _git(repo, "add", "--", rel)
+        _git(repo, "commit", "-q", "-m", f"Release {name}", "-m", f"Record {version} in {rel}.", "--", rel)
+        return True
+    except release.ReleaseError:
+        _restore(repo, record, rel, before)
+        raise
+
+
+def _restore(repo: Path, record: Path, rel: str, before: bytes | None) -> None:
+    """Put an uncommitted record back as it was (`before`: its bytes, None when it did not exist)."""
+    if _git(repo, "status", "--porcelain", "--", rel).strip():
+        if before is None:  # it was new (an untracked record is refused before)
+            _git(repo, "rm", "-q", "--cached", "--ignore-unmatch", "--", rel)
+            record.unlink(missing_ok=True)
+        else:
+            _git(repo, "reset", "-q", "--", rel)
+            write_bytes(record, before)
 
 
 def tag(release_dir: str | Path, repo: str | Path = ".", released: str | Path | None = None) -> str:
@@ -76,24 +181,10 @@ def tag(release_dir: str | Path, repo: str | Path = ".", released: str | Path | 
     name = git_tag_name(manifest["name"], manifest["version"])
     if _git(repo, "tag", "--list", name).strip():
         raise release.ReleaseError(f"git tag {name} exists: a released version never changes; bump package.version")
-    rel = _record_in_repo(repo, record)
-    _check_clean(repo, rel)
-    before = record.read_bytes() if record.exists() else None
-    try:
-        if release.record_release(record, release_dir):
-            _git(repo, "add", "--", rel)
-            _git(repo, "commit", "-q", "-m", f"Release {name}", "-m", f"Record {manifest['version']} in {rel}.", "--", rel)
-        sums = release.file_sha256(Path(release_dir) / release.SUMS)
-        _git(repo, "tag", "-a", name, "-m", f"{manifest['name']} {manifest['version']}\n\nSHA256SUMS sha256: {sums}\n")
-    except release.ReleaseError:
-        if _git(repo, "status", "--porcelain", "--", rel).strip():  # not committed: put the record back
-            if before is None:  # it was new (an untracked record is refused above)
-                _git(repo, "rm", "-q", "--cached", "--ignore-unmatch", "--", rel)
-                record.unlink(missing_ok=True)
-            else:
-                _git(repo, "reset", "-q", "--", rel)
-                write_bytes(record, before)
-        raise
+    rel = check_committed(repo, record, release_dir)
+    commit_record(repo, record, rel, release_dir, name)
+    sums = release.file_sha256(Path(release_dir) / release.SUMS)
+    _git(repo, "tag", "-a", name, "-m", f"{manifest['name']} {manifest['version']}\n\nSHA256SUMS sha256: {sums}\n")
     return name
 
 

@@ -49,6 +49,7 @@ def test_dvc_repro_gate_package_evaluate(tmp_path):
     ids = schemas.read_table(repo / "data/images.parquet", "images").column("image_id").to_pylist()
     accepted = pa.Table.from_pylist(accepted_rows(sorted(ids)), schema=schemas.ACCEPTED)
     schemas.write_table(accepted, repo / "data/accepted.parquet", "accepted")
+    _dvc(["commit", "-f", "accept"], repo)  # dvc.lock records it as accept's output, as if accept had written it
     out = _dvc(["repro", "-s", "gate"], repo) + _dvc(["repro", "-s", "package"], repo)
     assert "Running stage 'gate'" in out and "Running stage 'package'" in out and "RANDOMLY INITIALISED" in out
     assert release.verify(repo / "data/release").ok
@@ -63,6 +64,10 @@ def test_dvc_repro_gate_package_evaluate(tmp_path):
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "first build")
     sums = (repo / "data/release/SHA256SUMS").read_bytes()
+    elsewhere = tmp_path / "copy"
+    shutil.copytree(repo / "data/release", elsewhere)
+    refused = _clipblind(repo, "tag", str(elsewhere))  # not what the pipeline builds
+    assert refused.returncode == 1 and "is not an output of any stage in" in refused.stderr, refused.stderr
     tagged = _clipblind(repo, "tag", "data/release")
     assert tagged.returncode == 0, tagged.stdout + tagged.stderr
     assert "`dvc status` now reports package changed" in tagged.stdout
@@ -83,7 +88,8 @@ def test_dvc_repro_gate_package_evaluate(tmp_path):
     fixed = next(r for r in rows if r["pattern"] == "state")
     fixed["answer_a"], fixed["answer_b"] = fixed["answer_b"], fixed["answer_a"]
     schemas.write_table(pa.Table.from_pylist(rows, schema=schemas.ACCEPTED), repo / "data/accepted.parquet", "accepted")
-    out = _dvc(["repro", "-s", "package"], repo)
+    _dvc(["commit", "-f", "accept"], repo)
+    out = _dvc(["repro", "-s", "gate"], repo) + _dvc(["repro", "-s", "package"], repo)
     assert "set package.version in params.yaml to 1.1.0" in out
     dev = release.read_manifest(repo / "data/release")
     assert dev["version"] == "1.1.0-dev" and dev["release"]["status"] == release.UNRELEASED
@@ -103,8 +109,21 @@ def test_dvc_repro_gate_package_evaluate(tmp_path):
     assert built["version"] == "1.1.0" and built["release"]["status"] == release.RELEASABLE
     assert built["changes"]["previous_version"] == manifest["version"]
     assert sorted(built["changes"]["changed_items"]) == [f"{fixed['pair_id']}-a", f"{fixed['pair_id']}-b"]
+    # not committed yet: the tagged commit would not rebuild 1.1.0 (params.yaml there says 1.0.0)
+    refused = _clipblind(repo, "tag", "data/release")
+    assert refused.returncode == 1, refused.stdout
+    assert "uncommitted changes to tracked files (data_cards/CHANGELOG.md, dvc.lock, metrics/package.json, params.yaml)" in refused.stderr
+    assert "clipblind-benchmark@v1.1.0" not in _git(repo, "tag", "--list")
+    # committed, then an input edited and committed without `dvc repro`: the release is not what that commit builds
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "build 1.1.0")
+    changelog.write_text(changelog.read_text().replace("- Corrected", "- Corrected (in adjudication)"))
+    _git(repo, "commit", "-q", "-a", "-m", "changelog wording")
+    refused = _clipblind(repo, "tag", "data/release")
+    assert refused.returncode == 1 and "`dvc status` is not clean for package" in refused.stderr, refused.stderr
+    assert "data_cards/CHANGELOG.md" in refused.stderr and "Run `dvc repro`" in refused.stderr
+    _dvc(["repro", "-s", "package"], repo)
+    _git(repo, "commit", "-q", "-a", "-m", "dvc.lock: build 1.1.0")
     tagged = _clipblind(repo, "tag", "data/release")
     assert tagged.returncode == 0, tagged.stdout + tagged.stderr
     assert "clipblind-benchmark@v1.1.0" in _git(repo, "tag", "--list")

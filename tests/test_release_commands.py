@@ -102,6 +102,74 @@ def test_tag_refuses_staged_changes_and_an_edited_record_and_changes_nothing(bui
     assert _git_out(repo, "tag", "--list") == ""
 
 
+def test_tag_refuses_uncommitted_inputs_naming_them_and_the_fix(built, tmp_path, capsys):
+    repo = _repo(tmp_path / "repo")
+    for name in ("params.yaml", "data_cards/CHANGELOG.md", "labels/writing.json"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text("committed\n")
+    subprocess.run(["git", "-C", str(repo), "add", "."], check=True)
+    subprocess.run(["git", "-C", str(repo), "commit", "-q", "-m", "inputs"], check=True)
+    # a bumped version, its changelog and the pulled labels, not committed: the tag would not rebuild the release
+    for name in ("params.yaml", "data_cards/CHANGELOG.md", "labels/writing.json"):
+        (repo / name).write_text("bumped\n")
+    (repo / "scratch.txt").write_text("untracked files are not the pipeline's\n")
+    head = _git_out(repo, "rev-parse", "HEAD")
+    assert tag.main([str(built), "--repo", str(repo)]) == 1
+    err = capsys.readouterr().err
+    assert "uncommitted changes to tracked files (data_cards/CHANGELOG.md, labels/writing.json, params.yaml)" in err, err
+    assert "commit them" in err and "dvc repro" in err and "clipblind tag" in err, err
+    assert _git_out(repo, "tag", "--list") == "" and _git_out(repo, "rev-parse", "HEAD") == head
+    assert not (repo / release.RELEASED_RECORD).exists()
+    subprocess.run(["git", "-C", str(repo), "commit", "-q", "-a", "-m", "1.0.0 inputs"], check=True)
+    assert tag.main([str(built), "--repo", str(repo)]) == 0
+    assert _git_out(repo, "show", "clipblind-test@v1.0.0:params.yaml") == "bumped\n"
+
+
+def test_publish_refuses_as_tag_does_and_commits_the_record_as_tag_does(built, tmp_path, monkeypatch):
+    import types
+
+    import huggingface_hub
+
+    uploads: list[str] = []
+
+    class Hub:  # the Hub's side of an upload, recorded
+        def __init__(self, token: str) -> None:
+            pass
+
+        def create_repo(self, *args, **kwargs) -> None:
+            pass
+
+        def list_repo_refs(self, *args, **kwargs):
+            return types.SimpleNamespace(tags=[])
+
+        def upload_folder(self, **kwargs):
+            uploads.append(kwargs["folder_path"])
+            return types.SimpleNamespace(oid="0" * 40)
+
+        def create_tag(self, *args, **kwargs) -> None:
+            pass
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Hub)
+    monkeypatch.setattr(publish, "hub_reachable", lambda: True)
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    repo = _repo(tmp_path / "repo")
+    (repo / "params.yaml").write_text("version: 1.0.0\n")
+    subprocess.run(["git", "-C", str(repo), "add", "params.yaml"], check=True)
+    subprocess.run(["git", "-C", str(repo), "commit", "-q", "-m", "params"], check=True)
+    (repo / "params.yaml").write_text("version: 1.0.1\n")
+    with pytest.raises(publish.PublishError, match=r"uncommitted changes to tracked files \(params.yaml\)"):
+        publish.publish(str(built), "org/clipblind", repo=repo)
+    assert uploads == [] and not (repo / release.RELEASED_RECORD).exists()
+    subprocess.run(["git", "-C", str(repo), "commit", "-q", "-a", "-m", "params"], check=True)
+    assert publish.publish(str(built), "org/clipblind", repo=repo) == "v1.0.0" and uploads == [str(built)]
+    assert _git_out(repo, "log", "-1", "--format=%s").strip() == "Release clipblind-test@v1.0.0"
+    assert _git_out(repo, "show", "--name-only", "--format=", "HEAD").split() == [release.RELEASED_RECORD]
+    assert _git_out(repo, "status", "--porcelain") == ""
+    # tag after publish: the record is there already, so the tag goes on that release commit
+    assert tag.main([str(built), "--repo", str(repo)]) == 0
+    assert _git_out(repo, "rev-parse", "clipblind-test@v1.0.0^{commit}") == _git_out(repo, "rev-parse", "HEAD")
+
+
 def test_commands_are_registered():
     result = subprocess.run([sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True)
     for name in ("package", "verify", "remove", "publish", "tag"):
@@ -157,3 +225,40 @@ def test_the_release_record_keeps_each_version_once_and_the_newest_items(built, 
     (tmp_path / "bad.json").write_text("[]")
     with pytest.raises(release.ReleaseError, match="restore it from git"):
         release.read_released(tmp_path / "bad.json")
+
+
+def test_same_items_with_other_bytes_are_not_the_released_version(sample_corpus, tmp_path, capsys):
+    from pipeline import package
+    from tests.release_world import build_inputs, package_args
+
+    inputs = build_inputs(sample_corpus, tmp_path / "inputs")
+    out, metrics, record = tmp_path / "release", tmp_path / "m.json", tmp_path / "RELEASED.json"
+    build = lambda: package.main(package_args(inputs, out, metrics, "--released", str(record)))  # noqa: E731
+    assert build() == 0 and release.record_release(record, out)  # released 1.0.0
+    released = (out / release.SUMS).read_bytes()
+    assert build() == 0  # an identical rebuild stays the released version, byte for byte
+    assert (out / release.SUMS).read_bytes() == released
+    assert release.read_manifest(out)["release"]["status"] == release.RELEASABLE
+    # a later pull: the same accepted items, but two more questions pending: the card's funnel changes
+    accept = json.loads(inputs["accept"].read_text())
+    accept["pending"] += 2
+    accept["pending_by_reason"]["awaiting_verification"] += 2
+    inputs["accept"].write_text(json.dumps(accept))
+    capsys.readouterr()
+    assert build() == 0
+    manifest = release.read_manifest(out)
+    assert (manifest["version"], manifest["release"]["status"]) == ("1.0.1-dev", release.UNRELEASED)
+    assert manifest["changes"] == {"added_pairs": [], "removed_pairs": [], "changed_items": {},
+                                   "other_changes": [release.METADATA_ONLY], "previous_version": "1.0.0"}
+    err = capsys.readouterr().err
+    assert "set package.version in params.yaml to 1.0.1" in err and release.METADATA_ONLY in err, err
+    assert json.loads(metrics.read_text())["pending_changes"]["other_changes"] == 1
+    with pytest.raises(release.ReleaseError, match="unreleased build"):
+        release.check_releasable(out, release.read_released(record))
+    # the patch version with its changelog section is releasable, and says what changed
+    inputs["params"].write_text(inputs["params"].read_text().replace("version: 1.0.0", "version: 1.0.1"))
+    inputs["changelog"].write_text(inputs["changelog"].read_text().replace(
+        "## 1.0.0", "## 1.0.1\n\n- Card: two more questions pending in the funnel.\n\n## 1.0.0"))
+    assert build() == 0
+    manifest = release.check_releasable(out, release.read_released(record))
+    assert manifest["version"] == "1.0.1" and manifest["changes"]["other_changes"] == [release.METADATA_ONLY]
