@@ -315,7 +315,8 @@ def provenance(pairs_meta: Mapping[str, Any], mine_metrics: Mapping[str, Any], i
 
 # accept's counts in the funnel (questions_<key>) and its figures in the card (metrics/accept.json keys)
 ANNOTATION_FUNNEL = ("written", "valid", "accepted", "rejected", "pending")
-ANNOTATION_FIGURES = ("verified", "accepted_adjudicated", "pending_by_reason", "rejected_by_reason", "human_accuracy")
+ANNOTATION_FIGURES = ("verified", "accepted_adjudicated", "answers_corrected", "pending_by_reason", "rejected_by_reason",
+                      "human_accuracy")
 
 
 def spec_for(

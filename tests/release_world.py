@@ -97,7 +97,7 @@ def build_inputs(corpus: Path, root: Path) -> dict[str, Path]:
     (root / "mine.json").write_text(json.dumps({"images": len(images), "pairs_possible": 351, "clip_candidates": 40, "pairs": 7}))
     # the accept stage's metrics for these rows: 7 accepted (one adjudicated), one pending, one invalid
     accept_metrics = {"written": 9, "invalid": 1, "valid": 8, "accepted": 7, "verified": 6,
-                      "accepted_adjudicated": 1, "rejected": 0, "pending": 1,
+                      "accepted_adjudicated": 1, "answers_corrected": 1, "rejected": 0, "pending": 1,
                       "pending_by_reason": {"awaiting_verification": 0, "awaiting_adjudication": 1},
                       "rejected_by_reason": {"stale_pair": 0, "adjudicated_reject": 0, "duplicate_pair": 0},
                       "human_accuracy": {"answered_questions": 8, "per_question": 0.9167, "per_pair": 0.8333}}

@@ -45,7 +45,8 @@ def test_the_cards_counts_equal_the_metrics_counts(built):
     accuracy = m["accept"]["human_accuracy"]
     assert f"per question\n  **{accuracy['per_question']}**" in text
     assert f"per pair (both images right) **{accuracy['per_pair']}**" in text
-    assert f"{m['accept']['verified']} verified, {m['accept']['accepted_adjudicated']} adjudicated" in text
+    assert (f"{m['accept']['verified']} verified, {m['accept']['accepted_adjudicated']} adjudicated "
+            f"({m['accept']['answers_corrected']} with answers corrected by the lead)") in text
     assert "awaiting_adjudication 1" in text
     manifest = release.read_manifest(built["release"])
     assert manifest["counts"]["pairs"] == m["package"]["packaged"] and manifest["counts"]["items"] == m["package"]["items"]
