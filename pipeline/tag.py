@@ -95,8 +95,12 @@ def _dvc_status(top: Path, stage: str) -> dict[str, Any]:
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise release.ReleaseError(f"`dvc status {stage}` failed in {top}: {(result.stderr or result.stdout).strip()}")
-    lines = [line for line in result.stdout.splitlines() if line.strip().startswith(("{", "["))]
-    return json.loads(lines[-1]) if lines else {}
+    start = result.stdout.find("{")  # DVC may print notices before the JSON
+    try:
+        return json.loads(result.stdout[start:] if start >= 0 else result.stdout)
+    except ValueError as err:
+        raise release.ReleaseError(f"`dvc status --json {stage}` printed no JSON ({err}): {result.stdout[:200]!r}; "
+                                   "run `dvc status` to see why") from err
 
 
 def _stage_of(top: Path, release_dir: Path) -> str:

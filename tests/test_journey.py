@@ -383,13 +383,24 @@ def test_journey(journey: tuple[Workspace, Timings], tmp_path: Path) -> None:
     # the lead finds a wrong answer in the released 1.0.0 and corrects it in adjudication, by its pair id
     corrected = round1[5]
     old = written[corrected]
-    out = ws.clipblind("adjudicate --correct (round 2)", "adjudicate", "--correct", corrected,
-                       "--answer-a", old.answer_b, "--answer-b", old.answer_a, "--note", "the answers were swapped")
-    assert "set to correct" in out
+    swap = ["adjudicate", "--correct", corrected, "--answer-a", old.answer_b, "--answer-b", old.answer_a,
+            "--note", "the answers were swapped"]
+    # the writer's statements were true of the images under the old answers: the lead must say what they become
+    refused = ws.clipblind("adjudicate --correct without statements (refused)", *swap, ok=False)
+    assert "--statement-a" in refused and "--drop-statements" in refused and old.statement_a in refused
+    fixed = dataclasses.replace(old, answer_a=old.answer_b, answer_b=old.answer_a,
+                                statement_a=f"Corrected: {old.statement_b}", statement_b=f"Corrected: {old.statement_a}")
+    out = ws.clipblind("adjudicate --correct (round 2)", *swap, "--statement-a", fixed.statement_a,
+                       "--statement-b", fixed.statement_b)
+    # one line names the question, its pair and pattern and the change; nothing else waits for a decision
+    assert (f"(pair {corrected}, {patterns.lookup(old.pattern).key}): answers {old.answer_a}/{old.answer_b} → "
+            f"{old.answer_b}/{old.answer_a}") in out, out
+    assert "set to correct" in out and "without a decision" not in out, out
     row = next(r for r in adjudication.read(ws.path("labels/adjudication.csv")) if r["pair_id"] == corrected)
     assert (row["decision"], row["answer_a"], row["answer_b"]) == ("correct", old.answer_b, old.answer_a)
+    assert (row["statement_a"], row["statement_b"]) == (fixed.statement_a, fixed.statement_b)
     assert (row["writer_answer_a"], row["writer_answer_b"], row["question"]) == (old.answer_a, old.answer_b, old.question)
-    written[corrected] = dataclasses.replace(old, answer_a=old.answer_b, answer_b=old.answer_a)
+    written[corrected] = fixed
     ws.commit("round 2: two pairs, one answer corrected in adjudication")
     ws.dvc("dvc repro (round 2: unreleased build)", "repro")
     verification.update({p: "verified" for p in more} | {corrected: "adjudicated"})
@@ -400,7 +411,7 @@ def test_journey(journey: tuple[Workspace, Timings], tmp_path: Path) -> None:
     changes = manifest["changes"]
     assert changes["previous_version"] == "1.0.0"
     assert sorted(changes["added_pairs"]) == sorted(more)
-    assert changes["changed_items"] == {f"{corrected}-a": ["answer"], f"{corrected}-b": ["answer"]}
+    assert changes["changed_items"] == {f"{corrected}-a": ["answer", "statement"], f"{corrected}-b": ["answer", "statement"]}
     check_release(ws, written, verification, "1.1.0-dev")
     check_counts(ws, verification)
     ws.commit("round 2 build")
@@ -414,8 +425,18 @@ def test_journey(journey: tuple[Workspace, Timings], tmp_path: Path) -> None:
             f"- Corrected the answers of pair {corrected}.\n\n## 1.0.0")
     ws.dvc("dvc repro (1.1.0)", "repro")
     check_release(ws, written, verification, "1.1.0")
+    # mmvp_vlm/ pairs the lead's statements with their images (11 pairs: read without MMVP's nine-way split)
+    vlm = [v for v in mmvp_oracle.read_mmvp_vlm(ws.path(f"{RELEASE}/mmvp_vlm"), pairs_per_category=len(written))
+           if v.statement_a == fixed.statement_a]
+    assert len(vlm) == 1 and vlm[0].statement_b == fixed.statement_b
+    images = _by_pair(_release_rows(ws))[corrected]
+    assert [Path(vlm[0].image_a).read_bytes(), Path(vlm[0].image_b).read_bytes()] == [i["image"]["bytes"] for i in images]
     assert ws.json(f"{RELEASE}/manifest.json")["release"]["status"] == "releasable"
     check_counts(ws, verification)
+    # the README's order: bump, changelog, dvc repro, commit, tag; tagging first would pin the old inputs
+    refused = ws.clipblind("clipblind tag refuses uncommitted inputs", "tag", RELEASE, ok=False)
+    assert "uncommitted changes to tracked files" in refused and "params.yaml" in refused, refused
+    assert "data_cards/CHANGELOG.md" in refused and "dvc.lock" in refused, refused
     ws.commit("release 1.1.0")
     ws.clipblind("clipblind tag 1.1.0", "tag", RELEASE)
     tagged_record(ws, "clipblind-benchmark@v1.1.0", "1.1.0")
