@@ -160,6 +160,8 @@ def accept(
             })
         elif row["valid"]:
             reasons[reason] += 1
+            if reason in PENDING_REASONS:
+                status = "pending"
         else:
             invalid_reasons[reason] += 1
         outcomes.append({
