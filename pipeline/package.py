@@ -283,6 +283,10 @@ def provenance(pairs_meta: Mapping[str, Any], mine_metrics: Mapping[str, Any], i
     own), so the card renders the same numbers `dvc metrics show` does.
     """
     annotation = dict(accept_metrics or {})
+    missing = [k for k in (*schemas.ACCEPT_FUNNEL_COUNTS, *schemas.ACCEPT_FIGURES) if accept_metrics and k not in annotation]
+    if missing:
+        raise release.ReleaseError(f"accept's metrics lack {missing}: rerun the accept stage (`dvc repro accept`) so the card "
+                         f"can copy its counts")
     encoders = pairs_meta.get("encoders", {})
     return {
         "encoders": encoders,
@@ -300,10 +304,10 @@ def provenance(pairs_meta: Mapping[str, Any], mine_metrics: Mapping[str, Any], i
             "pairs_possible": mine_metrics.get("pairs_possible"),
             "clip_candidates": mine_metrics.get("clip_candidates"),
             "pairs_mined": mine_metrics.get("pairs"),
-            **{f"questions_{k}": annotation.get(k) for k in ANNOTATION_FUNNEL},
+            **{f"questions_{k}": annotation.get(k) for k in schemas.ACCEPT_FUNNEL_COUNTS},
             "pairs_accepted_by_annotation": accepted_rows,
         },
-        "annotation": {k: annotation.get(k) for k in ANNOTATION_FIGURES},
+        "annotation": {k: annotation.get(k) for k in schemas.ACCEPT_FIGURES},
         "image_encoding": {
             "decode": "canonical (EXIF-upright 8-bit RGB)",
             "max_side": export_params.display_max_side,
@@ -312,11 +316,6 @@ def provenance(pairs_meta: Mapping[str, Any], mine_metrics: Mapping[str, Any], i
         },
     }
 
-
-# accept's counts in the funnel (questions_<key>) and its figures in the card (metrics/accept.json keys)
-ANNOTATION_FUNNEL = ("written", "valid", "accepted", "rejected", "pending")
-ANNOTATION_FIGURES = ("verified", "accepted_adjudicated", "answers_corrected", "pending_by_reason", "rejected_by_reason",
-                      "human_accuracy")
 
 
 def spec_for(
@@ -440,10 +439,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     accepted = schemas.read_table(args.accepted, "accepted")
     images = schemas.read_table(args.images, "images")
     corpus = Corpus(ingest_params.source, args.source)
-    info = provenance(
-        schemas.read_meta(args.pairs), _read_json(args.mine_metrics), _read_json(args.ingest_metrics),
-        accepted.num_rows, export_params, ingest_params.max_pixels, _read_json(args.accept_metrics),
-    )
+    try:
+        info = provenance(
+            schemas.read_meta(args.pairs), _read_json(args.mine_metrics), _read_json(args.ingest_metrics),
+            accepted.num_rows, export_params, ingest_params.max_pixels, _read_json(args.accept_metrics),
+        )
+    except release.ReleaseError as err:
+        print(f"[{STAGE}] ERROR: {err}", file=sys.stderr)
+        return 1
     gate = None
     if args.gate:
         from pipeline.gate import load_decision

@@ -64,6 +64,12 @@ PAIRS = pa.schema(
     ]
 )
 
+# metrics/accept.json keys that package copies into the card (the funnel's questions_<key>, then
+# the annotation figures): accept writes every one of them, package refuses a file without them.
+ACCEPT_FUNNEL_COUNTS: tuple[str, ...] = ("written", "valid", "accepted", "rejected", "pending")
+ACCEPT_FIGURES: tuple[str, ...] = ("verified", "accepted_adjudicated", "answers_corrected", "pending_by_reason",
+                                   "rejected_by_reason", "human_accuracy")
+
 # Accepted annotations: the hand-off from annotation (import + verification) to package.
 # One row per accepted pair; answers are "(a)" or "(b)" and differ within a row.
 ACCEPTED = pa.schema(

@@ -29,7 +29,8 @@ def accepted_rows(image_ids: list[str]) -> list[dict]:
     """Accepted pairs over real image ids: four good pairs (one without statements) and three bad ones."""
 
     def row(a: str, b: str, pattern: str, question: str, opts: tuple[str, str], answers: tuple[str, str],
-            statements: tuple[str | None, str | None], verification: str = "verified") -> dict:
+            statements: tuple[str | None, str | None], verification: str = "verified",
+            writer_answers: tuple[str | None, str | None] = (None, None)) -> dict:
         a, b = sorted((a, b))
         return {
             "pair_id": schemas.pair_id(a, b), "image_a": a, "image_b": b,
@@ -37,6 +38,7 @@ def accepted_rows(image_ids: list[str]) -> list[dict]:
             "question": question, "option_a": opts[0], "option_b": opts[1],
             "answer_a": answers[0], "answer_b": answers[1], "statement_a": statements[0], "statement_b": statements[1],
             "writer": "ann1", "verification": verification,
+            "writer_answer_a": writer_answers[0], "writer_answer_b": writer_answers[1],
             "verifier_answers_a": [answers[0], answers[0]], "verifier_answers_b": [answers[1], "(a)" if answers[1] == "(b)" else "(b)"],
         }
 
@@ -45,7 +47,7 @@ def accepted_rows(image_ids: list[str]) -> list[dict]:
         row(i[0], i[1], ORIENTATION, "Is the arrow pointing left or right?", ("Left", "Right"), ("(a)", "(b)"),
             ("The arrow points left.", "The arrow points right.")),
         row(i[2], i[3], COLOR, "Is the main shape red or blue?", ("Red", "Blue"), ("(b)", "(a)"),
-            ("The shape is blue.", "The shape is red."), "adjudicated"),
+            ("The shape is blue.", "The shape is red."), "adjudicated", ("(a)", "(b)")),  # the lead corrected it
         row(i[4], i[5], QUANTITY, "How many <b>circles</b>, \"two\" or three?", ("Two", "Three"), ("(a)", "(b)"),
             (None, None)),
         row(i[6], i[7], STATE, "Is the door open or closed?", ("Open", "Closed"), ("(b)", "(a)"),
@@ -95,7 +97,8 @@ def build_inputs(corpus: Path, root: Path) -> dict[str, Path]:
     schemas.write_table(pairs, root / "pairs.parquet", "pairs",
                         meta={"encoders": encoders, "search": "exhaustive", "clip_threshold": 0.9, "dino_threshold": 0.99})
     (root / "mine.json").write_text(json.dumps({"images": len(images), "pairs_possible": 351, "clip_candidates": 40, "pairs": 7}))
-    # the accept stage's metrics for these rows: 7 accepted (one adjudicated), one pending, one invalid
+    # the accept stage's metrics for these rows: 7 accepted (one adjudicated, its answers corrected by the
+    # lead), one pending, one invalid (package's own tests; the journey checks the card against real ones)
     accept_metrics = {"written": 9, "invalid": 1, "valid": 8, "accepted": 7, "verified": 6,
                       "accepted_adjudicated": 1, "answers_corrected": 1, "rejected": 0, "pending": 1,
                       "pending_by_reason": {"awaiting_verification": 0, "awaiting_adjudication": 1},

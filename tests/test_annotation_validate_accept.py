@@ -268,6 +268,7 @@ def test_the_lead_corrects_the_answers_of_a_disputed_and_of_a_verified_question(
     assert metrics["human_accuracy"] == {"answered_questions": 3, "per_question": round(4 / 6, 4), "per_pair": round(2 / 3, 4)}
     assert {r["question_id"]: r["verification"] for r in outcomes.to_pylist() if r["status"] == "accepted"} == \
         {qid["p1"]: "adjudicated", qid["p2"]: "adjudicated", qid["p3"]: "verified"}
+    assert {*schemas.ACCEPT_FUNNEL_COUNTS, *schemas.ACCEPT_FIGURES} <= set(metrics)  # what package copies to the card
     # the outcomes table says what the metrics say: a question still awaiting verification is pending
     assert {r["question_id"]: (r["status"], r["reason"]) for r in outcomes.to_pylist()}[qid["p4"]] == \
         ("pending", "awaiting_verification")

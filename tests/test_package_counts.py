@@ -78,3 +78,13 @@ def test_a_failed_build_leaves_the_last_release_and_its_metrics_whole(built, tmp
     assert "fix the rejected pairs" in err and "The last build is left as it was" in err
     assert {p: p.read_bytes() for p in [metrics, *out.rglob("*")] if p.is_file()} == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+
+
+def test_package_refuses_accept_metrics_without_the_counts_the_card_copies(built, tmp_path, capsys):
+    accept_metrics = json.loads(built["inputs"]["accept"].read_text())
+    del accept_metrics["answers_corrected"]
+    partial = tmp_path / "accept.json"
+    partial.write_text(json.dumps(accept_metrics))
+    inputs = dict(built["inputs"], accept=partial)
+    assert package.main(package_args(inputs, tmp_path / "release", tmp_path / "package.json")) == 1
+    assert "answers_corrected" in capsys.readouterr().err and not (tmp_path / "release").exists()
