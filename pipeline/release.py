@@ -246,7 +246,8 @@ def last_released(records: Sequence[Mapping[str, Any]], name: str) -> dict[str, 
 def record_release(path: str | Path, release_dir: str | Path) -> bool:
     """Add a verified release to the record at `path` (atomically); False when it is already there.
 
-    Only the newest entry keeps its item fingerprints (what the next build is compared with).
+    Only the highest version keeps its item fingerprints (what the next build is compared with,
+    `last_released`), also when a lower version (a patch of an older line) is recorded after it.
     """
     manifest = read_manifest(release_dir)
     sums = file_sha256(Path(release_dir) / SUMS)
@@ -257,11 +258,12 @@ def record_release(path: str | Path, release_dir: str | Path) -> bool:
                 raise ReleaseError(f"{manifest['name']} {manifest['version']} was released with other bytes "
                                    f"(SHA256SUMS sha256 {r['sums_sha256']}): a released version never changes")
             return False
-    for r in records:
-        if r["name"] == manifest["name"]:
-            r.pop("items", None)
     records.append({"name": manifest["name"], "version": manifest["version"], "sums_sha256": sums,
                     "changes": manifest.get("changes", {}), "items": item_fingerprints(read_items(release_dir))})
+    highest = last_released(records, manifest["name"])
+    for r in records:
+        if r["name"] == manifest["name"] and highest is not None and r["version"] != highest["version"]:
+            r.pop("items", None)
     write_bytes(path, (json.dumps({"releases": records}, indent=1, sort_keys=True) + "\n").encode())
     return True
 

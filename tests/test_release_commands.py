@@ -227,6 +227,18 @@ def test_the_release_record_keeps_each_version_once_and_the_newest_items(built, 
         release.read_released(tmp_path / "bad.json")
 
 
+def test_recording_an_older_line_later_keeps_the_highest_versions_items(built, tmp_path):
+    newer = tmp_path / "newer"
+    shutil.copytree(built, newer)
+    manifest = json.loads((newer / release.MANIFEST).read_text())
+    (newer / release.MANIFEST).write_text(json.dumps({**manifest, "version": "1.1.0"}))
+    record = tmp_path / "RELEASED.json"
+    assert release.record_release(record, newer) and release.record_release(record, built)  # 1.1.0, then 1.0.0
+    entries = {r["version"]: r for r in release.read_released(record)}
+    assert "items" in entries["1.1.0"] and "items" not in entries["1.0.0"]
+    assert release.last_released(list(entries.values()), "clipblind-test")["version"] == "1.1.0"
+
+
 def test_same_items_with_other_bytes_are_not_the_released_version(sample_corpus, tmp_path, capsys):
     from pipeline import package
     from tests.release_world import build_inputs, package_args
