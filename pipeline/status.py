@@ -112,7 +112,12 @@ def next_steps(dvc_yaml: Path) -> list[str]:
         steps += [f"{version} is unreleased; to release it: {step}" for step in package.get("todo") or []]
         steps.append("then `dvc repro` builds the release as that version")
     elif status == release.RELEASABLE and folder is not None:
-        if not _is_recorded(root, folder):
+        try:
+            recorded = _is_recorded(root, folder)
+        except release.ReleaseError as err:  # a damaged record: say how to restore it, as tag would
+            steps.append(str(err))
+            return steps
+        if not recorded:
             steps.append(f"{version} is releasable: `clipblind tag {folder}` (or `clipblind publish {folder} --repo-id org/name`)")
         elif not steps:
             steps.append(f"{version} is released; for the next version annotate more pairs (" + annotate + ")")

@@ -177,7 +177,9 @@ def tag(release_dir: str | Path, repo: str | Path = ".", released: str | Path | 
     """Record a verified, releasable release, commit the record alone and tag that commit in `repo`; return the tag.
 
     `released` is the record of released versions (default: `data_cards/RELEASED.json` in `repo`),
-    a file inside the repository. On any failure the record is left as it was and nothing is tagged.
+    a file inside the repository. On a failure before the record's commit the record is left as it was
+    and nothing is tagged; should `git tag` itself fail after that commit, the commit stays and running
+    `clipblind tag` again tags it.
     """
     repo = Path(repo)
     record = Path(released) if released is not None else repo / release.RELEASED_RECORD

@@ -111,6 +111,11 @@ def test_releasable_then_tagged_then_unreleased(tmp_path, inputs, capsys):
     run_package(tmp_path, inputs)  # dvc repro after tagging: the same bytes
     text = next_lines(dvc_yaml, capsys)
     assert "1.0.0 is released" in text and "clipblind tag" not in text
+    record = tmp_path / release.RELEASED_RECORD
+    kept = record.read_bytes()
+    record.write_text("[]")  # damaged: status says how to restore it instead of failing
+    assert "restore it from git" in next_lines(dvc_yaml, capsys)
+    record.write_bytes(kept)
 
     rows = schemas.read_table(inputs["accepted"], "accepted").to_pylist()
     fewer = tmp_path / "fewer.parquet"  # a pair dropped since the release: the build is 1.0.1-dev
