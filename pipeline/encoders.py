@@ -622,6 +622,9 @@ def _sdpa_self_attention(mha: Any) -> Any:
 
         def forward(self, q_x: Any, k_x: Any = None, v_x: Any = None, need_weights: bool = False,
                     attn_mask: Any = None) -> tuple[Any, None]:
+            if attn_mask is not None and attn_mask.dtype == torch.bool:
+                # nn.MultiheadAttention's True means "masked out", SDPA's means "attend": refuse rather than flip
+                raise NotImplementedError("SDPA attention is used for unmasked (or additive-mask) vision towers only")
             n, length, width = q_x.shape
             qkv = self.in_proj(q_x)
             q, k, v = qkv.view(n, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
@@ -632,7 +635,10 @@ def _sdpa_self_attention(mha: Any) -> Any:
 
 
 def _use_sdpa(visual: Any) -> str:
-    """Route open_clip ViT self-attention through SDPA (same weights, same state dict keys); return the kind used."""
+    """Route open_clip ViT self-attention through SDPA (the same weight tensors); return the kind used.
+
+    Called after the weights are loaded: the replacement's state dict keys differ (`attn.in_proj.weight`).
+    """
     import torch
 
     blocks = getattr(getattr(visual, "transformer", None), "resblocks", [])

@@ -168,3 +168,19 @@ def test_open_clip_tag_facts_are_applied_both_ways():
     assert _tag_model_facts({"quick_gelu": True}) == {"force_quick_gelu": True}
     assert _tag_model_facts({"quick_gelu": False}) == {"quick_gelu": False}
     assert _tag_model_facts({"mean": (0.5,) * 3}) == {}
+
+
+def test_sdpa_attention_equals_multihead_attention_and_refuses_a_boolean_mask():
+    import pytest
+    import torch
+
+    from pipeline.encoders import _sdpa_self_attention
+
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    x = torch.randn(2, 5, 32)
+    fast = _sdpa_self_attention(mha)
+    with torch.no_grad():
+        assert torch.allclose(fast(x)[0], mha(x, x, x, need_weights=False)[0], atol=1e-6)
+        with pytest.raises(NotImplementedError, match="unmasked"):
+            fast(x, attn_mask=torch.zeros(5, 5, dtype=torch.bool))
