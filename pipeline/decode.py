@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL
 from PIL import Image, UnidentifiedImageError
 
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
@@ -110,12 +111,19 @@ _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
 
 @functools.cache
 def rules_digest() -> str:
-    """A digest of the decode rules (the sha256 of this module's source).
+    """A digest of the decode rules: this module's source and the Pillow version that decodes.
 
     Ingest's per-part records, the embeddings' fingerprint and export's display copies carry it,
-    so nothing made from pixels of older rules is reused once the rules change.
+    so nothing made from pixels of older rules is reused once the rules change. The whole source
+    counts (a comment edit too): a missed rule change would silently mix pixels, a spurious one
+    only costs recomputation.
     """
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    return digest_of(Path(__file__).read_bytes())
+
+
+def digest_of(source: bytes) -> str:
+    """The rules digest of decode module source `source` under the installed Pillow."""
+    return hashlib.sha256(source + b"\0Pillow " + PIL.__version__.encode()).hexdigest()
 
 
 def sniff(data: bytes) -> str:

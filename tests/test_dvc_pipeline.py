@@ -1,7 +1,6 @@
 """The pipeline as users run it: a real DVC repo in a temp dir, `dvc repro` twice, a threshold change,
 the README's own-corpus recipe, a change to the decode rules; a forced rerun leaves the committed tree clean."""
 
-import hashlib
 import json
 import os
 import re
@@ -14,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.decode import rules_digest
+from pipeline.decode import digest_of, rules_digest
 from tests.conftest import REPO, tiny_params
 
 pytestmark = pytest.mark.slow
@@ -157,7 +156,7 @@ def test_changing_the_decode_rules_reruns_every_stage_that_sees_pixels_and_reuse
     embed = json.loads((dvc_repo / "metrics/embed.json").read_text())
     assert embed["shards_reused"] == 0 and embed["shards_written"] == embed["shards"] > 0
     encoder = json.loads((dvc_repo / "data/embeddings/clip/encoder.json").read_text())
-    new_digest = hashlib.sha256(decode_py.read_bytes()).hexdigest()
+    new_digest = digest_of(decode_py.read_bytes())
     assert encoder["decode_rules"] == new_digest != rules_digest()
     # the tasks and the display copies name the rules that made their pixels
     tasks = json.loads((dvc_repo / "data/tasks.json").read_text())
