@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -93,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         tag = publish(args.release, args.repo_id, args.private, args.released, args.repo)
     except (PublishError, release.ReleaseError) as err:
-        print(f"[{STAGE}] {err}")
+        print(f"[{STAGE}] {err}", file=sys.stderr)
         return 1
     record = args.released or release.RELEASED_RECORD
     summary(STAGE, f"{args.release} → https://huggingface.co/datasets/{args.repo_id} at tag {tag}; recorded in "

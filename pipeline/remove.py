@@ -11,6 +11,7 @@ Also add the pair ids to `package.exclude` in params.yaml so the next `dvc repro
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -84,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         manifest = remove(args.release, args.out, args.ids, args.reason, args.bump, args.card_template)
     except release.ReleaseError as err:
-        print(f"[{STAGE}] {err}")
+        print(f"[{STAGE}] {err}", file=sys.stderr)
         return 2
     removed = manifest["changes"]["removed_pairs"]
     summary(STAGE, f"{manifest['name']} {manifest['version']} → {args.out}: removed pairs {', '.join(removed)}; "

@@ -8,6 +8,7 @@ into place by `fetch_images.py` are expected and reported as fetched, not as ext
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Sequence
 
 from pipeline import release
@@ -24,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = release.verify(args.release)
     except release.ReleaseError as err:
-        print(f"[{STAGE}] {err}")
+        print(f"[{STAGE}] {err}", file=sys.stderr)
         return 1
     release.write_verify_report(report, print)
     state = "OK" if report.ok else "FAILED"

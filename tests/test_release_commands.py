@@ -25,8 +25,8 @@ def test_publish_offline_fails_at_once_with_a_clear_message(built, monkeypatch, 
     start = time.monotonic()
     assert publish.main([str(built), "--repo-id", "org/clipblind"]) == 1
     assert time.monotonic() - start < 5
-    out = capsys.readouterr().out
-    assert "not reachable" in out and "copy it to a machine with network access" in out
+    err = capsys.readouterr().err  # errors go to stderr, as every command's do
+    assert "not reachable" in err and "copy it to a machine with network access" in err
 
 
 def test_publish_needs_a_token_and_a_verified_release(built, tmp_path, monkeypatch):
