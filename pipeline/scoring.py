@@ -7,11 +7,12 @@ Pure functions over plain data so every number can be checked by hand:
 
   1. A letter in parentheses anywhere ("(b)", "( B )", "I think it's (b) Red"): one distinct
      letter is the answer; both letters ("(a) Blue (b) Red") are unanswered.
-  2. Otherwise a marked letter: at the start of the reply, or after "answer", "answer is",
-     "option" or "choice" (a ":" or "-" may follow). "b" counts as a word of its own ("b",
-     "B red", "The answer is B."); "a" only when the reply ends there or ")", ".", ":", ",",
-     ";" follows ("A", "a) Blue", "A. Blue", "Answer: a"). "A" or "An" followed by a word is
-     the English article, not a letter ("A red square.", "An apple"): rule 4 reads it.
+  2. Otherwise a marked letter: after "option" or "choice" (a ":" or "-" may follow) either
+     letter as a word of its own ("Option A is correct", "choice b"); at the start of the reply
+     or after "answer" or "answer is", "b" counts as a word of its own ("b", "B red", "The
+     answer is B."), "a" only when the reply ends there or ")", ".", ":", ",", ";" follows ("A",
+     "a) Blue", "A. Blue", "Answer: a"). There "A" or "An" followed by a word is the English
+     article, not a letter ("A red square.", "An apple", "The answer is a red one"): rule 4 reads it.
   3. A letter whose following text begins with the other option's text rather than its own
      contradicts itself ("A. Red" for (a) Blue (b) Red) and is unanswered. Options are tried
      longest first, so (a) Red (b) Red and blue reads "(b) Red and blue" as (b).
@@ -38,11 +39,15 @@ from pipeline.patterns import ANSWERS
 CHANCE_QUESTION = 0.5
 CHANCE_PAIR = 0.25
 
-_LETTERS = "ab"  # ANSWERS[k] is the option written "(<_LETTERS[k]>)"
-_PAREN = re.compile(r"\(\s*([ab])\s*\)", re.IGNORECASE)
-# "b" as a word of its own; "a" only before the end or ) . : , ; (otherwise it is the article)
+_LETTERS = "".join(a.strip("()") for a in ANSWERS)  # ANSWERS[k] is the option written "(<_LETTERS[k]>)"
+_A, _B = _LETTERS
+_PAREN = re.compile(rf"\(\s*([{_LETTERS}])\s*\)", re.IGNORECASE)
+# At the start or after "answer (is)": "b" as a word of its own; "a" only before the end or ) . : , ;
+# (otherwise it is the English article). After "option"/"choice" either letter as a word of its own.
 _MARKED = re.compile(
-    r"(?:^\s*|\b(?:answer|option|choice)(?:\s+is)?\s*[:\-]?\s*)(?:(b)\b|(a)(?=\s*$|\s*[).:,;]))", re.IGNORECASE
+    rf"\b(?:option|choice)\s*[:\-]?\s*([{_LETTERS}])\b"
+    rf"|(?:^\s*|\banswer(?:\s+is)?\s*[:\-]?\s*)(?:({_B})\b|({_A})(?=\s*$|\s*[).:,;]))",
+    re.IGNORECASE,
 )
 
 
@@ -54,7 +59,7 @@ def extract_answer(reply: str, options: Sequence[str]) -> str | None:
     text = reply.strip()
     marks = [(m[1].lower(), m.end()) for m in _PAREN.finditer(text)]
     if not marks:
-        marks = [((m[1] or m[2]).lower(), m.end()) for m in _MARKED.finditer(text)]
+        marks = [((m[1] or m[2] or m[3]).lower(), m.end()) for m in _MARKED.finditer(text)]
     if marks:
         letters = {letter for letter, _ in marks}
         if len(letters) != 1:

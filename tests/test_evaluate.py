@@ -66,6 +66,9 @@ BLUE_RED = ("Blue", "Red")
     ("(a) Blue (b) Red", None), ("A or B", None),
     ("Red.", "(b)"), ("RED", "(b)"), ("bright red", "(b)"), ("It is blue.", "(a)"),
     ("Blue and red", None), ("Bluish", None), ("", None), ("Neither", None),
+    # after "option"/"choice" both letters read alike (no article there)
+    ("Option A is correct", "(a)"), ("Option B is correct", "(b)"), ("Choice a is right", "(a)"),
+    ("The answer is a red one", "(b)"),
 ])
 def test_answer_extraction_reply_shapes(reply, expected):
     assert scoring.extract_answer(reply, BLUE_RED) == expected
