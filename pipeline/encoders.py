@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import socket
 import tempfile
 import threading
@@ -497,7 +498,7 @@ def openai_checkpoint_kind(path: Path) -> Literal["torchscript", "state_dict"] |
             return "torchscript"
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # keys only: no tensor is read
-    except (RuntimeError, ValueError, OSError):
+    except (RuntimeError, ValueError, OSError, pickle.UnpicklingError):  # e.g. a training checkpoint with objects
         return None
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else {}
     return "state_dict" if isinstance(state, dict) and any(k in state for k in OPENAI_CHECKPOINT_EXTRAS) else None

@@ -8,7 +8,8 @@ partition. Partitions are kept balanced: each takes at most `balance`·N/P membe
 `balance`·p·N/P visitors; where more vectors want a partition than it has room for, those
 most similar to its centroid win and the others take their next choice (a vector turned away
 as a member may still visit the partition). So no centroid becomes a hub that every vector
-visits, and no task outgrows its share of memory.
+visits, and a task outgrows its share of memory only by the few vectors that find every
+partition they may visit full.
 
 A partition is an independent task: the upper triangle of core × core plus visitors × core,
 with the same tile kernel as exact mode (so every pair it reports is exact). Tasks run
