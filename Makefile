@@ -30,7 +30,7 @@ env: $(VENV)/.installed  ## create the virtual environment and install clipblind
 demo: env  ## generate the sample corpus and run the whole pipeline (dvc repro) offline; a clean clone stays clean (.ci/run)
 	@echo "clipblind demo: RANDOMLY INITIALISED encoders (no model hub offline); thresholds are the demo's own (params.yaml)."
 	PATH="$(abspath $(VENV))/bin:$$PATH" dvc repro
-	@PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pipeline.status
+	@PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pipeline.commands.status
 
 LS_VENV ?= .venv-labelstudio
 
@@ -52,4 +52,4 @@ clean-data:  ## remove pipeline outputs (DVC cache stays)
 .PHONY: bench-gpu
 # Exit codes: 0 checks passed, 1 a check failed, 3 no CUDA device (nothing ran).
 bench-gpu: env  ## on a CUDA machine: embed stage and exact search on the GPU, checked against the CPU path (< 10 min)
-	$(PY) -m pipeline.bench gpu
+	$(PY) -m pipeline.commands.bench gpu

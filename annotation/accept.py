@@ -35,23 +35,17 @@ from typing import Any, Mapping, Sequence
 import pyarrow as pa
 
 from annotation import adjudication, results
-from annotation.pull import read_snapshot
+from annotation.snapshot import read_snapshot
 from annotation.tables import INVALID_REASONS, OUTCOME_REASONS, OUTCOMES
-from pipeline import patterns, schemas
-from pipeline.atomic import write_bytes
-from pipeline.config import AtLeastOne, command_params
-from pipeline.report import summary, write_metrics
+from pipeline.core import patterns, schemas
+from pipeline.core.atomic import write_bytes
+from pipeline.core.config import command_params
+from pipeline.core.report import summary, write_metrics
+from pipeline.params import AcceptParams
 
 STAGE = "accept"
 # Valid questions not decided yet (reported as pending, never as rejected).
 PENDING_REASONS: tuple[str, ...] = tuple(r for r in OUTCOME_REASONS if r.startswith("awaiting_"))
-
-
-@dataclass(frozen=True)
-class AcceptParams:
-    """Params of the accept stage (section `accept`)."""
-
-    verifiers: AtLeastOne = 1  # answers from people other than the writer needed per question
 
 
 @dataclass(frozen=True)

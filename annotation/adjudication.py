@@ -27,9 +27,9 @@ from typing import Any, Mapping, Sequence
 import pyarrow as pa
 
 import annotation.tables  # also registers the table kinds `--correct` reads (annotations, question_outcomes)
-from pipeline import schemas
-from pipeline.atomic import write_bytes
-from pipeline.patterns import ANSWERS
+from pipeline.core import schemas
+from pipeline.core.atomic import write_bytes
+from pipeline.core.patterns import ANSWERS
 
 # What the lead fills in; every other column describes the question.
 ANSWER_COLUMNS = ("answer_a", "answer_b")

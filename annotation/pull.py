@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from annotation import results
-from annotation.client import Client, LabelStudioError
-from annotation.server import ServerError, load_params
-from pipeline.atomic import write_bytes
-from pipeline.report import summary, write_metrics
+from annotation.labelstudio.client import Client, LabelStudioError
+from annotation.labelstudio.server import ServerError, load_params
+from annotation.snapshot import KEPT_ANNOTATION_KEYS, SNAPSHOT_VERSION
+from pipeline.core.atomic import write_bytes
+from pipeline.core.report import summary, write_metrics
 
 STAGE = "pull"
-SNAPSHOT_VERSION = 1
-KEPT_ANNOTATION_KEYS = ("id", "created_at", "updated_at", "lead_time")
 
 
 def snapshot(export: list[dict[str, Any]], users: dict[int, str], project: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -90,14 +89,6 @@ def snapshot(export: list[dict[str, Any]], users: dict[int, str], project: str) 
 def encode(snap: dict[str, Any]) -> bytes:
     """The canonical bytes of a snapshot."""
     return (json.dumps(snap, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()
-
-
-def read_snapshot(path: str | Path) -> dict[str, Any]:
-    """Read a snapshot written by `pull`."""
-    snap = json.loads(Path(path).read_text())
-    if snap.get("version") != SNAPSHOT_VERSION:
-        raise ValueError(f"{path}: snapshot version {snap.get('version')!r}, expected {SNAPSHOT_VERSION}: pull again")
-    return snap
 
 
 def write_snapshot(path: str | Path, snap: dict[str, Any]) -> bool:

@@ -18,17 +18,17 @@ import argparse
 import json
 import re
 import sys
-from html import escape
 from collections import Counter
 from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import parse_qs, urlsplit
 
-from annotation.client import Client, LabelStudioError
-from annotation.server import LabelStudioParams, ServerError, load_params
-from pipeline import patterns
-from pipeline.report import summary, write_metrics
+from annotation.labelstudio.client import Client, LabelStudioError
+from annotation.labelstudio.server import LabelStudioParams, ServerError, load_params
+from pipeline.core import patterns
+from pipeline.core.report import summary, write_metrics
 
 STAGE = "push"
 HERE = Path(__file__).parent
@@ -74,7 +74,6 @@ def render_guidelines(template: str) -> str:
 def writing_config() -> str:
     """The writing project's labeling config, as pushed to Label Studio."""
     return render_config(WRITING_CONFIG.read_text())
-LOCAL_FILES_PATH = "/data/local-files/"
 
 
 @dataclass(frozen=True)
@@ -157,6 +156,52 @@ def prediction(suggestion: dict[str, str], model_version: str) -> dict[str, Any]
     return {"model_version": model_version, "result": result}
 
 
+def push(
+    client: Client,
+    params: LabelStudioParams,
+    tasks: list[dict[str, Any]],
+    display_dir: Path,
+    suggestions: dict[str, dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """Push tasks to the writing project; return the metrics."""
+    return sync(client, params.writing_project, writing_config(), {"maximum_annotations": 1}, tasks,
+                display_dir, suggestions=suggestions)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: `clipblind push [--tasks data/tasks.json] [--display data/display] [--suggestions S]`."""
+    parser = argparse.ArgumentParser(prog="clipblind push", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--tasks", default="data/tasks.json")
+    parser.add_argument("--display", default="data/display")
+    parser.add_argument("--suggestions", help="JSON {pair_id: {pattern, question, option_a, option_b}}")
+    parser.add_argument("--metrics", default="metrics/push.json")
+    args = parser.parse_args(argv)
+    params = load_params(args.params, parser)
+    if not Path(args.tasks).exists():
+        print(f"[{STAGE}] error: no task file at {args.tasks}: run `dvc repro export` first", file=sys.stderr)
+        return 1
+    tasks = json.loads(Path(args.tasks).read_text())
+    suggestions = json.loads(Path(args.suggestions).read_text()) if args.suggestions else {}
+    try:
+        metrics = push(Client.from_params(params), params, tasks, Path(args.display), suggestions)
+    except (LabelStudioError, ServerError) as err:
+        print(f"[{STAGE}] error: {err}", file=sys.stderr)
+        return 1
+    write_metrics(args.metrics, metrics)
+    summary(STAGE, f"{metrics['imported']} imported, {metrics['already_present']} already there, "
+                   f"{metrics['stale_marked']} marked stale, {metrics['stale_deleted']} stale deleted, "
+                   f"{metrics['rejected']} skipped → {params.url}/projects/{metrics['project_id']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+LOCAL_FILES_PATH = "/data/local-files/"
+
+
 def ensure_project(client: Client, title: str, label_config: str, instructions: str, extra: dict[str, Any]) -> int:
     """Create the project or bring its config and instructions up to date; return its id."""
     # Label Studio stores both stripped; comparing stripped text keeps a second push from patching
@@ -234,46 +279,3 @@ def sync(
         "stale_deleted": len(todo.stale_delete),
         "revived": len(todo.revive),
     }
-
-
-def push(
-    client: Client,
-    params: LabelStudioParams,
-    tasks: list[dict[str, Any]],
-    display_dir: Path,
-    suggestions: dict[str, dict[str, str]] | None = None,
-) -> dict[str, Any]:
-    """Push tasks to the writing project; return the metrics."""
-    return sync(client, params.writing_project, writing_config(), {"maximum_annotations": 1}, tasks,
-                display_dir, suggestions=suggestions)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: `clipblind push [--tasks data/tasks.json] [--display data/display] [--suggestions S]`."""
-    parser = argparse.ArgumentParser(prog="clipblind push", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--tasks", default="data/tasks.json")
-    parser.add_argument("--display", default="data/display")
-    parser.add_argument("--suggestions", help="JSON {pair_id: {pattern, question, option_a, option_b}}")
-    parser.add_argument("--metrics", default="metrics/push.json")
-    args = parser.parse_args(argv)
-    params = load_params(args.params, parser)
-    if not Path(args.tasks).exists():
-        print(f"[{STAGE}] error: no task file at {args.tasks}: run `dvc repro export` first", file=sys.stderr)
-        return 1
-    tasks = json.loads(Path(args.tasks).read_text())
-    suggestions = json.loads(Path(args.suggestions).read_text()) if args.suggestions else {}
-    try:
-        metrics = push(Client.from_params(params), params, tasks, Path(args.display), suggestions)
-    except (LabelStudioError, ServerError) as err:
-        print(f"[{STAGE}] error: {err}", file=sys.stderr)
-        return 1
-    write_metrics(args.metrics, metrics)
-    summary(STAGE, f"{metrics['imported']} imported, {metrics['already_present']} already there, "
-                   f"{metrics['stale_marked']} marked stale, {metrics['stale_deleted']} stale deleted, "
-                   f"{metrics['rejected']} skipped → {params.url}/projects/{metrics['project_id']}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

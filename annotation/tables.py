@@ -1,6 +1,6 @@
-"""Tables the annotation stages hand on, registered with pipeline.schemas, and their closed sets.
+"""Tables the annotation stages hand on, registered with pipeline.core.schemas, and their closed sets.
 
-The nine visual patterns and the answer letters are defined in pipeline.patterns; these tables
+The nine visual patterns and the answer letters are defined in pipeline.core.patterns; these tables
 store a pattern's stable key (`Pattern.key`), never one of its display names.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from pipeline import schemas
+from pipeline.core import schemas
 
 # Why a written annotation is not a valid question (validate stage).
 INVALID_REASONS: tuple[str, ...] = (

@@ -6,7 +6,7 @@ Output: the annotations table (kind `annotations`): one row per submitted writin
 annotation, in question_id order, the text exactly as typed, `valid` and, when not valid,
 a reason from annotation.tables.INVALID_REASONS and a detail sentence. The pattern the writer
 chose (Label Studio shows and stores its paper name) is stored as its stable key
-(pipeline.patterns); text a spreadsheet would evaluate is rejected (`formula_like`) so that
+(pipeline.core.patterns); text a spreadsheet would evaluate is rejected (`formula_like`) so that
 the writer rephrases it, and released files hold exactly what was written.
 Metrics: written = valid + invalid, invalid_by_reason, valid_per_pattern (by pattern key); accept's
 metrics repeat written, valid, invalid and invalid_by_reason under the same names.
@@ -16,29 +16,22 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import pyarrow as pa
 
 from annotation import results
 from annotation.adjudication import formula_like
-from annotation.pull import read_snapshot
+from annotation.snapshot import read_snapshot
 from annotation.tables import ANNOTATIONS, INVALID_REASONS
-from pipeline import patterns, schemas
-from pipeline.config import command_params
-from pipeline.report import progress, summary, write_metrics
+from pipeline.core import patterns, schemas
+from pipeline.core.config import command_params
+from pipeline.core.report import progress, summary, write_metrics
+from pipeline.params import ValidateParams
 
 STAGE = "validate"
 # Counts of the written questions that metrics/accept.json repeats under the same names and values.
 SHARED_COUNTS: tuple[str, ...] = ("written", "valid", "invalid", "invalid_by_reason")
-
-
-@dataclass(frozen=True)
-class ValidateParams:
-    """Params of the validate stage (section `validate`)."""
-
-    options_ignore_case: bool = True  # "Left" and "left " count as identical options
 
 
 # Released as cells of MMVP's CSV files: none may be text a spreadsheet evaluates.

@@ -13,30 +13,21 @@ Choosing thresholds from the report needs no new products: `mine` reruns on the 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline import schemas
-from pipeline.config import Cosine, Count, Seed, command_params
-from pipeline.mine import MineParams, Threshold, ThresholdError, resolve_clip_threshold, resolve_dino_threshold
-from pipeline.report import summary, write_metrics
-from pipeline.search import read_candidates
+from pipeline.core import schemas
+from pipeline.core.config import command_params
+from pipeline.core.report import summary, write_metrics
+from pipeline.mining.candidates import read_candidates
+from pipeline.mining.plots import write_plots
+from pipeline.mining.thresholds import ThresholdError, resolve_clip_threshold, resolve_dino_threshold
+from pipeline.params import CalibrateParams, MineParams, Threshold
 
 STAGE = "calibrate"
 REPORTED_QUANTILES = (0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999, 0.999999)
-
-
-@dataclass(frozen=True)
-class CalibrateParams:
-    """Params of the calibrate stage (section `calibrate`)."""
-
-    clip_grid: tuple[Cosine, ...] = (0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
-    dino_grid: tuple[Cosine, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-    scatter_points: Count = 50_000  # candidates drawn in the scatter plot (a seeded sample beyond that)
-    seed: Seed = 0
 
 
 def threshold_grid(clip: np.ndarray, dino: np.ndarray, clip_grid: Sequence[float], dino_grid: Sequence[float], recall: float) -> list[list[int | None]]:
@@ -110,8 +101,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     dino = candidates.column("dino_sim").to_numpy()
     report = calibrate(clip, dino, meta, params, mine_params)
     write_metrics(args.report, report)
-    from pipeline.plots import write_plots
-
     written = write_plots(Path(args.plots), clip, dino, meta, report["thresholds"], params.scatter_points, params.seed)
     summary(
         STAGE,

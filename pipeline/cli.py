@@ -7,9 +7,11 @@ import importlib
 import sys
 from typing import Sequence
 
+from pipeline import __version__
+
 # (subcommand, module, one-line help), in pipeline order; modules load lazily so `--help` stays fast.
 _COMMANDS: list[tuple[str, str, str]] = [
-    ("sample-corpus", "pipeline.samplecorpus", "generate the deterministic demo corpus"),
+    ("sample-corpus", "pipeline.sample_corpus", "generate the deterministic demo corpus"),
     ("ingest", "pipeline.ingest", "corpus → images table, rejects, metrics"),
     ("embed", "pipeline.embed", "images → CLIP and DINOv2 embedding shards"),
     ("search", "pipeline.search", "embeddings → candidate pairs above the recall threshold (exact or partitioned)"),
@@ -17,21 +19,21 @@ _COMMANDS: list[tuple[str, str, str]] = [
     ("calibrate", "pipeline.calibrate", "candidates → threshold grid, quantiles and plots"),
     ("gallery", "pipeline.gallery", "pairs → self-contained HTML gallery for review"),
     ("export", "pipeline.export", "pairs → display images and Label Studio tasks"),
-    ("labelstudio", "annotation.server", "start/stop the local Label Studio; add annotator accounts"),
+    ("labelstudio", "annotation.labelstudio.server", "start/stop the local Label Studio; add annotator accounts"),
     ("push", "annotation.push", "tasks → the Label Studio question-writing project"),
     ("pull", "annotation.pull", "Label Studio project → versioned export snapshot"),
     ("validate", "annotation.validate", "writing snapshot → annotations table with reject reasons"),
-    ("push-verification", "annotation.verify", "valid questions → the Label Studio verification project"),
+    ("push-verification", "annotation.push_verification", "valid questions → the Label Studio verification project"),
     ("accept", "annotation.accept", "verified questions + adjudication → accepted pairs"),
     ("adjudicate", "annotation.adjudication", "merge disputed questions into the lead's adjudication file"),
     ("package", "pipeline.package", "accepted annotations + images → versioned benchmark release"),
-    ("verify", "pipeline.verify", "recompute a release's SHA256SUMS: changed, missing, extra files"),
-    ("remove", "pipeline.remove", "take items out of a release (takedown) as a new version"),
-    ("tag", "pipeline.tag", "git-tag a verified release as <name>@v<version>"),
-    ("publish", "pipeline.publish", "push a verified release to the Hugging Face Hub as a tagged revision"),
+    ("verify", "pipeline.commands.verify", "recompute a release's SHA256SUMS: changed, missing, extra files"),
+    ("remove", "pipeline.commands.remove", "take items out of a release (takedown) as a new version"),
+    ("tag", "pipeline.commands.tag", "git-tag a verified release as <name>@v<version>"),
+    ("publish", "pipeline.commands.publish", "push a verified release to the Hugging Face Hub as a tagged revision"),
     ("evaluate", "pipeline.evaluate", "score CLIP encoders and VLMs on a release, MMVP or MMVP-VLM folder"),
-    ("status", "pipeline.status", "what the pipeline has produced so far"),
-    ("bench", "pipeline.bench", "benchmarks: speed as ratios measured in one run"),
+    ("status", "pipeline.commands.status", "what the pipeline has produced so far"),
+    ("bench", "pipeline.commands.bench", "benchmarks: speed as ratios measured in one run"),
 ]
 COMMANDS: dict[str, tuple[str, str]] = {name: (module, help_) for name, module, help_ in _COMMANDS}
 if len(COMMANDS) != len(_COMMANDS):  # two modules must never claim one subcommand
@@ -53,8 +55,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(usage())
         return 0
     if args[0] in ("-V", "--version"):
-        from pipeline import __version__
-
         print(f"clipblind {__version__}")
         return 0
     if args[0] not in COMMANDS:

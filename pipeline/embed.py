@@ -3,7 +3,7 @@
 Inputs: the images table, the corpus source it was read from, params section `embed`;
 optionally `--clip-from DIR`, a clip-retrieval output (img_emb/*.npy + metadata/*.parquet)
 used as the CLIP side instead of computing it (`embed.clip.kind: clip_retrieval`).
-Outputs: `--clip DIR` and `--dino DIR` in the format of `pipeline.embeddings` (float16,
+Outputs: `--clip DIR` and `--dino DIR` in the format of `pipeline.embedding.store` (float16,
 L2-normalised, keyed by image id, resumable shard by shard, grown incrementally).
 Metrics: images, shards (planned, owned by this worker, written, reused), images embedded,
 failed images (accepted + failed == images to embed), engine, dtype and random_init per encoder.
@@ -12,297 +12,31 @@ Each image is decoded once (the canonical decode) and preprocessed for every enc
 still needs it. Work is split into shards; `--shard i/n` runs only shards k with k % n == i,
 so n independent workers (a Slurm job array, any scheduler) share one output directory.
 The engine is a param: `local` overlaps decoding with the model in loader threads; `ray`
-runs an actor pool of encoders on a Ray cluster (`pipeline.raydata`). Both give the same
+runs an actor pool of encoders on a Ray cluster (`pipeline.embedding.ray_engine`). Both give the same
 vectors: a shard is always encoded in the same batches.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
-import numpy as np
-
-from pipeline import embeddings, schemas
-from pipeline.config import AtLeastOne, Count, Positive, command_params
-from pipeline.corpus import Corpus
-from pipeline.decode import DecodeError, decode, rules_digest
-from pipeline.encoders import Encoder, EncoderParams, load_encoders as build_encoders
-from pipeline.ingest import IngestParams
-from pipeline.report import progress, summary, warn, write_metrics
+from pipeline.core import schemas
+from pipeline.core.config import command_params
+from pipeline.core.report import summary, write_metrics
+from pipeline.embedding.clip_retrieval import import_clip_retrieval
+from pipeline.embedding.engine import EmbedFailure, ShardResult, ShardSlice, embed_corpus, load_encoders, run_local
+from pipeline.embedding.ray_engine import run_ray
+from pipeline.images.corpus import Corpus
+from pipeline.params import EmbedParams, IngestParams
 
 STAGE = "embed"
 
 
-@dataclass(frozen=True)
-class EngineParams:
-    """Where the encoders run (section `embed.engine`)."""
-
-    kind: Literal["local", "ray"] = "local"
-    prefetch_batches: AtLeastOne = 2  # local: decoded batches queued ahead of the model
-    loader_threads: AtLeastOne = 1  # local: decode threads (PIL releases the GIL); raise it for a GPU
-    address: str | None = None  # ray: cluster address ("auto", "ray://head:10001"); none starts a private local instance
-    actors: AtLeastOne = 2  # ray: encoder actors (each holds both models)
-    actor_cpus: Positive = 0.5  # ray: CPUs reserved per actor; fractions leave room for the read tasks
-    read_cpus: Positive = 0.25  # ray: CPUs reserved per decode task
-    actor_threads: Count = 0  # ray: torch threads per actor; 0 = the CPUs the actor reserved, at least 1
-
-
-@dataclass(frozen=True)
-class EmbedParams:
-    """Params of the embed stage (section `embed`)."""
-
-    clip: EncoderParams
-    dino: EncoderParams
-    batch_size: AtLeastOne = 16
-    shard_size: AtLeastOne = 4096
-    threads: Count = 0  # torch intra-op threads; 0 = torch's default
-    engine: EngineParams = field(default_factory=EngineParams)
-
-
-class EmbedFailure(RuntimeError):
-    """Images that ingest accepted could not be embedded; the message names them and the fix."""
-
-
-@dataclass(frozen=True)
-class ShardSlice:
-    """Worker `index` of `count`: it owns the shards k with k % count == index."""
-
-    index: int = 0
-    count: int = 1
-
-    @classmethod
-    def parse(cls, text: str) -> ShardSlice:
-        """Parse `i/n` (0 <= i < n)."""
-        try:
-            index, count = (int(part) for part in text.split("/"))
-        except ValueError:
-            raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
-        if not 0 <= index < count:
-            raise ValueError(f"--shard {text}: need 0 <= i < n")
-        return cls(index, count)
-
-    def owns(self, shard: int) -> bool:
-        """Whether shard number `shard` is this worker's."""
-        return shard % self.count == self.index
-
-
-@dataclass(frozen=True)
-class ShardJob:
-    """One shard to compute: its live ids, where they are, and the encoders it still lacks."""
-
-    plan: embeddings.ShardPlan
-    locations: tuple[str, ...]
-    encoders: tuple[str, ...]
-
-    def batches(self, batch_size: int) -> list[slice]:
-        """The row ranges encoded together; fixed per shard so every engine gives the same vectors."""
-        return [slice(s, s + batch_size) for s in range(0, len(self.plan.image_ids), batch_size)]
-
-
-@dataclass
-class ShardResult:
-    """A computed shard: vectors per encoder for the ids that decoded, and the ids that did not."""
-
-    job: ShardJob
-    vectors: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    kept: list[str] = field(default_factory=list)
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (image_id, why)
-
-
-@dataclass(frozen=True)
-class PreparedBatch:
-    """A decoded, preprocessed batch: a tensor per encoder for the ids in `kept`."""
-
-    tensors: dict[str, Any]
-    kept: list[str]
-    failures: list[tuple[str, str]]
-
-
-Preprocessors = Mapping[str, Callable[[Any], Any]]
-
-
-def prepare_batch(
-    ids: Sequence[str], locations: Sequence[str], preprocessors: Preprocessors, corpus: Corpus, max_pixels: int
-) -> PreparedBatch:
-    """Read and decode each image once, preprocess it for every encoder; a failure costs only its image."""
-    import torch
-
-    per_encoder: dict[str, list[Any]] = {n: [] for n in preprocessors}
-    kept: list[str] = []
-    failures: list[tuple[str, str]] = []
-    for image_id, location in zip(ids, locations):
-        try:
-            image = decode(corpus.read(location), max_pixels=max_pixels).image
-        except DecodeError as err:
-            failures.append((image_id, f"{location}: {err}"))
-            continue
-        for name, preprocess in preprocessors.items():
-            per_encoder[name].append(preprocess(image))
-        kept.append(image_id)
-    tensors = {n: torch.stack(t) for n, t in per_encoder.items() if t}
-    return PreparedBatch(tensors, kept, failures)
-
-
-def plan_jobs(
-    plan: Sequence[embeddings.ShardPlan],
-    location_of: Mapping[str, str],
-    complete: Callable[[str, embeddings.ShardPlan], bool],
-    encoder_names: Sequence[str],
-    worker: ShardSlice,
-) -> tuple[list[ShardJob], int, int]:
-    """This worker's shards that some encoder still lacks; also how many it owns and how many are done."""
-    live = frozenset(location_of)
-    jobs: list[ShardJob] = []
-    owned = reused = 0
-    for shard in plan:
-        if not worker.owns(shard.index):
-            continue
-        shard = shard.live(live)
-        if not shard.image_ids:
-            continue  # every image of this shard left the corpus
-        owned += 1
-        todo = tuple(n for n in encoder_names if not complete(n, shard))
-        if not todo:
-            reused += 1
-            continue
-        jobs.append(ShardJob(shard, tuple(location_of[i] for i in shard.image_ids), todo))
-    return jobs, owned, reused
-
-
-def run_local(
-    jobs: Sequence[ShardJob],
-    encoders: Mapping[str, Encoder],
-    corpus: Corpus,
-    max_pixels: int,
-    params: EmbedParams,
-) -> Iterator[ShardResult]:
-    """Encode shard by shard in this process while loader threads decode the next batches."""
-    engine = params.engine
-    units = ((job, rows) for job in jobs for rows in job.batches(params.batch_size))
-    pending: deque[Future[PreparedBatch]] = deque()
-    with ThreadPoolExecutor(max_workers=max(1, engine.loader_threads), thread_name_prefix="embed-loader") as pool:
-
-        def submit_next() -> None:
-            unit = next(units, None)
-            if unit is not None:
-                job, rows = unit
-                preprocessors = {n: encoders[n].preprocess for n in job.encoders}
-                pending.append(pool.submit(
-                    prepare_batch, job.plan.image_ids[rows], job.locations[rows], preprocessors, corpus, max_pixels
-                ))
-
-        try:
-            for _ in range(max(1, engine.prefetch_batches)):
-                submit_next()
-            for job in jobs:
-                result = ShardResult(job, {n: [] for n in job.encoders})
-                for _ in job.batches(params.batch_size):
-                    prepared = pending.popleft().result()
-                    submit_next()
-                    add_batch(result, prepared, lambda name, batch: encoders[name].encode(batch))
-                yield result
-        finally:
-            for future in pending:
-                future.cancel()
-
-
-def add_batch(result: ShardResult, prepared: PreparedBatch, encode: Callable[[str, Any], np.ndarray]) -> None:
-    """Encode one prepared batch into the shard being assembled."""
-    result.failures.extend(prepared.failures)
-    if prepared.kept:
-        result.kept.extend(prepared.kept)
-        for name in result.job.encoders:
-            result.vectors[name].append(encode(name, prepared.tensors[name]))
-
-
-def embed_corpus(
-    image_ids: Sequence[str],
-    locations: Sequence[str],
-    corpus: Corpus,
-    encoders: Mapping[str, Encoder],
-    out_dirs: Mapping[str, Path],
-    params: EmbedParams,
-    max_pixels: int,
-    worker: ShardSlice = ShardSlice(),
-    engine: Callable[..., Iterable[ShardResult]] | None = None,
-) -> dict[str, Any]:
-    """Embed every image that lacks a finished vector, for each encoder; return the metrics.
-
-    `engine(jobs, encoders, corpus, max_pixels, params)` yields computed shards; the default
-    is the one `params.engine.kind` names.
-    """
-    fingerprints = {}
-    for name, encoder in encoders.items():
-        # the decode rules made the pixels: shards embedded under other rules are never reused
-        description = {**encoder.describe(), "decode_rules": rules_digest()}
-        fingerprints[name] = embeddings.fingerprint(description)
-        out_dirs[name].mkdir(parents=True, exist_ok=True)
-        embeddings.write_description(out_dirs[name], description)
-    plan = embeddings.sync_plan([out_dirs[n] for n in encoders], image_ids, params.shard_size)
-    mine_shards = [s.index for s in plan if worker.owns(s.index)]
-    for name in encoders:
-        embeddings.remove_leftovers(out_dirs[name], mine_shards)
-    jobs, owned, reused = plan_jobs(
-        plan,
-        dict(zip(image_ids, locations)),
-        lambda name, shard: embeddings.shard_complete(out_dirs[name], shard, fingerprints[name]),
-        list(encoders),
-        worker,
-    )
-    run = engine or _engine(params.engine.kind)
-    written = embedded = 0
-    failures: list[tuple[str, str]] = []
-    results = run(jobs, encoders, corpus, max_pixels, params)
-    for result in progress(results, desc="embed shards", total=len(jobs), unit="shard"):
-        failures.extend(result.failures)
-        embedded += len(result.kept)
-        if result.kept:
-            # A shard missing failed images is still published (its marker lists what it holds),
-            # so the rest of the shard is usable; it stays incomplete and is retried next run.
-            shard = embeddings.ShardPlan(result.job.plan.index, tuple(result.kept))
-            for name in result.job.encoders:
-                embeddings.write_shard(out_dirs[name], shard, np.concatenate(result.vectors[name]), fingerprints[name])
-            written += 1
-    to_embed = sum(len(j.plan.image_ids) for j in jobs)
-    return {
-        "images": len(image_ids),
-        "images_to_embed": to_embed,
-        "images_embedded": embedded,
-        "images_failed": len(failures),
-        "failures": [{"image_id": i, "error": e} for i, e in sorted(failures)[:100]],
-        "shards": len(plan),
-        "shards_owned": owned,
-        "shards_written": written,
-        "shards_reused": reused,
-        "worker": f"{worker.index}/{worker.count}",
-        "engine": params.engine.kind,
-        "dtype": {n: e.describe()["dtype"] for n, e in encoders.items()},
-        "random_init": {n: e.random_init for n, e in encoders.items()},
-        "dims": {n: e.dim for n, e in encoders.items()},
-    }
-
-
 def _engine(kind: str) -> Callable[..., Iterable[ShardResult]]:
-    if kind == "ray":
-        from pipeline.raydata import run_ray
-
-        return run_ray
-    return run_local
-
-
-def load_encoders(params: EmbedParams, names: Iterable[str] = ("clip", "dino")) -> dict[str, Encoder]:
-    """The stage's encoders, built from params (warning loudly about random weights)."""
-    encoders = build_encoders({name: getattr(params, name) for name in names})  # names every one that cannot load
-    for name, encoder in encoders.items():
-        if encoder.random_init:
-            warn(STAGE, f"{name} encoder uses RANDOMLY INITIALISED weights (weights: random): "
-                        "its similarities mean nothing about images")
-    return encoders
+    """The runner of `embed.engine.kind`: the local engine, or the actor pool on Ray Data."""
+    return run_ray if kind == "ray" else run_local
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -330,8 +64,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics: dict[str, Any] = {}
     names = ["clip", "dino"]
     if params.clip.kind == "clip_retrieval":
-        from pipeline.clipretrieval import import_clip_retrieval
-
         if not args.clip_from:
             parser.error("embed.clip.kind is clip_retrieval: give --clip-from DIR (the clip-retrieval output folder)")
         metrics["clip_import"] = import_clip_retrieval(
@@ -348,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         params,
         ingest_params.max_pixels,
         worker,
+        engine=_engine(params.engine.kind),
     ))
     write_metrics(args.metrics, metrics)
     random_note = [n for n, r in metrics["random_init"].items() if r]

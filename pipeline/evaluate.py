@@ -9,7 +9,7 @@ a response cache per VLM (JSONL), so an interrupted run resumes without repeatin
 Metrics: per model, question and pair accuracy overall and per pattern, with chance stated;
 pairs without statements (CLIP) or without images are counted, not hidden.
 
-Protocols (see `pipeline.scoring`): VLMs get the fixed prompt `vlm.PROMPT` per image and a pair
+Protocols (see `pipeline.vlm.scoring`): VLMs get the fixed prompt `vlm.PROMPT` per image and a pair
 scores when both answers are right; CLIP encoders are scored as MMVP-VLM's script does (each
 statement, "a photo of <statement>", against the pair's two images), with the reverse beside.
 """
@@ -25,13 +25,17 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from pipeline import mmvp, patterns, release, scoring
-from pipeline.atomic import write_bytes
-from pipeline.config import command_params
-from pipeline.decode import decode
-from pipeline.encoders import EncoderParams, OpenClipEncoder, load_encoders
-from pipeline.report import progress, summary, warn, write_metrics
-from pipeline.vlm import Backend, CachedBackend, VlmParams, build_prompt, load_backend
+from pipeline.core import patterns
+from pipeline.core.atomic import write_bytes
+from pipeline.core.config import command_params
+from pipeline.core.report import progress, summary, warn, write_metrics
+from pipeline.embedding.encoders import OpenClipEncoder, load_encoders
+from pipeline.images.decode import decode
+from pipeline.params import EncoderParams, EvaluateParams
+from pipeline.release import folder as release
+from pipeline.release import mmvp
+from pipeline.vlm import scoring
+from pipeline.vlm.backends import Backend, CachedBackend, build_prompt, load_backend
 
 STAGE = "evaluate"
 CACHE_DIR = ".cache/evaluate"  # VLM reply caches; dvc.yaml and README name the same folder
@@ -39,14 +43,6 @@ UNLABELLED = "unlabelled"  # MMVP's Questions.csv carries no pattern per questio
 CLIP_TEXT = "a photo of {statement}"  # MMVP-VLM's text prompt
 DEFAULT_OUT = "evaluate"  # outputs not named on the command line go to DEFAULT_OUT/<folder name>/
 DEFAULT_FILES = ("results.json", "table.md", "chart.svg")  # results, table, chart: their names there
-
-
-@dataclass(frozen=True)
-class EvaluateParams:
-    """Params of the evaluate stage (section `evaluate`)."""
-
-    clip: tuple[EncoderParams, ...] = ()
-    vlm: tuple[VlmParams, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -12,71 +12,22 @@ its image named in images_failed), display_images, random_init_encoders.
 from __future__ import annotations
 
 import argparse
-import io
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from PIL import Image
 
-from pipeline import schemas
-from pipeline.atomic import write_bytes, write_json
-from pipeline.config import AtLeastOne, JpegQuality, command_params
-from pipeline.corpus import Corpus
-from pipeline.decode import DecodeError, decode, rules_digest
-from pipeline.ingest import IngestParams
-from pipeline.report import progress, summary, warn, write_metrics
+from pipeline.core import schemas
+from pipeline.core.atomic import write_bytes, write_json
+from pipeline.core.config import command_params
+from pipeline.core.report import progress, summary, warn, write_metrics
+from pipeline.images.corpus import Corpus
+from pipeline.images.decode import DecodeError, rules_digest
+from pipeline.images.display import _stamp_of, display_bytes, display_name, display_stamp
+from pipeline.params import ExportParams, IngestParams
 
 STAGE = "export"
-
-
-@dataclass(frozen=True)
-class ExportParams:
-    """Params of the export stage (section `export`)."""
-
-    # Label Studio local-files URL; `d=` is relative to the document root, the display folder's parent
-    # (Label Studio refuses a storage folder equal to its document root).
-    url_prefix: str = "/data/local-files/?d=display/"
-    display_max_side: AtLeastOne = 1024
-    jpeg_quality: JpegQuality = 92
-
-
-def display_name(image_id: str) -> str:
-    """File name of an image's display copy inside the display folder."""
-    return f"{image_id}.jpg"
-
-
-def display_bytes(data: bytes, params: ExportParams, max_pixels: int, comment: bytes = b"") -> bytes:
-    """The display copy of image bytes: canonical decode, downscaled to fit, JPEG (with `comment`, if any)."""
-    image = decode(data, max_pixels=max_pixels).image
-    if max(image.size) > params.display_max_side:
-        image = image.copy()
-        image.thumbnail((params.display_max_side, params.display_max_side))
-    out = io.BytesIO()
-    # comment is always passed: Pillow would otherwise copy the source file's own JPEG comment
-    image.save(out, format="JPEG", quality=params.jpeg_quality, optimize=True, comment=comment)
-    return out.getvalue()
-
-
-def display_stamp(params: ExportParams) -> bytes:
-    """What a display copy is made with (decode rules, size, quality), kept as its JPEG comment.
-
-    A copy whose stamp differs was made under other rules or settings and is made again.
-    """
-    made_with = {"decode_rules": rules_digest(), "display_max_side": params.display_max_side,
-                 "jpeg_quality": params.jpeg_quality}
-    return json.dumps(made_with, sort_keys=True).encode()
-
-
-def _stamp_of(path: Path) -> bytes | None:
-    try:
-        with Image.open(path) as image:
-            return image.info.get("comment")
-    except (OSError, ValueError):  # unreadable or not an image: made again
-        return None
 
 
 def build_tasks(pairs: pa.Table, params: ExportParams, meta: dict[str, Any]) -> list[dict[str, Any]]:

@@ -15,33 +15,22 @@ from __future__ import annotations
 import argparse
 import html
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import pyarrow as pa
 
-from pipeline import schemas
-from pipeline.atomic import write_bytes
-from pipeline.config import AtLeastOne, Count, JpegQuality, command_params
-from pipeline.corpus import Corpus
-from pipeline.decode import DecodeError
-from pipeline.export import ExportParams, display_bytes
-from pipeline.ingest import IngestParams
-from pipeline.report import progress, summary, write_metrics
+from pipeline.core import schemas
+from pipeline.core.atomic import write_bytes
+from pipeline.core.config import command_params
+from pipeline.core.report import progress, summary, write_metrics
+from pipeline.images.corpus import Corpus
+from pipeline.images.decode import DecodeError
+from pipeline.images.display import display_bytes
+from pipeline.params import ExportParams, GalleryParams, IngestParams
 
 STAGE = "gallery"
 THUMBS = "thumbs"
-
-
-@dataclass(frozen=True)
-class GalleryParams:
-    """Params of the gallery stage (section `gallery`)."""
-
-    thumb_size: AtLeastOne = 256  # longest side of a thumbnail, pixels
-    jpeg_quality: JpegQuality = 85
-    max_pairs: Count = 0  # show the first this many pairs, in the pairs table's order (0: all)
-    title: str = "clipblind: mined pairs"
 
 
 def thumbnail_name(image_id: str) -> str:

@@ -24,81 +24,23 @@ from __future__ import annotations
 import argparse
 import hashlib
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
 import pyarrow as pa
 
-from pipeline import schemas, scoring
-from pipeline.config import Range, command_params, load_section
-from pipeline.corpus import Corpus
-from pipeline.decode import DecodeError
-from pipeline.export import ExportParams
-from pipeline.ingest import IngestParams
-from pipeline.package import GateDecision, image_encoder
-from pipeline.patterns import ANSWERS
-from pipeline.report import progress, summary, write_metrics
-from pipeline.vlm import Backend, CachedBackend, VlmParams, blank_like, build_prompt, load_backend
+from pipeline.core import schemas
+from pipeline.core.config import command_params
+from pipeline.core.patterns import ANSWERS
+from pipeline.core.report import progress, summary, write_metrics
+from pipeline.core.schemas import GATE
+from pipeline.images.corpus import Corpus
+from pipeline.images.decode import DecodeError
+from pipeline.params import ExportParams, GateParams, IngestParams
+from pipeline.vlm.backends import Backend, CachedBackend, load_backend
+from pipeline.vlm.gate_rules import RULES, check_item, image_encoder
 
 STAGE = "gate"
-BLIND = "blind_answerable"
-SWAP = "swap_insensitive"
-RULES = (BLIND, SWAP)
-BLIND_TRIALS = 6
-BLIND_MIN_RIGHT = Range(1, BLIND_TRIALS, meaning=f"right answers of {BLIND_TRIALS} image-free trials that flag a question")
-
-GATE = schemas.register(
-    "gate",
-    pa.schema(
-        [
-            pa.field("item_id", pa.string(), nullable=False),  # <pair_id>-<member>, as in the release
-            pa.field("pair_id", pa.string(), nullable=False),
-            pa.field("member", pa.string(), nullable=False),
-            pa.field("checked", pa.bool_(), nullable=False),  # false: the item could not be asked (see detail)
-            pa.field("blind_right", pa.int32(), nullable=False),  # of BLIND_TRIALS trials without the right image
-            pa.field("real_answers", pa.list_(pa.string()), nullable=False),  # letters with X, original then swapped
-            pa.field("flags", pa.list_(pa.string()), nullable=False),
-            pa.field("detail", pa.string(), nullable=False),
-        ]
-    ),
-)
-
-
-@dataclass(frozen=True)
-class GateParams:
-    """Params of the gate stage (section `gate`)."""
-
-    vlm: VlmParams | None = None  # null: the gate does not run (no model); the card says so
-    flagged: Literal["drop", "keep"] = "keep"  # what package does with flagged pairs
-    blind_min_right: Annotated[int, BLIND_MIN_RIGHT] = 6  # of 6 trials without the right image (chance: 3)
-
-
-def _flip(answer: str | None) -> str | None:
-    return dict(zip(ANSWERS, reversed(ANSWERS))).get(answer) if answer else None
-
-
-def ask(backend: Backend, question: str, options: tuple[str, str], image: bytes | None, swapped: bool) -> tuple[str | None, str | None]:
-    """(letter the model chose, that choice in the original option order) for one trial."""
-    shown = (options[1], options[0]) if swapped else options
-    letter = scoring.extract_answer(backend.ask(build_prompt(question, *shown), image), shown)
-    return letter, _flip(letter) if swapped else letter
-
-
-def check_item(backend: Backend, question: str, options: tuple[str, str], answer: str, image: bytes, other: bytes,
-               params: GateParams) -> dict[str, Any]:
-    """Trials and flags of one item."""
-    blind_right = 0
-    for condition in (None, blank_like(image), other):
-        for swapped in (False, True):
-            blind_right += ask(backend, question, options, condition, swapped)[1] == answer
-    real = [ask(backend, question, options, image, swapped)[0] for swapped in (False, True)]
-    flags = []
-    if blind_right >= params.blind_min_right:
-        flags.append(BLIND)
-    if real[0] is not None and real[0] == real[1]:
-        flags.append(SWAP)
-    return {"checked": True, "blind_right": blind_right, "real_answers": [r or "" for r in real], "flags": flags, "detail": ""}
 
 
 def gate(accepted: pa.Table, images: pa.Table, read_bytes: Callable[[str], bytes], encode: Callable[[bytes], bytes],
@@ -143,25 +85,6 @@ def gate(accepted: pa.Table, images: pa.Table, read_bytes: Callable[[str], bytes
         "model": backend.name,
     }
     return table, metrics
-
-
-def load_decision(gate_path: str | Path, params_path: str | Path) -> GateDecision | None:
-    """What package applies: flags per item, pairs to drop (policy `gate.flagged`), the card's summary; None if the gate did not run."""
-    params = load_section(params_path, STAGE, GateParams)
-    meta = schemas.read_meta(gate_path)
-    if not meta.get("ran"):
-        return None
-    rows = schemas.read_table(gate_path, "gate").to_pylist()
-    flags = {r["item_id"]: tuple(r["flags"]) for r in rows if r["flags"]}
-    drop = frozenset(r["pair_id"] for r in rows if r["flags"]) if params.flagged == "drop" else frozenset()
-    counts = {rule: sum(rule in f for f in flags.values()) for rule in RULES}
-    return GateDecision(
-        flags=flags,
-        drop_pairs=drop,
-        summary={"model": meta["model"], "items": len(rows), "flagged_items": len(flags), "flags": counts,
-                 "policy": "dropped" if params.flagged == "drop" else "kept", "blind_min_right": params.blind_min_right,
-                 "unchecked_items": sum(1 for r in rows if not r["checked"])},
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

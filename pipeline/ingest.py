@@ -1,7 +1,7 @@
 """ingest: a corpus source → the images table, a rejects table and metrics.
 
 Inputs: one or more sources (`ingest.source` in params: folders, webdataset shards,
-parquet/CSV manifests, Hugging Face datasets; see `pipeline.corpus`), an optional blocklist
+parquet/CSV manifests, Hugging Face datasets; see `pipeline.images.corpus`), an optional blocklist
 file of sha256 hashes, and an optional state folder that makes reruns incremental.
 Outputs: images table (one row per distinct content, keyed by sha256 of the bytes, sorted by
 image_id, every location of the same bytes kept, the first location in listing order as
@@ -11,7 +11,7 @@ source (`sources`), parts (done and reused), decoded;
 accepted + duplicates + blocked + rejected == inputs, in total and for every source.
 
 Every input is read, hashed and, unless its hash is on the blocklist or already decoded in
-this run, decoded with the canonical decode (`pipeline.decode`); only its outcome is kept,
+this run, decoded with the canonical decode (`pipeline.images.decode`); only its outcome is kept,
 so memory is bounded by `batch_size` images in flight. With a state folder each finished
 part (directory, shard, block of rows) is recorded with a completion marker (which also
 holds the part's counts by outcome): a rerun skips
@@ -37,34 +37,17 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
-from pipeline import decode as decode_module
-from pipeline import schemas
-from pipeline.atomic import write_json
-from pipeline.config import AtLeastOne, check_fields, command_params
-from pipeline.corpus import Corpus, Entry, Part, SourceParams
-from pipeline.decode import DEFAULT_MAX_PIXELS, DecodeError, RejectReason, decode
-from pipeline.report import progress, summary, write_metrics
+from pipeline.core import schemas
+from pipeline.core.atomic import write_json
+from pipeline.core.config import command_params
+from pipeline.core.report import progress, summary, write_metrics
+from pipeline.images import decode as decode_module
+from pipeline.images.corpus import Corpus, Entry, Part
+from pipeline.images.decode import DecodeError, RejectReason, decode
+from pipeline.params import IngestParams
 
 STAGE = "ingest"
 OK = "ok"
-
-
-@dataclass(frozen=True)
-class IngestParams:
-    """Params of the ingest stage (section `ingest`)."""
-
-    source: SourceParams | tuple[SourceParams, ...]  # one source, or a list of them
-    max_pixels: AtLeastOne = DEFAULT_MAX_PIXELS  # width × height cap, checked from the header before decoding
-    batch_size: AtLeastOne = 256  # items in flight (bytes held in memory at once)
-    workers: AtLeastOne = 1  # decode processes; 1 decodes in this process
-
-    @property
-    def sources(self) -> tuple[SourceParams, ...]:
-        """The configured sources, one or several."""
-        return (self.source,) if isinstance(self.source, SourceParams) else tuple(self.source)
-
-    def __post_init__(self) -> None:
-        check_fields(self, STAGE)
 
 
 @dataclass(frozen=True)

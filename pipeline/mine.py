@@ -20,112 +20,20 @@ a threshold change reruns this stage only.
 from __future__ import annotations
 
 import argparse
-import math
-from dataclasses import dataclass, field
-from typing import Annotated, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline import schemas
-from pipeline.config import COSINE_ABOVE, COSINE_BELOW, QUANTILE, ParamsError, Quantile, Range, check_range, command_params
-from pipeline.report import summary, warn, write_metrics
-from pipeline.search import read_candidates, read_groups
-from pipeline.select import SelectParams, select_pairs
+from pipeline.core import schemas
+from pipeline.core.config import command_params
+from pipeline.core.report import summary, warn, write_metrics
+from pipeline.mining.candidates import read_candidates, read_groups
+from pipeline.mining.selection import select_pairs
+from pipeline.mining.thresholds import ThresholdError, describe, resolve_clip_threshold, resolve_dino_threshold
+from pipeline.params import MineParams
 
 STAGE = "mine"
-
-
-@dataclass(frozen=True)
-class Threshold:
-    """A threshold given either as a cosine (`value`) or as a quantile over all pairs (`quantile`)."""
-
-    value: float | None = None  # its range is its threshold's: MineParams checks it
-    quantile: Quantile | None = None
-
-
-@dataclass(frozen=True)
-class MineParams:
-    """Params of the mine stage (section `mine`)."""
-
-    clip_threshold: Annotated[float, COSINE_ABOVE] | Threshold = 0.95  # keep pairs with CLIP cosine strictly above
-    dino_threshold: Annotated[float, COSINE_BELOW] | Threshold = 0.6  # ... and DINOv2 cosine strictly below
-    select: SelectParams = field(default_factory=SelectParams)
-
-    def __post_init__(self) -> None:
-        _spec(self.clip_threshold, "clip_threshold", COSINE_ABOVE)
-        _spec(self.dino_threshold, "dino_threshold", COSINE_BELOW)
-
-
-class ThresholdError(ValueError):
-    """A threshold cannot be resolved from the candidates the search kept."""
-
-
-def _spec(threshold: float | Threshold, name: str, valid: Range | None = None) -> Threshold:
-    """`threshold` as a Threshold, checked: exactly one of value or quantile, each in its range."""
-    if not isinstance(threshold, Threshold):
-        threshold = Threshold(value=float(threshold))
-        key = f"mine.{name}"
-    elif (threshold.value is None) == (threshold.quantile is None):
-        raise ParamsError(f"params 'mine.{name}': give exactly one of value or quantile, got {threshold}")
-    else:
-        key = f"mine.{name}.value"
-    if threshold.quantile is not None:
-        check_range(QUANTILE, threshold.quantile, f"mine.{name}.quantile")
-    elif valid is not None:
-        check_range(valid, threshold.value, key)  # type: ignore[arg-type]
-    return threshold
-
-
-def describe(threshold: float | Threshold) -> dict[str, float]:
-    """The threshold as written in params, e.g. {"value": 0.95} or {"quantile": 0.9999}."""
-    spec = _spec(threshold, "threshold")
-    return {"value": spec.value} if spec.value is not None else {"quantile": float(spec.quantile)}  # type: ignore[arg-type]
-
-
-def resolve_clip_threshold(threshold: float | Threshold, clip_sims: np.ndarray, meta: dict[str, Any]) -> float:
-    """The CLIP cosine threshold: a given value, or the exact quantile over all pairs counted from the candidates.
-
-    A quantile q resolves to the cosine with floor((1 − q) · pairs_possible) pairs strictly above it.
-    """
-    spec = _spec(threshold, "clip_threshold")
-    search = meta["search"]
-    recall = float(search["recall_clip_threshold"])
-    if spec.value is not None:
-        if spec.value < recall:
-            raise ThresholdError(
-                f"mine.clip_threshold {spec.value} is below the search's recall threshold {recall}: pairs in between "
-                f"were never kept; lower search.recall_clip_threshold to ≤ {spec.value} and rerun the search"
-            )
-        return spec.value
-    above = math.floor((1.0 - float(spec.quantile)) * int(search["pairs_possible"]))  # type: ignore[arg-type]
-    guarded = int(search["near_duplicates_dropped"])
-    stored = np.sort(clip_sims)[::-1]
-    rank = above - guarded  # guarded pairs all lie above the guard's CLIP cosine
-    if rank >= len(stored):
-        raise ThresholdError(
-            f"mine.clip_threshold quantile {spec.quantile} needs the {above + 1}th most similar pair, but only "
-            f"{len(stored) + guarded} pairs lie above the search's recall threshold {recall}: lower "
-            "search.recall_clip_threshold and rerun the search"
-        )
-    guard_clip = float(meta["near_duplicate"]["clip"])
-    if rank < 0 or stored[rank] >= guard_clip:
-        raise ThresholdError(
-            f"mine.clip_threshold quantile {spec.quantile} falls among the near-duplicates the search dropped "
-            f"(CLIP > {guard_clip}): raise search.near_duplicate.clip or use a lower quantile"
-        )
-    return float(stored[rank])
-
-
-def resolve_dino_threshold(threshold: float | Threshold, meta: dict[str, Any]) -> float:
-    """The DINOv2 cosine threshold: a given value, or a quantile of the search's random sample of pairs."""
-    spec = _spec(threshold, "dino_threshold")
-    if spec.value is not None:
-        return spec.value
-    sample = meta["sample"]
-    if not sample["dino"]:
-        raise ThresholdError("mine.dino_threshold is a quantile but the search sampled no pairs: set search.sample_pairs > 0")
-    return float(np.interp(float(spec.quantile), sample["grid"], sample["dino"]))  # type: ignore[arg-type]
 
 
 def check_guard(dino_threshold: float, meta: dict[str, Any]) -> None:

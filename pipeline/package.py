@@ -10,7 +10,7 @@ the record of released versions (`data_cards/RELEASED.json`, written by `clipbli
 Versions never block a build: one that differs from the last released version is marked
 unreleased (`<next>-dev`, manifest `release.todo` says what to do) until `package.version` is
 bumped and the CHANGELOG names every change; `tag` and `publish` refuse it until then.
-Outputs: the release folder (see `pipeline.release`): Hugging Face parquet with embedded
+Outputs: the release folder (see `pipeline.release.folder`): Hugging Face parquet with embedded
 images and a card, MMVP and MMVP-VLM layouts, webdataset shards, withheld-image list and
 fetch script, manifest.json, CHANGELOG.md, SHA256SUMS.
 Metrics: inputs, packaged, rejected, rejected_by_reason (closed set `PackageReject`), items,
@@ -27,36 +27,22 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pyarrow as pa
 
-from pipeline import card, patterns, release, schemas
-from pipeline.config import AtLeastOne, command_params
-from pipeline.corpus import Corpus
-from pipeline.decode import DecodeError
-from pipeline.export import ExportParams, display_bytes
-from pipeline.ingest import IngestParams
-from pipeline.report import progress, summary, warn, write_metrics
+from pipeline.core import patterns, schemas
+from pipeline.core.config import command_params
+from pipeline.core.report import progress, summary, warn, write_metrics
+from pipeline.images.corpus import Corpus
+from pipeline.images.decode import DecodeError
+from pipeline.params import ExportParams, IngestParams, PackageParams
+from pipeline.release import card
+from pipeline.release import folder as release
+from pipeline.release.versions import VersionPlan, plan_version
+from pipeline.vlm.gate_rules import GateDecision, image_encoder
 
 STAGE = "package"
-
-
-@dataclass(frozen=True)
-class PackageParams:
-    """Params of the package stage (section `package`)."""
-
-    version: str  # semantic version of this release; CHANGELOG needs a section for it
-    name: str = "clipblind-benchmark"
-    pretty_name: str = "clipblind CLIP-blind pairs"
-    # Source licences (SPDX ids) whose images may be redistributed as bytes; others are withheld.
-    redistributable_licenses: tuple[str, ...] = ("CC0-1.0", "PDDL-1.0", "CC-BY-4.0", "CC-BY-SA-4.0")
-    exclude: tuple[str, ...] = ()  # pair ids or image sha256s taken down (each needs a changelog line)
-    shard_size: AtLeastOne = 1000  # webdataset items per tar shard
-    # mmvp_vlm/: 0 writes every pair with statements (pattern by pattern, MMVP's order); 15 writes exactly
-    # 15 per pattern (the first by pair_id), what MMVP's evaluate_vlm.py assumes (mmvp.VLM_PAIRS_PER_CATEGORY)
-    mmvp_vlm_pairs_per_pattern: Literal[0, 15] = 0
-    citation: str = ""
 
 
 class PackageReject(str, enum.Enum):
@@ -79,24 +65,6 @@ class Rejected:
     pair_id: str
     reason: PackageReject
     detail: str
-
-
-@dataclass(frozen=True)
-class GateDecision:
-    """The blind gate's verdict: flags per item_id, pairs to drop, and its summary for the card."""
-
-    flags: Mapping[str, tuple[str, ...]]
-    drop_pairs: frozenset[str]
-    summary: Mapping[str, Any]
-
-
-def image_encoder(export_params: ExportParams, max_pixels: int) -> Callable[[bytes], bytes]:
-    """Original bytes → released image bytes: the canonical decode, encoded as the annotators' display copy."""
-
-    def encode(data: bytes) -> bytes:
-        return display_bytes(data, export_params, max_pixels)
-
-    return encode
 
 
 def build_items(
@@ -199,81 +167,6 @@ def _check_row(
     return None
 
 
-@dataclass(frozen=True)
-class VersionPlan:
-    """What a build calls itself: its version, whether it may be released, what changed and what is left to do."""
-
-    version: str  # params version, or "<next>-dev" while unreleased
-    status: str  # release.RELEASABLE | release.UNRELEASED
-    changes: Mapping[str, Any]  # diff against the last released version (+ previous_version)
-    todo: tuple[str, ...]  # steps that make an unreleased build releasable
-
-    def state(self) -> dict[str, Any]:
-        """The manifest's `release` block."""
-        return {"status": self.status, "todo": list(self.todo)}
-
-
-def diff_against(previous: Sequence[Mapping[str, Any]], items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Pairs added and removed, and items whose compared fields changed, since `previous`."""
-    return release.diff_fingerprints(release.item_fingerprints(previous), release.item_fingerprints(items))
-
-
-def plan_version(params: PackageParams, changelog_text: str, last: Mapping[str, Any] | None,
-                 items: Sequence[Mapping[str, Any]], excluded: Sequence[str], sums_sha256: str | None = None,
-                 ) -> VersionPlan:
-    """The version of this build against the last released version `last` (None before the first release).
-
-    A build equal to the last release keeps its version and recorded changes (rebuilding it gives the
-    same bytes). `sums_sha256` is the digest of this build's SHA256SUMS under that version: when it
-    differs from the released one, the same items come with other bytes (card, metadata), and the
-    build is a change ("card/metadata only") that needs a patch version of its own. A build that
-    differs is releasable once `package.version` is above the last
-    release and CHANGELOG has that version's section naming every changed or removed pair; until
-    then it is `<version>-dev`, with the steps left listed. Iterating never fails on versions.
-    """
-    changelog = "data_cards/CHANGELOG.md"
-    version = params.version
-    release.check_version(version)
-    todo: list[str] = []
-    changes: dict[str, Any] = {}
-    if last is not None:
-        diff = release.diff_fingerprints(last.get("items", {}), release.item_fingerprints(items))
-        same_bytes = sums_sha256 is None or sums_sha256 == last.get("sums_sha256", sums_sha256)
-        if version == last["version"] and not release.has_changes(diff) and same_bytes:
-            return VersionPlan(version, release.RELEASABLE, dict(last.get("changes", {})), ())
-        changes = {**diff, "previous_version": last["version"]}
-        if not release.has_changes(diff):
-            changes["other_changes"] = [release.METADATA_ONLY]
-        if release.check_version(version) <= release.check_version(last["version"]):
-            version = release.bump(last["version"], "minor" if release.has_changes(diff) else "patch")
-            why = "" if release.has_changes(diff) else (
-                f": the items equal {last['version']}'s but the release's bytes differ ({release.METADATA_ONLY}), "
-                "and a released version never changes")
-            todo.append(f"set package.version in params.yaml to {version} (or any version above the released "
-                        f"{last['version']}){why}")
-    sections = release.parse_changelog(changelog_text)
-    section = next((s for s in sections if s.version == version), None)
-    touched = release.touched_pairs(changes)
-    text = "\n".join(section.lines) if section else ""
-    unnamed = [p for p in touched if p not in text]
-    if section is None:
-        todo.append(f"add a '## {version}' section to {changelog} with a line per change"
-                    + (f", naming the changed or removed pairs {touched}" if touched else ""))
-    elif unnamed:
-        todo.append(f"name the changed or removed pairs {unnamed} in the '## {version}' section of {changelog} "
-                    "(e.g. '- corrected the answer of pair <pair_id>')")
-    # a takedown stays excluded in later versions: any section up to this one may name it
-    earlier = "\n".join(line for s in sections if release.check_version(s.version) <= release.check_version(version)
-                        for line in s.lines)
-    unnamed_excluded = [p for p in excluded if p not in earlier]
-    if unnamed_excluded:
-        todo.append(f"name the excluded pairs {unnamed_excluded} (package.exclude) in {changelog}, e.g. "
-                    "'- removed pair <pair_id> (takedown request)'")
-    if todo:
-        return VersionPlan(version + release.DEV_SUFFIX, release.UNRELEASED, changes, tuple(todo))
-    return VersionPlan(version, release.RELEASABLE, changes, ())
-
-
 def provenance(pairs_meta: Mapping[str, Any], mine_metrics: Mapping[str, Any], ingest_metrics: Mapping[str, Any],
                accepted_rows: int, export_params: ExportParams, max_pixels: int,
                accept_metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -315,7 +208,6 @@ def provenance(pairs_meta: Mapping[str, Any], mine_metrics: Mapping[str, Any], i
             "max_pixels": max_pixels,
         },
     }
-
 
 
 def spec_for(
@@ -449,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     gate = None
     if args.gate:
-        from pipeline.gate import load_decision
+        from pipeline.vlm.gate_rules import load_decision
 
         gate = load_decision(args.gate, args.params)
     if info["random_init_encoders"]:

@@ -60,7 +60,7 @@ def params_file(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipeline.samplecorpus import generate
+    from pipeline.sample_corpus import generate
 
     out = tmp_path_factory.mktemp("corpus") / "corpus"
     generate(out, scenes=3, seed=1)

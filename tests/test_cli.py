@@ -2,7 +2,7 @@ import subprocess
 import sys
 
 from pipeline import cli
-from pipeline.samplecorpus import generate
+from pipeline.sample_corpus import generate
 
 
 def test_every_subcommand_has_help(capsys):

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.decode import digest_of, rules_digest
+from pipeline.images.decode import digest_of, rules_digest
 from tests.conftest import REPO, tiny_params
 
 pytestmark = pytest.mark.slow
@@ -147,7 +147,7 @@ def test_own_corpus_by_the_readme_recipe_runs_through_package(tmp_path):
 def test_changing_the_decode_rules_reruns_every_stage_that_sees_pixels_and_reuses_none(dvc_repo):
     _run(_dvc("repro"), dvc_repo)
     tasks_before = json.loads((dvc_repo / "data/tasks.json").read_text())
-    decode_py = dvc_repo / "pipeline/decode.py"
+    decode_py = dvc_repo / "pipeline/images/decode.py"
     decode_py.write_text(decode_py.read_text() + "\n# a changed rule\n")
     assert _changed_stages(dvc_repo) >= {"ingest", "embed", "export", "gallery", "gate", "package"}
 

@@ -3,7 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import embed, embeddings, ingest, schemas
+from pipeline import embed, ingest
+from pipeline.core import schemas
+from pipeline.embedding import engine
+from pipeline.embedding import store as embeddings
 
 
 @pytest.fixture
@@ -151,7 +154,7 @@ def test_an_image_that_no_longer_decodes_costs_only_itself(ingested, sample_corp
     broken_id, broken_path = table.column("image_id")[0].as_py(), table.column("source_path")[0].as_py()
     (corpus / broken_path).write_bytes(b"not an image any more")
     out = tmp_path / "emb"
-    with pytest.raises(embed.EmbedFailure, match=broken_id[:12]):
+    with pytest.raises(engine.EmbedFailure, match=broken_id[:12]):
         _run_embed(_params_with(tmp_path, shard_size=4), corpus, ingested, out)
     metrics = json.loads((out / "embed.json").read_text())
     assert metrics["images_failed"] == 1 and metrics["failures"][0]["image_id"] == broken_id

@@ -6,7 +6,7 @@ import sys
 import pytest
 import yaml
 
-from pipeline import schemas
+from pipeline.core import schemas
 from tests.test_dvc_pipeline import _ran, _run, dvc_repo  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.benchmarks.embed import resume_trial, tiny_world
+from pipeline.commands.benchmarks.embed import resume_trial, tiny_world
 
 pytestmark = pytest.mark.slow
 

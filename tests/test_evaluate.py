@@ -15,11 +15,13 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import cli, evaluate, patterns, scoring
-from pipeline.encoders import EncoderParams
-from pipeline.vlm import CachedBackend, OpenAIBackend, TransformersBackend, VlmParams, build_prompt
-from tests.release_world import build_release
-from tests.tiny_vlm import build_tiny_vlm
+from pipeline import cli, evaluate
+from pipeline.core import patterns
+from pipeline.params import EncoderParams, VlmParams
+from pipeline.vlm import scoring
+from pipeline.vlm.backends import CachedBackend, OpenAIBackend, TransformersBackend, build_prompt
+from tests.helpers.release_world import build_release
+from tests.helpers.tiny_vlm import build_tiny_vlm
 
 # open_clip's tokenizer emits ids up to 49407, so the tiny text tower keeps the full vocabulary.
 TINY_CLIP_TEXT_CONFIG = {
@@ -189,7 +191,7 @@ def test_reply_cache_has_one_location_for_the_command_dvc_and_readme(built, tiny
 def test_openai_backend_against_a_local_server(built, tiny_vlm_dir, tmp_path):
     port_file, log = tmp_path / "port", tmp_path / "requests.jsonl"
     repo = Path(__file__).resolve().parents[1]
-    server = subprocess.Popen([sys.executable, "-m", "tests.openai_server", str(tiny_vlm_dir), str(port_file), str(log)],
+    server = subprocess.Popen([sys.executable, "-m", "tests.helpers.openai_server", str(tiny_vlm_dir), str(port_file), str(log)],
                               cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
     try:
         deadline = time.monotonic() + 60
@@ -272,7 +274,7 @@ def test_table_and_chart_list_patterns_in_the_pattern_order():
     names = [evaluate.UNLABELLED, *reversed(patterns.PAPER_NAMES)]
     questions = [Q(f"p{i}", m, name, "(a)", "(a)") for i, name in enumerate(names) for m in ("a", "b")]
     results = {"models": {"m": {"kind": "vlm", **scoring.score_questions(questions)}}}
-    expected = [*patterns.PAPER_NAMES, evaluate.UNLABELLED]  # the nine as pipeline.patterns orders them, then the rest
+    expected = [*patterns.PAPER_NAMES, evaluate.UNLABELLED]  # the nine as pipeline.core.patterns orders them, then the rest
     header = evaluate.markdown_table(results).splitlines()[0].strip("| ").split(" | ")
     assert header[4:] == expected
     chart = evaluate.svg_chart(results)

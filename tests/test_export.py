@@ -4,8 +4,11 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from pipeline import export, ingest, schemas
-from pipeline.decode import decode
+from pipeline import export, ingest
+from pipeline.core import schemas
+from pipeline.images import display
+from pipeline.images.decode import decode
+from pipeline.params import ExportParams
 
 
 def test_export_writes_display_copies_and_one_task_per_pair(sample_corpus, params_file, tmp_path):
@@ -32,14 +35,14 @@ def test_export_writes_display_copies_and_one_task_per_pair(sample_corpus, param
     tasks = json.loads((data / "tasks.json").read_text())
     assert [t["data"]["pair_id"] for t in tasks] == sorted(pairs.column("pair_id").to_pylist())
     first = tasks[0]["data"]
-    assert first["image_a"] == "/data/local-files/?d=" + export.display_name(first["image_a_id"])
+    assert first["image_a"] == "/data/local-files/?d=" + display.display_name(first["image_a_id"])
     assert first["random_init_encoders"] == "clip"
-    assert sorted(p.name for p in (data / "display").iterdir()) == sorted(export.display_name(i) for i in (a, b, c))
+    assert sorted(p.name for p in (data / "display").iterdir()) == sorted(display.display_name(i) for i in (a, b, c))
     # the display copy shows what the canonical decode produced (up to JPEG loss)
     row = next(r for r in images if r["image_id"] == a)
     reference = decode((sample_corpus / row["source_path"]).read_bytes()).image
     reference.thumbnail((128, 128))  # display_max_side in the tiny params
-    shown = np.asarray(Image.open(data / "display" / export.display_name(a)).convert("RGB"), dtype=np.float32)
+    shown = np.asarray(Image.open(data / "display" / display.display_name(a)).convert("RGB"), dtype=np.float32)
     assert shown.shape == (128, 128, 3)
     assert np.abs(shown - np.asarray(reference, dtype=np.float32)).mean() < 6
     metrics = json.loads((tmp_path / "e.json").read_text())
@@ -86,8 +89,8 @@ def test_display_copy_carries_no_text_of_the_source_file():
 
     source = io.BytesIO()
     Image.new("RGB", (40, 30), (200, 10, 10)).save(source, format="JPEG", comment=b"private note of the photographer")
-    params = export.ExportParams(url_prefix="/data/local-files/?d=display/", display_max_side=64, jpeg_quality=90)
-    plain = Image.open(io.BytesIO(export.display_bytes(source.getvalue(), params, max_pixels=10_000)))
+    params = ExportParams(url_prefix="/data/local-files/?d=display/", display_max_side=64, jpeg_quality=90)
+    plain = Image.open(io.BytesIO(display.display_bytes(source.getvalue(), params, max_pixels=10_000)))
     assert "comment" not in plain.info
-    stamped = Image.open(io.BytesIO(export.display_bytes(source.getvalue(), params, max_pixels=10_000, comment=b"rules")))
+    stamped = Image.open(io.BytesIO(display.display_bytes(source.getvalue(), params, max_pixels=10_000, comment=b"rules")))
     assert stamped.info["comment"] == b"rules"

@@ -9,7 +9,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline import gallery, ingest, schemas
+from pipeline import gallery, ingest
+from pipeline.core import schemas
 from tests.conftest import tiny_params
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

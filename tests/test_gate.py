@@ -8,10 +8,13 @@ import json
 import pytest
 import yaml
 
-from pipeline import gate, package, release, schemas
-from pipeline.corpus import Corpus, SourceParams
-from pipeline.export import ExportParams
-from tests.release_world import COLOR, build_inputs, package_args
+from pipeline import gate, package
+from pipeline.core import schemas
+from pipeline.images.corpus import Corpus
+from pipeline.params import ExportParams, GateParams, SourceParams
+from pipeline.release import folder as release
+from pipeline.vlm import gate_rules
+from tests.helpers.release_world import COLOR, build_inputs, package_args
 
 
 class Scripted:
@@ -51,7 +54,7 @@ def world(sample_corpus, tmp_path_factory):
     accepted = schemas.read_table(inputs["accepted"], "accepted")
     images = schemas.read_table(inputs["images"], "images")
     corpus = Corpus(SourceParams(kind="manifest", name="generated"), inputs["manifest"])
-    encode = package.image_encoder(ExportParams(display_max_side=128, jpeg_quality=90), 10_000_000)
+    encode = gate_rules.image_encoder(ExportParams(display_max_side=128, jpeg_quality=90), 10_000_000)
     location = dict(zip(images.column("image_id").to_pylist(), images.column("source_path").to_pylist()))
     truth = {}
     for row in accepted.to_pylist():
@@ -67,7 +70,7 @@ def world(sample_corpus, tmp_path_factory):
 def _run(world, policy, **params):
     backend = Scripted(policy, world["truth"])
     table, metrics = gate.gate(world["accepted"], world["images"], world["read"], world["encode"], backend,
-                               gate.GateParams(**params))
+                               GateParams(**params))
     return {r["item_id"]: r for r in table.to_pylist()}, metrics, backend
 
 
@@ -152,14 +155,14 @@ def test_gate_without_a_model_says_it_did_not_run(world, tmp_path):
     assert gate.main(["--params", str(tmp_path / "params.yaml"), "--accepted", str(world["inputs"]["accepted"]),
                       "--images", str(world["inputs"]["images"]), "--source", str(world["inputs"]["manifest"]),
                       "--out", str(tmp_path / "gate.parquet"), "--metrics", str(tmp_path / "g.json")]) == 0
-    assert gate.load_decision(tmp_path / "gate.parquet", tmp_path / "params.yaml") is None
+    assert gate_rules.load_decision(tmp_path / "gate.parquet", tmp_path / "params.yaml") is None
     metrics = json.loads((tmp_path / "g.json").read_text())
     assert metrics["ran"] is False and metrics["passed"] + metrics["dropped"] == metrics["inputs"]
 
 
 @pytest.mark.slow
 def test_gate_stage_runs_a_tiny_transformers_vlm_and_resumes(world, tmp_path):
-    from tests.tiny_vlm import build_tiny_vlm
+    from tests.helpers.tiny_vlm import build_tiny_vlm
 
     model = build_tiny_vlm(tmp_path / "vlm")
     params = yaml.safe_load(world["inputs"]["params"].read_text())

@@ -3,9 +3,10 @@ import json
 
 import pytest
 
-from pipeline import ingest, schemas
-from pipeline.corpus import Corpus, SourceParams
-from pipeline.ingest import IngestParams
+from pipeline import ingest
+from pipeline.core import schemas
+from pipeline.images.corpus import Corpus
+from pipeline.params import IngestParams, SourceParams
 
 
 def test_folder_ingest_accounts_for_every_input(sample_corpus, params_file, tmp_path):

@@ -2,7 +2,7 @@
 
 import json
 
-from pipeline.benchmarks import ingest as bench
+from pipeline.commands.benchmarks import ingest as bench
 
 
 def test_benchmark_reports_rates_and_ratios(tmp_path):

@@ -11,11 +11,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import ingest, schemas
-from pipeline.corpus import Corpus, SourceParams
-from pipeline.ingest import IngestParams
+from pipeline import ingest
+from pipeline.core import schemas
+from pipeline.images.corpus import Corpus
+from pipeline.params import IngestParams, SourceParams
 from tests.conftest import tiny_params
-from tests.corpus_fixtures import BLOCKED, DUPLICATE, MAX_BYTES, MAX_PIXELS, OK, blocked_hashes, variants, write_folder, write_shards
+from tests.helpers.corpus_fixtures import (
+    BLOCKED,
+    DUPLICATE,
+    MAX_BYTES,
+    MAX_PIXELS,
+    OK,
+    blocked_hashes,
+    variants,
+    write_folder,
+    write_shards,
+)
 
 
 @pytest.fixture(scope="module")

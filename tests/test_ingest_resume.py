@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from pipeline import ingest
-from pipeline.corpus import Corpus, SourceParams
-from pipeline.ingest import IngestParams
+from pipeline.images.corpus import Corpus
+from pipeline.params import IngestParams, SourceParams
 
 SOURCE = SourceParams(kind="folder", name="grow", license="CC0-1.0")
 
@@ -123,7 +123,7 @@ def test_finished_parts_record_their_counts(tmp_path):
 
 
 def test_nonsense_sizes_are_params_errors():
-    from pipeline.config import ParamsError
+    from pipeline.core.config import ParamsError
 
     with pytest.raises(ParamsError, match="ingest.batch_size"):
         IngestParams(source=SOURCE, batch_size=0)

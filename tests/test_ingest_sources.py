@@ -12,10 +12,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline import ingest, schemas
-from pipeline.config import ParamsError, load_section
-from pipeline.corpus import Corpus, SourceParams, SourceUnavailable
-from pipeline.ingest import IngestParams
+from pipeline import ingest
+from pipeline.core import schemas
+from pipeline.core.config import ParamsError, load_section
+from pipeline.images.corpus import Corpus, SourceUnavailable
+from pipeline.params import IngestParams, SourceParams
 from tests.conftest import tiny_params
 
 

@@ -5,7 +5,7 @@ stage outputs only (nothing in the chain is a hand-made table): the sample corpu
 smaller through its `--scenes` option), `dvc repro`, `clipblind labelstudio start`, `add-user`,
 `push`, a writer and a verifier in Chromium, `pull`, `push-verification`, `adjudicate`, the
 release read by `sha256sum -c`, `datasets.load_dataset` offline, MMVP's own reading and scoring
-logic (tests/mmvp_oracle.py) and `clipblind evaluate` against a scripted model; then a second
+logic (tests/helpers/mmvp_oracle.py) and `clipblind evaluate` against a scripted model; then a second
 round (two more pairs written and verified, one released answer corrected by the lead with
 `clipblind adjudicate --correct`) that changes the release, which stays unreleased until the
 version is bumped and the changelog names the changes, and `clipblind tag`. `dvc exp run` is tried after each round.
@@ -31,12 +31,21 @@ import pyarrow.parquet as pq
 import pytest
 
 from annotation.validate import SHARED_COUNTS
-from pipeline import patterns, release
-from pipeline.patterns import ANSWERS
-from tests import mmvp_oracle
-from tests.annotation_world import chromium, new_page
-from tests.journey_world import (
-    ARTIFACTS, Question, ScriptedVlm, Timings, Verifier, Workspace, Writer, copy_repository, free_port,
+from pipeline.core import patterns
+from pipeline.core.patterns import ANSWERS
+from pipeline.release import folder as release
+from tests.helpers import mmvp_oracle
+from tests.helpers.annotation_world import chromium, new_page
+from tests.helpers.journey_world import (
+    ARTIFACTS,
+    Question,
+    ScriptedVlm,
+    Timings,
+    Verifier,
+    Workspace,
+    Writer,
+    copy_repository,
+    free_port,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.browser]
@@ -285,8 +294,9 @@ def journey(tmp_path: Path) -> Iterator[tuple[Workspace, Timings]]:
 
 
 def test_journey(journey: tuple[Workspace, Timings], tmp_path: Path) -> None:
-    from annotation import adjudication, server
-    from annotation.client import Client
+    from annotation import adjudication
+    from annotation.labelstudio import server
+    from annotation.labelstudio.client import Client
 
     ws, timings = journey
     ws.dvc("dvc repro (corpus → tasks, release awaiting)", "repro")

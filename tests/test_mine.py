@@ -8,9 +8,13 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from pipeline import embeddings, mine, schemas, search
-from pipeline.mine import MineParams, Threshold, ThresholdError
-from pipeline.select import SelectParams
+from pipeline import mine, search
+from pipeline.core import schemas
+from pipeline.embedding import store as embeddings
+from pipeline.mining import thresholds
+from pipeline.mining.candidates import read_candidates, read_groups
+from pipeline.mining.thresholds import ThresholdError
+from pipeline.params import MineParams, SelectParams, Threshold
 from tests.conftest import tiny_params
 
 
@@ -88,8 +92,8 @@ def world(tmp_path):
                             "--clip", str(tmp_path / "clip"), "--dino", str(tmp_path / "dino"),
                             "--candidates", str(tmp_path / "candidates.parquet"), "--groups", str(tmp_path / "groups.parquet"),
                             "--metrics", str(tmp_path / "search.json")]) == 0
-        candidates, meta = search.read_candidates(tmp_path / "candidates.parquet", ids)
-        groups = search.read_groups(tmp_path / "groups.parquet", ids)
+        candidates, meta = read_candidates(tmp_path / "candidates.parquet", ids)
+        groups = read_groups(tmp_path / "groups.parquet", ids)
         return ids, candidates, meta, groups
 
     return build
@@ -206,7 +210,7 @@ def test_candidates_for_another_images_table_are_refused(world, tmp_path):
     clip, dino = planted()
     ids, *_ = world(clip, dino)
     with pytest.raises(schemas.SchemaError, match="rerun the search"):
-        search.read_candidates(tmp_path / "candidates.parquet", list(reversed(ids)))
+        read_candidates(tmp_path / "candidates.parquet", list(reversed(ids)))
 
 
 def test_candidates_stream_to_disk_in_row_groups(world, tmp_path, monkeypatch):
@@ -221,15 +225,15 @@ def test_candidates_stream_to_disk_in_row_groups(world, tmp_path, monkeypatch):
 
 
 def test_threshold_params_take_a_value_or_a_quantile(tmp_path):
-    from pipeline.config import ParamsError, load_section
+    from pipeline.core.config import ParamsError, load_section
 
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({"mine": {"clip_threshold": {"quantile": 0.9999}, "dino_threshold": 0.6}}))
     params = load_section(path, "mine", MineParams)
     assert params.clip_threshold == Threshold(quantile=0.9999) and params.dino_threshold == 0.6
-    assert mine.describe(params.clip_threshold) == {"quantile": 0.9999} and mine.describe(0.6) == {"value": 0.6}
+    assert thresholds.describe(params.clip_threshold) == {"quantile": 0.9999} and thresholds.describe(0.6) == {"value": 0.6}
     with pytest.raises(ParamsError, match="exactly one of value or quantile"):
-        mine.describe(Threshold(value=0.9, quantile=0.99))
+        thresholds.describe(Threshold(value=0.9, quantile=0.99))
     path.write_text(yaml.safe_dump({"mine": {"clip_threshold": {"percentile": 99}}}))
     with pytest.raises(ParamsError, match="percentile"):
         load_section(path, "mine", MineParams)

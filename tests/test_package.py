@@ -16,9 +16,14 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from pipeline import export, mmvp, package, patterns, release, schemas
-from pipeline.decode import decode
-from tests.release_world import WITHHELD_LICENSE, WORLD_PATTERN_KEYS, build_inputs, package_args
+from pipeline import package
+from pipeline.core import patterns, schemas
+from pipeline.images import display
+from pipeline.images.decode import decode
+from pipeline.params import AcceptParams, ExportParams, PackageParams, ValidateParams
+from pipeline.release import folder as release
+from pipeline.release import mmvp
+from tests.helpers.release_world import WITHHELD_LICENSE, WORLD_PATTERN_KEYS, build_inputs, package_args
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +75,7 @@ def test_release_loads_offline_with_load_dataset(world, monkeypatch):
             continue
         # the released image is the canonical decode, encoded exactly as the annotators' display copy
         original = (corpus_root / meta["source_path"]).read_bytes()
-        expected = export.display_bytes(original, export.ExportParams(display_max_side=128, jpeg_quality=90), 10_000_000)
+        expected = display.display_bytes(original, ExportParams(display_max_side=128, jpeg_quality=90), 10_000_000)
         assert isinstance(row["image"], Image.Image)
         assert row["image"].convert("RGB").tobytes() == decode(expected).image.tobytes()
         assert ds.with_format("arrow")[rows.index(row)]["image"][0]["bytes"].as_py() == expected
@@ -210,7 +215,7 @@ def test_verify_detects_a_flipped_byte_in_every_file(world, tmp_path):
     (copy / "stray.txt").write_text("x")
     report = release.verify(copy)
     assert report.missing == ("mmvp/MMVP Images/1.jpg",) and report.extra == ("stray.txt",)
-    result = subprocess.run([sys.executable, "-m", "pipeline.verify", str(copy)], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "pipeline.commands.verify", str(copy)], capture_output=True, text=True)
     assert result.returncode == 1 and "missing: mmvp/MMVP Images/1.jpg" in result.stdout
 
 
@@ -289,7 +294,7 @@ def test_remove_yields_a_new_version_naming_the_removed_items(world, tmp_path):
     target = next(i for i in items if i["pattern_key"] == "color")
     out = tmp_path / "v1.1.0"
     before = release.file_sha256(world["release"] / "SHA256SUMS")
-    from pipeline import remove
+    from pipeline.commands import remove
 
     # a takedown names the source image (its image id); the released bytes' hash names the same pair
     assert remove.resolve(items, [target["image_sha256"]]) == remove.resolve(items, [target["source_sha256"]])
@@ -325,7 +330,7 @@ def test_fetch_script_puts_withheld_images_in_place_after_checking_sha256(world,
     withheld = next(i for i in release.read_items(copy) if not i["redistributed"])
     image = copy / "mmvp" / "MMVP Images" / f"{withheld['mmvp_index']}.jpg"
     original = (root / withheld["source_path"]).read_bytes()
-    assert image.read_bytes() == export.display_bytes(original, export.ExportParams(display_max_side=128, jpeg_quality=90), 10_000_000)
+    assert image.read_bytes() == display.display_bytes(original, ExportParams(display_max_side=128, jpeg_quality=90), 10_000_000)
     report = release.verify(copy)
     assert report.ok and len(report.fetched) == 3  # MMVP image, MMVP-VLM image, original bytes
     # a source whose bytes differ from the released sha256 is refused
@@ -362,7 +367,7 @@ def test_accepted_pairs_that_all_fail_packaging_are_refused_with_a_clear_message
 @pytest.mark.parametrize("recall, expected", [(0.992, "99.2 % of the pairs an exhaustive search finds"),
                                               (None, "approximate; recall not measured")])
 def test_card_states_the_recall_of_a_partitioned_search(world, recall, expected):
-    from pipeline import card
+    from pipeline.release import card
 
     manifest = release.read_manifest(world["release"])
     manifest["provenance"] = {**manifest["provenance"], "search": "partitioned", "search_recall": recall}
@@ -395,7 +400,7 @@ def _annotated(world, tmp_path, per_pattern: dict[str, int], extra: dict[str, di
     import itertools
 
     from annotation import accept, validate
-    from tests.test_annotation_validate_accept import verification_snapshot, writing_snapshot
+    from tests.annotation.test_annotation_validate_accept import verification_snapshot, writing_snapshot
 
     ids = sorted(r["image_id"] for r in schemas.read_table(world["inputs"]["images"], "images").to_pylist())
     combos = itertools.combinations(ids, 2)
@@ -415,9 +420,9 @@ def _annotated(world, tmp_path, per_pattern: dict[str, int], extra: dict[str, di
          for p, f in sorted(cases.items())], schema=schemas.PAIRS)
     for fields in cases.values():
         del fields["_images"]
-    annotations = validate.validate(writing_snapshot(cases), pairs, validate.ValidateParams())
+    annotations = validate.validate(writing_snapshot(cases), pairs, ValidateParams())
     answers = {r["question_id"]: [("v@example.org", r["answer_a"], r["answer_b"])] for r in annotations.to_pylist()}
-    accepted, _, _, _ = accept.accept(annotations, pairs, verification_snapshot(answers), {}, accept.AcceptParams())
+    accepted, _, _, _ = accept.accept(annotations, pairs, verification_snapshot(answers), {}, AcceptParams())
     path = tmp_path / "accepted.parquet"
     schemas.write_table(accepted, path, "accepted")
     return path
@@ -449,7 +454,7 @@ def test_every_pattern_validate_writes_reaches_the_release(world, tmp_path):
 
 def _assert_mmvp_scripts_read_the_release(out: Path, pairs_per_category: int | None) -> list:
     """MMVP's own reading of both layouts gives every item's exact text, answer, image and category."""
-    from tests import mmvp_oracle
+    from tests.helpers import mmvp_oracle
 
     items = release.read_items(out)
     by_index = {i["mmvp_index"]: i for i in items}
@@ -491,7 +496,7 @@ def test_mmvp_scripts_label_every_category_of_a_15_per_pattern_release(world, tm
 
 
 def test_released_files_hold_the_exact_text(world):
-    from tests import mmvp_oracle
+    from tests.helpers import mmvp_oracle
 
     items = release.read_items(world["release"])
     questions = {q.question_id: q for q in mmvp_oracle.read_mmvp(world["release"] / mmvp.MMVP_DIR)}
@@ -542,5 +547,5 @@ def test_a_balanced_layout_is_refused_when_a_pattern_has_too_few_pairs(world, tm
         package.main(package_args(inputs, tmp_path / "out", tmp_path / "m.json"))
     assert refused.value.code == 2
     assert re.search(r"mmvp_vlm_pairs_per_pattern.*\[0, 15\]", capsys.readouterr().err)
-    assert typing.get_args(typing.get_type_hints(package.PackageParams)["mmvp_vlm_pairs_per_pattern"]) == (
+    assert typing.get_args(typing.get_type_hints(PackageParams)["mmvp_vlm_pairs_per_pattern"]) == (
         0, mmvp.VLM_PAIRS_PER_CATEGORY)

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import card, package, release
-from tests.release_world import build_inputs, package_args
+from pipeline import package
+from pipeline.release import card
+from pipeline.release import folder as release
+from tests.helpers.release_world import build_inputs, package_args
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,7 +65,7 @@ def test_a_failed_build_leaves_the_last_release_and_its_metrics_whole(built, tmp
 
     import pyarrow as pa
 
-    from pipeline import schemas
+    from pipeline.core import schemas
 
     out, metrics = tmp_path / "release", tmp_path / "package.json"
     shutil.copytree(built["release"], out)

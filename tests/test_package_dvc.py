@@ -13,9 +13,10 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from pipeline import release, schemas
+from pipeline.core import schemas
+from pipeline.release import folder as release
 from tests.conftest import REPO, tiny_params
-from tests.release_world import accepted_rows
+from tests.helpers.release_world import accepted_rows
 from tests.test_evaluate import TINY_CLIP_TEXT_CONFIG
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import release
+from pipeline.release import folder as release
 
 FILES = {"manifest.json": b"{}\n", "README.md": b"# card\n", "data/x.bin": b"\x00\x01binary"}
 

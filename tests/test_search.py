@@ -1,13 +1,11 @@
 """The exact blocked search: properties (hypothesis) and equality with exhaustive FAISS and brute force."""
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.search import (
-    NearDuplicateGroups,
+from pipeline.mining.tiles import (
     PairChunk,
     SearchCounts,
     bf16_error_bound,
@@ -15,6 +13,7 @@ from pipeline.search import (
     faiss_range_pairs,
     pair_similarity,
 )
+from pipeline.search import NearDuplicateGroups
 
 
 def clustered(seed: int, n: int, dim: int, centres: int = 3) -> np.ndarray:

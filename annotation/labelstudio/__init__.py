@@ -1,0 +1,1 @@
+"""Label Studio: the local server, its accounts, and the REST client."""

@@ -1,0 +1,32 @@
+"""bench: `clipblind bench <name> [options]` runs the benchmark module `pipeline.commands.benchmarks.<name>`."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+from typing import Sequence
+
+from pipeline.commands import benchmarks
+
+
+def available() -> list[str]:
+    """Names of the benchmarks that exist."""
+    return sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if not m.name.startswith("_"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch to a benchmark's own `main(argv)`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    names = available()
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: clipblind bench <name> [options]\n\nbenchmarks: " + (", ".join(names) or "(none yet)"))
+        return 0
+    if args[0] not in names:
+        print(f"clipblind bench: unknown benchmark {args[0]!r}; available: {', '.join(names)}", file=sys.stderr)
+        return 2
+    return int(importlib.import_module(f"pipeline.commands.benchmarks.{args[0]}").main(args[1:]) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Images: the corpus sources, the canonical decode, display copies."""

@@ -1,0 +1,1 @@
+"""Mining: the tile kernel, partitions, candidates, thresholds, selection, plots."""

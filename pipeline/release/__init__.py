@@ -1,0 +1,1 @@
+"""Releases: the folder and its layouts, the card, versions and changelog, checksums, withheld images."""

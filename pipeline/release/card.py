@@ -1,0 +1,115 @@
+"""The dataset card: README.md with Hugging Face YAML metadata, rendered from a jinja2 template.
+
+The metadata block (configs, dataset_info features, license, task_categories,
+size_categories) is built here from the release's manifest and `release.FEATURES_SPEC`, so
+it always matches the parquet; the prose comes from the template in `data_cards/`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from pipeline.core import patterns
+from pipeline.release import folder as release
+
+DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "data_cards" / "benchmark_card.md.j2"
+
+
+# What "verified" means, in the card, the README and metrics/accept.json (`verified`) alike.
+VERIFIED_DEFINITION = (
+    "A question is `verified` when at least `accept.verifiers` people other than its writer answered it and "
+    "every one of them chose the writer's answer for both images; it is `adjudicated` when the lead decided it "
+    "(`clipblind adjudicate`): accepted as written after a verifier answered otherwise, or accepted with the "
+    "lead's corrected answers."
+)
+
+# SPDX ids whose Hub licence id is not simply the lower-cased SPDX id.
+HUB_LICENSE_IDS = {"PDDL-1.0": "pddl", "ODC-By-1.0": "odc-by", "ODbL-1.0": "odbl"}
+
+
+def size_category(n: int) -> str:
+    """The Hub's size_categories bucket for `n` examples."""
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return label
+    return "n>1M"
+
+
+def hub_license(counts: Mapping[str, Any]) -> dict[str, Any]:
+    """The card's licence fields: one Hub licence id when all images share one, else `other`."""
+    licenses = sorted({lic for per_source in counts["licenses_per_source"].values() for lic in per_source})
+    if len(licenses) == 1 and licenses[0] != "unknown":
+        return {"license": HUB_LICENSE_IDS.get(licenses[0], licenses[0].lower())}
+    return {
+        "license": "other",
+        "license_name": "mixed-per-source",
+        "license_details": "; ".join(f"{s}: {', '.join(v)}" for s, v in counts["licenses_per_source"].items()),
+    }
+
+
+def metadata(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The card's YAML metadata for a release manifest."""
+    counts = manifest["counts"]
+    return {
+        "pretty_name": manifest["pretty_name"],
+        **hub_license(counts),
+        "language": ["en"],
+        "task_categories": ["visual-question-answering", "zero-shot-image-classification"],
+        "size_categories": [size_category(counts["items"])],
+        "annotations_creators": ["expert-generated"],
+        "tags": ["mmvp", "clip-blind", "benchmark", "visual-patterns"],
+        "configs": [
+            {
+                "config_name": "default",
+                "data_files": [{"split": release.SPLIT, "path": release.PARQUET_PATH}],
+            }
+        ],
+        # Features from the same spec that typed the parquet; `_to_yaml_list` is how the
+        # Hub spells them in card metadata.
+        "dataset_info": {
+            "features": release.features()._to_yaml_list(),
+            "splits": [{"name": release.SPLIT, "num_bytes": manifest["layouts"]["huggingface_num_bytes"],
+                        "num_examples": counts["items"]}],
+            "dataset_size": manifest["layouts"]["huggingface_num_bytes"],
+        },
+    }
+
+
+def renderer(template_path: str | Path = DEFAULT_TEMPLATE) -> Callable[[Mapping[str, Any], str], str]:
+    """A function (manifest, changelog text) → README.md text using the template at `template_path`."""
+    import jinja2
+
+    path = Path(template_path)
+    if not path.exists():
+        raise FileNotFoundError(f"card template not found: {path}")
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(path.parent)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,  # markdown, not HTML; free text is escaped by the `md` filter
+    )
+    env.filters["md"] = escape_markdown
+    template = env.get_template(path.name)
+
+    def render(manifest: Mapping[str, Any], changelog: str) -> str:
+        meta = yaml.safe_dump(metadata(manifest), sort_keys=False, allow_unicode=True, width=1000)
+        body = changelog.split("\n", 1)[1].strip() if changelog.startswith("# ") else changelog
+        # versions sit one heading level below the card's "Changelog" section
+        changelog_body = "\n".join("#" + line if line.startswith("## ") else line for line in body.splitlines())
+        return template.render(metadata_yaml=meta, m=manifest, changelog=changelog_body, patterns=patterns.PATTERNS,
+                               verified_definition=VERIFIED_DEFINITION)
+
+    return render
+
+
+def escape_markdown(text: Any) -> str:
+    """Text safe to place in a markdown table cell or line (no HTML, no table breaks)."""
+    value = str(text)
+    for char, repl in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ("|", "\\|"), ("\n", " ")):
+        value = value.replace(char, repl)
+    return value

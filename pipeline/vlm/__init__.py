@@ -1,0 +1,1 @@
+"""Vision-language models: backends, answer scoring, the blind gate's rules."""

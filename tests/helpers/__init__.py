@@ -1,0 +1,1 @@
+"""World builders the tests share."""

@@ -1,0 +1,112 @@
+"""A tiny annotation world: a real pipeline run on generated images, ending in Label Studio tasks, and the
+browser helpers every Label Studio test drives Chromium with."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from pipeline import embed, export, ingest, mine, search
+from tests.conftest import tiny_params
+
+URL_PREFIX = "/data/local-files/?d=display/"
+
+
+def run_pipeline(corpus: Path, root: Path) -> tuple[Path, list[dict[str, Any]]]:
+    """ingest → embed → mine → export on `corpus` with tiny random encoders; return (params file, tasks)."""
+    params = tiny_params(
+        export={"url_prefix": URL_PREFIX, "display_max_side": 128, "jpeg_quality": 90},
+        mine={"clip_threshold": 0.995, "dino_threshold": 0.995},
+    )
+    params_file = root / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    data, m = root / "data", root / "metrics"
+    common = ["--params", str(params_file)]
+    assert ingest.main(common + ["--source", str(corpus), "--images", str(data / "images.parquet"),
+                                 "--rejects", str(data / "rejects.parquet"), "--metrics", str(m / "ingest.json")]) == 0
+    assert embed.main(common + ["--images", str(data / "images.parquet"), "--source", str(corpus),
+                                "--clip", str(data / "clip"), "--dino", str(data / "dino"),
+                                "--metrics", str(m / "embed.json")]) == 0
+    candidates = ["--candidates", str(data / "candidates.parquet"), "--groups", str(data / "groups.parquet")]
+    assert search.main(common + ["--images", str(data / "images.parquet"), "--clip", str(data / "clip"),
+                                 "--dino", str(data / "dino"), *candidates, "--metrics", str(m / "search.json")]) == 0
+    assert mine.main(common + ["--images", str(data / "images.parquet"), *candidates,
+                               "--pairs", str(data / "pairs.parquet"), "--metrics", str(m / "mine.json")]) == 0
+    assert export.main(common + ["--pairs", str(data / "pairs.parquet"), "--images", str(data / "images.parquet"),
+                                 "--source", str(corpus), "--display", str(data / "display"),
+                                 "--tasks", str(data / "tasks.json"), "--metrics", str(m / "export.json")]) == 0
+    return params_file, json.loads((data / "tasks.json").read_text())
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "annotation"
+
+
+def login(page: Any, url: str, email: str, password: str) -> None:
+    """Log in through Label Studio's login form, like a person."""
+    page.goto(f"{url}/user/login/")
+    page.fill("input[name=email]", email)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit], input[type=submit]")
+    page.wait_for_load_state("networkidle")
+
+
+def open_task(page: Any, url: str, project_id: int, task_id: int, ready: str) -> None:
+    """Open one task in the labeling view and wait for the selector `ready`."""
+    page.goto(f"{url}/projects/{project_id}/data?tab=0&task={task_id}")
+    page.wait_for_selector(ready, timeout=90_000)
+
+
+def type_text(page: Any, name: str, text: str) -> None:
+    """Type into a text control and press its Add button."""
+    area = page.locator(f"textarea[name={name}]")
+    area.click()
+    area.type(text)
+    area.locator("xpath=ancestor::form[1]").get_by_role("button", name="Add").click()
+
+
+def choose(page: Any, panel: str, option: str) -> None:
+    """Select an option of a choice control inside the panel with HTML id `panel` (a no-op if selected).
+
+    `check`, not `click`: a click on an option already selected (an autosaved draft) deselects it.
+    """
+    page.locator(f'#{panel} input[name="{option}"]').check()
+
+
+def wait_for_images(page: Any, panels: tuple[str, ...] = ("panel-image-a", "panel-image-b")) -> None:
+    """Wait until every panel shows a loaded image (fails after a minute): the annotator sees both.
+
+    One check in the page, so a re-render between waiting and reading cannot lose the element.
+    """
+    ids = json.dumps(list(panels))
+    page.wait_for_function(f"() => {ids}.every(id => {{ const i = document.querySelector('#' + id + ' img'); "
+                           "return i && i.complete && i.naturalWidth > 0; })", timeout=60_000)
+
+
+def submit(page: Any, label: str = "Submit", method: str = "POST") -> None:
+    """Press the annotation button `label` and wait for Label Studio to store the annotation."""
+    with page.expect_response(lambda r: "/annotations" in r.url and r.request.method == method):
+        page.locator("button", has_text=label).first.click()
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """A headless Debian Chromium driven by playwright, closed at the end."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def new_page(browser: Any) -> Any:
+    """A fresh browser context (its own cookies) and page."""
+    return browser.new_context(viewport={"width": 1400, "height": 1600}).new_page()

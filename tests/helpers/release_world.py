@@ -1,0 +1,132 @@
+"""A tiny world for release tests: a real ingest of generated images, accepted annotations over them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import yaml
+
+from pipeline import ingest
+from pipeline.core import patterns, schemas
+from tests.conftest import tiny_params
+
+CHANGELOG = """# Changelog
+
+## 1.0.0
+
+- First release.
+"""
+WITHHELD_LICENSE = "LicenseRef-All-Rights-Reserved"
+# Patterns of the four packaged pairs, stored as validate stores them: the pattern key.
+ORIENTATION, COLOR, QUANTITY, STATE = (patterns.by_key(k).key for k in ("orientation", "color", "quantity", "state"))
+WORLD_PATTERN_KEYS = (ORIENTATION, COLOR, QUANTITY, STATE)
+
+
+def accepted_rows(image_ids: list[str]) -> list[dict]:
+    """Accepted pairs over real image ids: four good pairs (one without statements) and three bad ones."""
+
+    def row(a: str, b: str, pattern: str, question: str, opts: tuple[str, str], answers: tuple[str, str],
+            statements: tuple[str | None, str | None], verification: str = "verified",
+            writer_answers: tuple[str | None, str | None] = (None, None)) -> dict:
+        a, b = sorted((a, b))
+        return {
+            "pair_id": schemas.pair_id(a, b), "image_a": a, "image_b": b,
+            "clip_sim": 0.97, "dino_sim": 0.41, "pattern": pattern, "tags": [patterns.by_key("text").key] if pattern == COLOR else [],
+            "question": question, "option_a": opts[0], "option_b": opts[1],
+            "answer_a": answers[0], "answer_b": answers[1], "statement_a": statements[0], "statement_b": statements[1],
+            "writer": "ann1", "verification": verification,
+            "writer_answer_a": writer_answers[0], "writer_answer_b": writer_answers[1],
+            "verifier_answers_a": [answers[0], answers[0]], "verifier_answers_b": [answers[1], "(a)" if answers[1] == "(b)" else "(b)"],
+        }
+
+    i = image_ids
+    return [
+        row(i[0], i[1], ORIENTATION, "Is the arrow pointing left or right?", ("Left", "Right"), ("(a)", "(b)"),
+            ("The arrow points left.", "The arrow points right.")),
+        row(i[2], i[3], COLOR, "Is the main shape red or blue?", ("Red", "Blue"), ("(b)", "(a)"),
+            ("The shape is blue.", "The shape is red."), "adjudicated", ("(a)", "(b)")),  # the lead corrected it
+        row(i[4], i[5], QUANTITY, "How many <b>circles</b>, \"two\" or three?", ("Two", "Three"), ("(a)", "(b)"),
+            (None, None)),
+        row(i[6], i[7], STATE, "Is the door open or closed?", ("Open", "Closed"), ("(b)", "(a)"),
+            ("The door is closed.", "The door is open.")),
+        row(i[8], i[9], "texture", "Is it smooth?", ("Yes", "No"), ("(a)", "(b)"), (None, None)),  # unknown pattern
+        row(i[10], i[11], patterns.by_key("text").key, "Does the sign say STOP?", ("Yes", "No"), ("(a)", "(a)"), (None, None)),  # same answers
+        row(i[12], "f" * 64, patterns.by_key("presence").key, "Is there a hat?", ("Yes", "No"), ("(a)", "(b)"), (None, None)),  # missing image
+    ]
+
+
+def build_inputs(corpus: Path, root: Path) -> dict[str, Path]:
+    """Ingest `corpus` through a licence manifest, write accepted annotations, pairs metadata and params."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(corpus, root / "corpus")  # the manifest's paths must stay inside its folder
+    files = sorted(p.relative_to(corpus).as_posix() for p in corpus.rglob("*") if p.is_file())
+    manifest = root / "corpus.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "license"])
+        for k, f in enumerate(files):
+            writer.writerow([f"corpus/{f}", WITHHELD_LICENSE if k == 0 else "CC0-1.0"])
+    params = tiny_params(
+        ingest={"source": {"kind": "manifest", "name": "generated", "license": "CC0-1.0", "license_column": "license"},
+                "max_pixels": 10_000_000},
+        package={"version": "1.0.0", "name": "clipblind-test", "pretty_name": "clipblind test release",
+                 "shard_size": 3, "citation": "@misc{clipblind, title={clipblind}}"},
+    )
+    params_file = root / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    images_path = root / "images.parquet"
+    ingest.main(["--params", str(params_file), "--source", str(manifest), "--images", str(images_path),
+                 "--rejects", str(root / "rejects.parquet"), "--metrics", str(root / "ingest.json")])
+    images = schemas.read_table(images_path, "images").to_pylist()
+    # the withheld image (first listed file) must be in a pair: put it first
+    ids = sorted(r["image_id"] for r in images)
+    withheld = next(r["image_id"] for r in images if r["source_license"] == WITHHELD_LICENSE)
+    ids.remove(withheld)
+    ids.insert(0, withheld)
+    accepted = pa.Table.from_pylist(accepted_rows(ids), schema=schemas.ACCEPTED)
+    schemas.write_table(accepted, root / "accepted.parquet", "accepted")
+    pairs = accepted.select(["pair_id", "image_a", "image_b", "clip_sim", "dino_sim"])
+    encoders = {"clip": {"name": "clip", "kind": "open_clip", "model": "tiny-clip", "weights": "random", "random_init": True,
+                         "resolution": 32, "pooling": "clip_projection", "dtype": "fp32",
+                         "versions": {"torch": "2.14.1", "open_clip": "3.3.0"}},
+                "dino": {"name": "dino", "kind": "dinov2", "model": "tiny-dino", "weights": "random", "random_init": True,
+                         "resolution": 32, "pooling": "cls", "dtype": "fp32"}}
+    schemas.write_table(pairs, root / "pairs.parquet", "pairs",
+                        meta={"encoders": encoders, "search": "exhaustive", "clip_threshold": 0.9, "dino_threshold": 0.99})
+    (root / "mine.json").write_text(json.dumps({"images": len(images), "pairs_possible": 351, "clip_candidates": 40, "pairs": 7}))
+    # the accept stage's metrics for these rows: 7 accepted (one adjudicated, its answers corrected by the
+    # lead), one pending, one invalid (package's own tests; the journey checks the card against real ones)
+    accept_metrics = {"written": 9, "invalid": 1, "valid": 8, "accepted": 7, "verified": 6,
+                      "accepted_adjudicated": 1, "answers_corrected": 1, "rejected": 0, "pending": 1,
+                      "pending_by_reason": {"awaiting_verification": 0, "awaiting_adjudication": 1},
+                      "rejected_by_reason": {"stale_pair": 0, "adjudicated_reject": 0, "duplicate_pair": 0},
+                      "human_accuracy": {"answered_questions": 8, "per_question": 0.9167, "per_pair": 0.8333}}
+    (root / "accept.json").write_text(json.dumps(accept_metrics))
+    (root / "CHANGELOG.md").write_text(CHANGELOG)
+    return {"params": params_file, "manifest": manifest, "images": images_path, "accepted": root / "accepted.parquet",
+            "pairs": root / "pairs.parquet", "mine": root / "mine.json", "ingest": root / "ingest.json",
+            "accept": root / "accept.json",
+            "changelog": root / "CHANGELOG.md"}
+
+
+def package_args(inputs: dict[str, Path], out: Path, metrics: Path, *extra: str) -> list[str]:
+    """Arguments of `pipeline.package.main` for the world's inputs."""
+    return [
+        "--params", str(inputs["params"]), "--accepted", str(inputs["accepted"]), "--images", str(inputs["images"]),
+        "--source", str(inputs["manifest"]), "--pairs", str(inputs["pairs"]), "--mine-metrics", str(inputs["mine"]),
+        "--ingest-metrics", str(inputs["ingest"]), "--accept-metrics", str(inputs["accept"]), "--changelog", str(inputs["changelog"]), "--out", str(out),
+        "--metrics", str(metrics), *extra,
+    ]
+
+
+def build_release(corpus: Path, root: Path, *extra: str) -> Path:
+    """Build the world's release into `root / "release"` and return its folder."""
+    from pipeline import package
+
+    inputs = build_inputs(corpus, root / "inputs")
+    assert package.main(package_args(inputs, root / "release", root / "package.json", *extra)) == 0
+    return root / "release"
