@@ -17,8 +17,9 @@ import json
 import statistics
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from annotation import results
 from annotation.labelstudio.client import Client, LabelStudioError

@@ -19,10 +19,11 @@ import json
 import re
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from annotation.labelstudio.client import Client, LabelStudioError

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pyarrow as pa
 

@@ -13,8 +13,9 @@ Choosing thresholds from the report needs no new products: `mine` reruns on the 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -19,8 +19,9 @@ vectors: a shard is always encoded in the same batches.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from pipeline.core import schemas
 from pipeline.core.config import command_params

@@ -28,12 +28,13 @@ import hashlib
 import json
 import re
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from itertools import repeat
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import pyarrow as pa
 

@@ -12,9 +12,9 @@ import argparse
 import io
 import random
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
 
 from PIL import Image, ImageDraw
 

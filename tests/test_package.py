@@ -93,7 +93,7 @@ def test_mmvp_layout_reads_like_mmvps_scripts(world):
     body = lines[1:]
     assert len(body) == 8
     items = {i["mmvp_index"]: i for i in release.read_items(world["release"])}
-    for position, (index, question, options, answer) in enumerate(body):
+    for position, (index, _question, options, answer) in enumerate(body):
         # MMVP's evaluation uses the row position (+1) as the image number
         assert int(index) == position + 1
         assert options.startswith("(a) ") and " (b) " in options

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import requests
 
@@ -31,7 +32,7 @@ class Client:
         self.session.headers["Authorization"] = f"Token {self.token}"
 
     @classmethod
-    def from_params(cls, params: LabelStudioParams) -> "Client":
+    def from_params(cls, params: LabelStudioParams) -> Client:
         """A client acting as the admin of the server `params` describe."""
         return cls(params.url, admin(params).token)
 

@@ -25,10 +25,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Literal
 
 from pipeline.core.atomic import write_bytes
 from pipeline.core.config import Port, Positive, command_params, load_section

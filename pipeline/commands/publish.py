@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from pipeline.commands import tag as git_tag
 from pipeline.core.hub import HUB_HOST, hub_reachable

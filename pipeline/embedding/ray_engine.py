@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import pipeline
 from pipeline.embedding.encoders import Encoder, load_encoder

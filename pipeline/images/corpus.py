@@ -40,9 +40,10 @@ import re
 import stat
 import subprocess
 import tarfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Callable, Iterator, Sequence
+from typing import IO, Any
 
 from pipeline.core.config import ParamsError
 from pipeline.core.hub import HUB_HOST, hub_reachable
@@ -84,7 +85,7 @@ class SourceUnavailable(ValueError):
     """A source cannot be opened at all (missing, unreachable, or refused by a safety rule)."""
 
 
-_BACKENDS: dict[str, Callable[[SourceParams, str], "_Backend"]] = {}
+_BACKENDS: dict[str, Callable[[SourceParams, str], _Backend]] = {}
 _SOURCE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -576,7 +577,7 @@ class _Recorder:
             return None
         return DecodeError(RejectReason.TRUNCATED, f"shard {shard_id} has no end-of-archive marker: it was cut off")
 
-    def __enter__(self) -> "_Recorder":
+    def __enter__(self) -> _Recorder:
         return self
 
     def __exit__(self, *exc: object) -> None:

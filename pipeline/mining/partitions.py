@@ -29,8 +29,9 @@ two); memory per task (1 + p)·N/P vectors (`model_task_rows`). Recall is not gu
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 

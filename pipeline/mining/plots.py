@@ -5,8 +5,9 @@ matplotlib is imported lazily (headless Agg backend), so the rest of the pipelin
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 

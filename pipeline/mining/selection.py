@@ -17,7 +17,7 @@ Each filter's drop count is returned for the funnel metrics.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Mapping
+from collections.abc import Mapping
 
 import pyarrow as pa
 

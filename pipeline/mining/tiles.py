@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -19,11 +19,11 @@ class PairChunk:
     sim: np.ndarray
 
     @staticmethod
-    def empty() -> "PairChunk":
+    def empty() -> PairChunk:
         return PairChunk(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
 
     @staticmethod
-    def concat(chunks: Sequence["PairChunk"]) -> "PairChunk":
+    def concat(chunks: Sequence[PairChunk]) -> PairChunk:
         if not chunks:
             return PairChunk.empty()
         return PairChunk(

@@ -7,8 +7,9 @@ it always matches the parquet; the prose comes from the template in `data_cards/
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import yaml
 

@@ -1,7 +1,8 @@
 import dataclasses
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Iterator, Literal
+from typing import Annotated, Any, Literal
 
 import pytest
 import yaml
@@ -146,7 +147,7 @@ def _walk(owner: type, name: str, key: str, hint: Any) -> Iterator[tuple[type, s
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Annotated or hint in (int, float):
         yield owner, name, key, hint
-    elif origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+    elif origin in (typing.Union, __import__("types").UnionType):
         for arg in args:
             yield from _walk(owner, name, key, arg)
     elif origin in (tuple, list) and args:

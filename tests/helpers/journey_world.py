@@ -19,11 +19,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from tests.conftest import REPO
 from tests.helpers.annotation_world import choose, login, open_task, submit, type_text, wait_for_images

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 # MMVP's category list as scripts/evaluate_vlm.py spells and orders it. Kept here, not imported:
 # the oracle is MMVP's reading of a folder, independent of the code that wrote the folder.
@@ -118,7 +118,7 @@ def read_mmvp_vlm(folder: str | os.PathLike[str], pairs_per_category: int | None
     """
     image_dir = os.path.join(folder, "MLLM_VLM Images")
     rows: list[tuple[int, str, str, int, str, str]] = []
-    with open(os.path.join(folder, "Questions.csv"), "r") as f:
+    with open(os.path.join(folder, "Questions.csv")) as f:
         reader = csv.reader(f)
         next(reader)
         for row in reader:

@@ -15,9 +15,10 @@ import base64
 import hashlib
 import json
 import sys
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pipeline.params import VlmParams
 from pipeline.vlm.backends import TransformersBackend

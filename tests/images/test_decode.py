@@ -5,6 +5,16 @@ import pytest
 from PIL import Image
 
 from pipeline.images.decode import BACKGROUND, DecodeError, RejectReason, decode
+from tests.helpers.corpus_fixtures import (
+    cmyk_icc_jpeg,
+    cmyk_jpeg,
+    cmyk_profile,
+    marked,
+    oriented_jpeg,
+    psd_bytes,
+    rgb16_png,
+    ycck_jpeg,
+)
 
 
 def _bytes(im: Image.Image, fmt: str, **kw) -> bytes:
@@ -93,16 +103,6 @@ def test_animated_gif_gives_first_frame_and_counts_frames():
 
 # ---- pixel tests on the formats real corpora carry
 
-from tests.helpers.corpus_fixtures import (
-    cmyk_icc_jpeg,
-    cmyk_jpeg,
-    cmyk_profile,
-    marked,
-    oriented_jpeg,
-    psd_bytes,
-    rgb16_png,
-    ycck_jpeg,
-)
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))

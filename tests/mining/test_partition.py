@@ -216,7 +216,7 @@ def test_card_states_the_recall_with_its_interval_and_when_the_sample_is_too_sma
         assert package.main(package_args(inputs, out, tmp_path / f"{name}.json")) == 0
         card = (out / "README.md").read_text()
         lines[name] = (next(line for line in card.splitlines() if line.startswith("* Search:")), details)
-    for name, (line, details) in lines.items():
+    for line, details in lines.values():
         low, high = details["recall_interval"]
         assert f"{100 * details['recall_against_exact']:.1f} % of the pairs an exhaustive search finds" in line
         assert f"of {details['recall_sample_pairs']:,} pairs from {details['recall_sample_rows']:,} images" in line

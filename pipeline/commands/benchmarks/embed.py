@@ -26,9 +26,10 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -181,7 +182,7 @@ def stage_vs_model(
                 for encoder in encoders.values():
                     encoder.encode(batch)
 
-        def whole_stage() -> None:
+        def whole_stage(table: Any = table, corpus: Any = corpus, r: int = r) -> None:  # bound now: runs in this round
             embed_corpus(
                 table.column("image_id").to_pylist(), table.column("source_path").to_pylist(), corpus, encoders,
                 {n: workdir / f"out-{r}" / n for n in encoders}, params, max_pixels=50_000_000,

@@ -23,9 +23,10 @@ from __future__ import annotations
 import argparse
 import gc
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 
