@@ -105,11 +105,16 @@ def image_problem(url: str, display_dir: Path) -> str | None:
 
 def check_tasks(tasks: list[dict[str, Any]], display_dir: Path) -> tuple[list[dict[str, Any]], Counter[str], list[str]]:
     """Split tasks into pushable ones and rejects; return (ok, reasons, messages naming each reject)."""
-    ok, reasons, messages = [], Counter(), []
+    ok: list[dict[str, Any]] = []
+    reasons: Counter[str] = Counter()
+    messages: list[str] = []
     for index, task in enumerate(tasks):
         data = task.get("data", {})
-        problems = [(f, image_problem(str(data.get(f, "")), display_dir)) for f in IMAGE_FIELDS]
-        problems = [(f, p) for f, p in problems if p]
+        problems: list[tuple[str, str]] = []
+        for f in IMAGE_FIELDS:
+            problem = image_problem(str(data.get(f, "")), display_dir)
+            if problem:
+                problems.append((f, problem))
         if not data.get("pair_id"):
             problems.append(("pair_id", "missing_pair_id"))
         if problems:

@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     folder = Path(args.out)
     failed = write_thumbnails(needed, images, Corpus(ingest_params.source, args.source), folder, params, ingest_params.max_pixels)
     names = dict(zip(images.column("image_id").to_pylist(), images.column("source_path").to_pylist()))
-    meta = {k: pairs_meta[k] for k in ("search", "clip_threshold", "dino_threshold") if k in pairs_meta}
+    meta: dict[str, Any] = {k: pairs_meta[k] for k in ("search", "clip_threshold", "dino_threshold") if k in pairs_meta}
     random_init = sorted(n for n, d in pairs_meta.get("encoders", {}).items() if d.get("random_init"))
     if random_init:
         meta["random_init_encoders"] = random_init

@@ -105,10 +105,10 @@ def draw(scene: Scene, size: int = 256) -> Image.Image:
     for k in range(scene.count):
         ox = (90 + 26 * k) * s
         d.ellipse([ox, 200 * s, ox + 18 * s, 218 * s], fill=(40, 40, 40))
-    px = scene.x * canvas
-    d.ellipse([px - 26 * s, 95 * s, px + 26 * s, 147 * s], fill=scene.color)
+    x = scene.x * canvas
+    d.ellipse([x - 26 * s, 95 * s, x + 26 * s, 147 * s], fill=scene.color)
     if scene.has_hat:  # presence of a specific feature
-        d.polygon([(px - 20 * s, 100 * s), (px + 20 * s, 100 * s), (px, 70 * s)], fill=(20, 20, 90))
+        d.polygon([(x - 20 * s, 100 * s), (x + 20 * s, 100 * s), (x, 70 * s)], fill=(20, 20, 90))
     # sign (text)
     d.rectangle([20 * s, 20 * s, 120 * s, 60 * s], fill=(250, 250, 250), outline=(0, 0, 0))
     d.text((30 * s, 30 * s), scene.word, fill=(0, 0, 0), font_size=int(18 * s))

@@ -40,10 +40,11 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 import numpy as np
 
+from pipeline.core.errors import ClipblindError
 from pipeline.core.hub import HUB_HOST, hub_reachable
 from pipeline.params import EncoderParams
 
@@ -78,7 +79,7 @@ BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, as processor configs spell it
 T = TypeVar("T")
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(ClipblindError, RuntimeError):
     """The requested weights are neither on this machine nor downloadable now."""
 
 
@@ -327,7 +328,7 @@ def _onednn_linears(model: Any) -> int:
             act_name = mlp.get(name)
             fuse = act_name is not None and exact_gelu(getattr(parent, act_name, None))
             setattr(parent, name, OneDnnLinear(child, "gelu" if fuse else "none"))
-            if fuse:
+            if fuse and act_name is not None:
                 setattr(parent, act_name, torch.nn.Identity())
             replaced += 1
     return replaced
@@ -719,7 +720,7 @@ class Dinov2Encoder:
         self.linear = self.runner.fuse_linears(self.model)
         self.dim = int(model.config.hidden_size)
         processor, self.preprocessing_source = _dinov2_processor(self.source.folder, params.image_size)
-        self.transform = ProcessorTransform(processor)
+        self.transform: Callable[[Any], Any] = ProcessorTransform(processor)
         self.weights_source = self.source.label
 
     def _config(self) -> Any:
@@ -747,7 +748,7 @@ class Dinov2Encoder:
         return _normalise(pooled)
 
     def describe(self) -> dict[str, Any]:
-        processor = self.transform.processor
+        processor = cast(ProcessorTransform, self.transform).processor
         crop = processor.crop_size if processor.do_center_crop else None
         resolution = crop["height"] if crop else processor.size.get("height", processor.size.get("shortest_edge"))
         return {
@@ -808,7 +809,7 @@ class ProcessorTransform:
         return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
 
 
-REGISTRY: dict[str, Callable[[str, EncoderParams, Any], Encoder]] = {
+REGISTRY: dict[str, Callable[..., Encoder]] = {
     "open_clip": OpenClipEncoder,
     "dinov2": Dinov2Encoder,
 }

@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from pipeline.core import schemas
 from pipeline.core.atomic import write_bytes, write_json
+from pipeline.core.errors import ClipblindError
 
 FORMAT_VERSION = 1
 DESCRIPTION_FILE = "encoder.json"
@@ -48,7 +49,7 @@ EMBEDDING_PLAN = schemas.register(
 )
 
 
-class EmbeddingsError(ValueError):
+class EmbeddingsError(ClipblindError, ValueError):
     """An embeddings directory is incomplete or does not match the images it should cover."""
 
 
@@ -121,17 +122,17 @@ def sync_plan(directories: Iterable[str | Path], image_ids: Sequence[str], shard
     Plans of sibling directories (one per encoder) are equal or prefixes of one another;
     anything else means the directories were mixed up by hand and is an error.
     """
-    directories = [Path(d) for d in directories]
-    stored = [read_plan(d) for d in directories]
+    paths = [Path(d) for d in directories]
+    stored = [read_plan(d) for d in paths]
     base = max(stored, key=len)
-    for directory, plan in zip(directories, stored):
+    for directory, plan in zip(paths, stored):
         if plan != base[: len(plan)]:
             raise EmbeddingsError(
-                f"{directory / PLAN_FILE} disagrees with the plan of {[str(d) for d in directories]}: "
+                f"{directory / PLAN_FILE} disagrees with the plan of {[str(d) for d in paths]}: "
                 "the directories come from different runs; delete them and rerun the embed stage"
             )
     plan = extend_plan(base, image_ids, shard_size)
-    for directory, old in zip(directories, stored):
+    for directory, old in zip(paths, stored):
         if old != plan:
             directory.mkdir(parents=True, exist_ok=True)
             write_plan(directory, plan)

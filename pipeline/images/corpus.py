@@ -42,10 +42,12 @@ import subprocess
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from pipeline.core.config import ParamsError
+from pipeline.core.errors import ClipblindError
 from pipeline.core.hub import HUB_HOST, hub_reachable
 from pipeline.images.decode import DecodeError, RejectReason
 from pipeline.params import SourceParams
@@ -81,7 +83,7 @@ class Part:
     source: str = ""  # the name of the source it belongs to
 
 
-class SourceUnavailable(ValueError):
+class SourceUnavailable(ClipblindError, ValueError):
     """A source cannot be opened at all (missing, unreachable, or refused by a safety rule)."""
 
 
@@ -242,12 +244,12 @@ class _Folder(_LocalFiles):
             yield Part(
                 id=rel,
                 fingerprint=_digest([(loc, stamp) for loc, stamp, _ in listed]),
-                entries=lambda listed=listed: (
-                    Entry(Item(loc, self.params.license), stamp,
-                          (lambda loc=loc: self._read_listed(loc)) if plain else (lambda loc=loc: self.read(loc)))
-                    for loc, stamp, plain in listed
-                ),
+                entries=partial(self._listed_entries, listed),
             )
+
+    def _listed_entries(self, listed: Sequence[tuple[str, str | None, bool]]) -> Iterator[Entry]:
+        for loc, stamp, plain in listed:
+            yield Entry(Item(loc, self.params.license), stamp, partial(self._read_listed if plain else self.read, loc))
 
     def _listed(self, dirpath: str, prefix: str, name: str) -> tuple[str, str | None, bool]:
         """(location, stamp, whether it is a plain file) of one walked name."""
@@ -285,11 +287,13 @@ class _Manifest(_LocalFiles):
             yield Part(
                 id=f"rows {start}-{end - 1}",
                 fingerprint=_digest([rows, stamps]),
-                entries=lambda rows=rows, stamps=stamps: (
-                    Entry(Item(loc, lic), stamp, lambda loc=loc: self.read(loc)) for (loc, lic), stamp in zip(rows, stamps)
-                ),
+                entries=partial(self._row_entries, rows, stamps),
             )
             start = end
+
+    def _row_entries(self, rows: Sequence[tuple[str, str | None]], stamps: Sequence[str | None]) -> Iterator[Entry]:
+        for (loc, lic), stamp in zip(rows, stamps):
+            yield Entry(Item(loc, lic), stamp, partial(self.read, loc))
 
     def _row_blocks(self) -> Iterator[list[tuple[str, str | None]]]:
         columns = [self.params.path_column] + ([self.params.license_column] if self.params.license_column else [])
@@ -318,7 +322,7 @@ class _Manifest(_LocalFiles):
         value = row.get(self.params.license_column) if self.params.license_column else None
         return str(row[self.params.path_column] or ""), (str(value) if value else None) or self.params.license
 
-    def _check_columns(self, found: list[str], wanted: list[str]) -> None:
+    def _check_columns(self, found: Sequence[str], wanted: list[str]) -> None:
         for column, key in zip(wanted, ("path_column", "license_column")):
             if column not in found:
                 raise SourceUnavailable(
@@ -402,7 +406,7 @@ class _Shards(_Backend):
 
     def parts(self) -> Iterator[Part]:
         for shard in self.shards:
-            yield Part(shard.id, self._fingerprint(shard), lambda shard=shard: self._samples(shard))
+            yield Part(shard.id, self._fingerprint(shard), partial(self._samples, shard))
 
     def _fingerprint(self, shard: _Shard) -> str | None:
         if shard.url.startswith("pipe:"):
@@ -441,7 +445,7 @@ class _Shards(_Backend):
         ended: DecodeError | None = None
         with stream:
             try:
-                with tarfile.open(fileobj=stream, mode="r|*") as archive:
+                with tarfile.open(fileobj=cast(IO[bytes], stream), mode="r|*") as archive:
                     for info in archive:
                         if info.isdir():
                             continue
@@ -627,7 +631,7 @@ class _HFDataset(_Backend):
         for start in range(0, len(self.table), size):
             end = min(start + size, len(self.table))
             fingerprint = _digest([self.fingerprint, start, end]) if self.fingerprint else None
-            yield Part(f"rows {start}-{end - 1}", fingerprint, lambda start=start, end=end: self._entries(start, end))
+            yield Part(f"rows {start}-{end - 1}", fingerprint, partial(self._entries, start, end))
 
     def _entries(self, start: int, end: int) -> Iterator[Entry]:
         for offset, row in enumerate(self.table[start:end].to_pylist()):

@@ -95,6 +95,7 @@ def train_centroids(vectors: np.ndarray, partitions: int, seed: int, train_size:
     train /= np.maximum(np.linalg.norm(train, axis=1, keepdims=True), 1e-12)
     kmeans = faiss.Kmeans(dim, k, niter=iterations, seed=seed, verbose=False, spherical=True, min_points_per_centroid=1)
     kmeans.train(train)
+    assert kmeans.centroids is not None  # set by train()
     centroids = kmeans.centroids.copy()
     return centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
 

@@ -44,7 +44,7 @@ def write_plots(
     t_clip, t_dino = thresholds.get("clip"), thresholds.get("dino")
 
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
-    shown = np.arange(len(clip))
+    shown: np.ndarray = np.arange(len(clip))
     if len(shown) > max_points:
         shown = np.sort(np.random.default_rng(seed).choice(len(clip), size=max_points, replace=False))
     ax.scatter(clip[shown], dino[shown], s=4, alpha=0.5, color="#4c72b0", linewidths=0,

@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core import patterns
 from pipeline.core.atomic import write_bytes
+from pipeline.core.errors import ClipblindError
 from pipeline.release import mmvp
 
 SPLIT = "test"
@@ -83,7 +84,7 @@ FEATURES_SPEC: tuple[tuple[str, str], ...] = (
 )
 
 
-class ReleaseError(ValueError):
+class ReleaseError(ClipblindError, ValueError):
     """A release cannot be built, read or changed as asked."""
 
 
@@ -828,7 +829,9 @@ def verify(release_dir: str | Path) -> VerifyReport:
     if not entries:
         malformed.append("no properly formatted SHA256 checksum lines")
     real_root = root.resolve()
-    matched, changed, missing = set(), set(), set()
+    matched: set[str] = set()
+    changed: set[str] = set()
+    missing: set[str] = set()
     digests: dict[str, str | None] = {}
     for entry in entries:
         name = _display(entry.name)
@@ -869,7 +872,7 @@ def _withheld_target_paths(root: Path) -> set[str]:
 # ---------------------------------------------------------------- withheld images
 
 
-class FetchError(RuntimeError):
+class FetchError(ClipblindError, RuntimeError):
     """A withheld image could not be fetched, or its bytes do not match the release."""
 
 

@@ -41,7 +41,7 @@ CHANCE_QUESTION = 0.5
 CHANCE_PAIR = 0.25
 
 _LETTERS = "".join(a.strip("()") for a in ANSWERS)  # ANSWERS[k] is the option written "(<_LETTERS[k]>)"
-_A, _B = _LETTERS
+_A, _B = _LETTERS[0], _LETTERS[1]
 _PAREN = re.compile(rf"\(\s*([{_LETTERS}])\s*\)", re.IGNORECASE)
 # At the start or after "answer (is)": "b" as a word of its own; "a" only before the end or ) . : , ;
 # (otherwise it is the English article). After "option"/"choice" either letter as a word of its own.
@@ -153,7 +153,7 @@ class PairSimilarity:
     sim: tuple[tuple[float, float], tuple[float, float]]
 
 
-def clip_pair_outcome(sim: Sequence[Sequence[float]]) -> dict[str, bool]:
+def clip_pair_outcome(sim: Sequence[Sequence[float]]) -> dict[str, bool | int]:
     """Image→statement and statement→image correctness of one pair (ties are wrong)."""
     image_to_text = (sim[0][0] > sim[0][1], sim[1][1] > sim[1][0])
     text_to_image = (sim[0][0] > sim[1][0], sim[1][1] > sim[0][1])

@@ -243,6 +243,7 @@ def resume_trial(argv_for: Callable[[Path], list[str]], reference: Path, workdir
         time.sleep(0.002)
     if not child.is_alive():
         raise RuntimeError(f"the embed run ended (exit code {child.exitcode}) before {kill_after} markers existed")
+    assert child.pid is not None  # started above
     os.killpg(child.pid, signal.SIGKILL)
     child.join()
     shard_files = {

@@ -182,7 +182,8 @@ def embed_check(
     pictures = [decode(corpus.read(locations[r])).image for r in rows]
     checks: dict[str, Any] = {}
     for name, encoder_params in (("clip", clip), ("dino", dino)):
-        reference = load_encoders(replace(params, **{name: replace(encoder_params, device="cpu", dtype="fp32")}), [name])[name]
+        on_cpu: dict[str, Any] = {name: replace(encoder_params, device="cpu", dtype="fp32")}
+        reference = load_encoders(replace(params, **on_cpu), [name])[name]
         expected = reference.encode(torch.stack([reference.preprocess(p) for p in pictures]))
         del reference
         written, _ = embeddings.load(out[name], sample_ids)

@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -73,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         params = PackageParams(version="1.0.0", shard_size=100)
         render = card.renderer()
         release.features()  # import `datasets` outside the timings (≈ 2 s, once per process)
-        provenance = {"encoders": {}, "random_init_encoders": [], "search": "exhaustive", "funnel": {},
+        provenance: dict[str, Any] = {"encoders": {}, "random_init_encoders": [], "search": "exhaustive", "funnel": {},
                       "clip_threshold": None, "dino_threshold": None,
                       "image_encoding": {"max_side": export_params.display_max_side,
                                          "jpeg_quality": export_params.jpeg_quality, "max_pixels": MAX_PIXELS}}
