@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from pipeline import __version__
+from pipeline.core.errors import run
 
 # (subcommand, module, one-line help), in pipeline order; modules load lazily so `--help` stays fast.
 _COMMANDS: list[tuple[str, str, str]] = [
@@ -49,7 +50,7 @@ def usage() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatch `clipblind <command> ...` to the command's module."""
+    """Dispatch `clipblind <command> ...` to the command's module; its errors read `clipblind <command>: ...`."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(usage())
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"clipblind: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[args[0]][0])
-    return int(module.main(args[1:]) or 0)
+    return run(module.main, args[0], args[1:])
 
 
 if __name__ == "__main__":
