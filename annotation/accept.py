@@ -41,7 +41,7 @@ from annotation.tables import INVALID_REASONS, OUTCOME_REASONS, OUTCOMES
 from pipeline.core import patterns, schemas
 from pipeline.core.atomic import write_bytes
 from pipeline.core.config import command_params
-from pipeline.core.report import summary, write_metrics
+from pipeline.core.report import summary, write_headline, write_metrics
 from pipeline.params import AcceptParams
 
 STAGE = "accept"
@@ -208,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--outcomes", required=True, help="output question outcomes table")
     parser.add_argument("--queue", required=True, help="output adjudication queue CSV")
     parser.add_argument("--metrics", required=True)
+    parser.add_argument("--headline", help="output headline metrics JSON (what `dvc metrics show` lists: report.HEADLINES)")
     args = parser.parse_args(argv)
     params = command_params(parser, args.params, STAGE, AcceptParams)
     annotations = schemas.read_table(args.annotations, "annotations")
@@ -226,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     schemas.write_table(outcomes, args.outcomes, "question_outcomes")
     write_bytes(args.queue, adjudication.encode(queue))
     write_metrics(args.metrics, metrics)
+    write_headline(args.headline, STAGE, metrics)
     waiting = metrics["pending_by_reason"]["awaiting_adjudication"]
     summary(STAGE, f"{metrics['written']} written, {metrics['valid']} valid → {metrics['accepted']} accepted "
                    f"({metrics['verified']} verified, {metrics['accepted_adjudicated']} adjudicated), "

@@ -30,6 +30,7 @@ import pyarrow as pa
 import annotation.tables  # also registers the table kinds `--correct` reads (annotations, question_outcomes)
 from pipeline.core import schemas
 from pipeline.core.atomic import write_bytes
+from pipeline.core.errors import ClipblindError
 from pipeline.core.patterns import ANSWERS
 
 # What the lead fills in; every other column describes the question.
@@ -57,7 +58,7 @@ def formula_like(text: str) -> bool:
     return text.startswith(_CONTROL_START) or text.lstrip().startswith(FORMULA_START)
 
 
-class AdjudicationError(ValueError):
+class AdjudicationError(ClipblindError, ValueError):
     """The adjudication file cannot be read as written by this module."""
 
 
@@ -249,7 +250,7 @@ def decidable(reason: str | None) -> bool:
     return reason not in UNANSWERED_REASONS
 
 
-class CorrectionError(ValueError):
+class CorrectionError(ClipblindError, ValueError):
     """`adjudicate --correct` names a question the lead cannot correct (or answers that cannot be right)."""
 
 

@@ -27,7 +27,7 @@ from annotation.snapshot import read_snapshot
 from annotation.tables import ANNOTATIONS, INVALID_REASONS
 from pipeline.core import patterns, schemas
 from pipeline.core.config import command_params
-from pipeline.core.report import progress, summary, write_metrics
+from pipeline.core.report import progress, summary, write_headline, write_metrics
 from pipeline.params import ValidateParams
 
 STAGE = "validate"
@@ -139,12 +139,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pairs", required=True)
     parser.add_argument("--annotations", required=True, help="output annotations table")
     parser.add_argument("--metrics", required=True)
+    parser.add_argument("--headline", help="output headline metrics JSON (what `dvc metrics show` lists: report.HEADLINES)")
     args = parser.parse_args(argv)
     params = command_params(parser, args.params, STAGE, ValidateParams)
     table = validate(read_snapshot(args.snapshot), schemas.read_table(args.pairs, "pairs"), params)
     schemas.write_table(table, args.annotations, "annotations")
     metrics = metrics_of(table)
     write_metrics(args.metrics, metrics)
+    write_headline(args.headline, STAGE, metrics)
     summary(STAGE, f"{metrics['written']} written → {metrics['valid']} valid, {metrics['invalid']} invalid "
                    f"{ {k: v for k, v in metrics['invalid_by_reason'].items() if v} } → {args.annotations}")
     return 0

@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.core import schemas
 from pipeline.core.config import command_params
-from pipeline.core.report import summary, write_metrics
+from pipeline.core.report import summary, write_headline, write_metrics
 from pipeline.mining.candidates import read_candidates
 from pipeline.mining.plots import write_plots
 from pipeline.mining.thresholds import ThresholdError, resolve_clip_threshold, resolve_dino_threshold
@@ -92,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--images", required=True)
     parser.add_argument("--candidates", required=True)
     parser.add_argument("--report", required=True, help="output calibration JSON")
+    parser.add_argument("--headline", help="output headline metrics JSON (what `dvc metrics show` lists: report.HEADLINES)")
     parser.add_argument("--plots", required=True, help="output folder of PNG plots")
     args = parser.parse_args(argv)
     params = command_params(parser, args.params, STAGE, CalibrateParams)
@@ -102,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dino = candidates.column("dino_sim").to_numpy()
     report = calibrate(clip, dino, meta, params, mine_params)
     write_metrics(args.report, report)
+    write_headline(args.headline, STAGE, report)
     written = write_plots(Path(args.plots), clip, dino, meta, report["thresholds"], params.scatter_points, params.seed)
     summary(
         STAGE,

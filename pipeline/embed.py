@@ -25,7 +25,7 @@ from typing import Any
 
 from pipeline.core import schemas
 from pipeline.core.config import command_params
-from pipeline.core.report import summary, write_metrics
+from pipeline.core.report import summary, write_headline, write_metrics
 from pipeline.embedding.clip_retrieval import import_clip_retrieval
 from pipeline.embedding.engine import EmbedFailure, ShardResult, ShardSlice, embed_corpus, load_encoders, run_local
 from pipeline.embedding.ray_engine import run_ray
@@ -49,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clip", required=True, help="output directory for CLIP embeddings")
     parser.add_argument("--dino", required=True, help="output directory for DINOv2 embeddings")
     parser.add_argument("--metrics", required=True)
+    parser.add_argument("--headline", help="output headline metrics JSON (what `dvc metrics show` lists: report.HEADLINES)")
     parser.add_argument("--shard", default="0/1", help="i/n: run only shards k with k %% n == i (default 0/1: all)")
     parser.add_argument("--clip-from", help="clip-retrieval output to import as the CLIP side (embed.clip.kind: clip_retrieval)")
     args = parser.parse_args(argv)
@@ -84,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine=_engine(params.engine.kind),
     ))
     write_metrics(args.metrics, metrics)
+    write_headline(args.headline, STAGE, metrics)
     random_note = [n for n, r in metrics["random_init"].items() if r]
     summary(
         STAGE,

@@ -29,7 +29,7 @@ import numpy as np
 from pipeline.core import patterns
 from pipeline.core.atomic import write_bytes
 from pipeline.core.config import command_params
-from pipeline.core.report import progress, summary, warn, write_metrics
+from pipeline.core.report import progress, summary, warn, write_headline, write_metrics
 from pipeline.embedding.encoders import OpenClipEncoder, load_encoders
 from pipeline.images.decode import decode
 from pipeline.params import EncoderParams, EvaluateParams
@@ -313,7 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", help=f"folder for the outputs not named below; default {DEFAULT_OUT}/<folder name>")
     results_file, table_file, chart_file = DEFAULT_FILES
-    parser.add_argument("--results", help=f"output results JSON (DVC metrics); default <out>/{results_file}")
+    parser.add_argument("--results", help=f"output results JSON (its full record); default <out>/{results_file}")
+    parser.add_argument("--headline", help="output headline metrics JSON (what `dvc metrics show` lists: report.HEADLINES)")
     parser.add_argument("--table", help=f"output markdown table; default <out>/{table_file}")
     parser.add_argument("--chart", help=f"output SVG chart of pair accuracy per pattern; default <out>/{chart_file}")
     parser.add_argument("--cache", default=CACHE_DIR, help=f"folder of VLM response caches (resume); default {CACHE_DIR}")
@@ -339,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         backends.append(CachedBackend(backend, Path(args.cache) / cache_name))
     results = evaluate(pairs, scorers, backends, benchmark)
     write_metrics(results_path, results)
+    write_headline(args.headline, STAGE, results)
     write_bytes(table_path, markdown_table(results).encode())
     write_bytes(chart_path, svg_chart(results).encode())
     line = ", ".join(f"{name}: pair {_pct(r['pair_accuracy'])} %" for name, r in results["models"].items())

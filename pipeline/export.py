@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from pipeline.core import schemas
 from pipeline.core.atomic import write_bytes, write_json
 from pipeline.core.config import command_params
-from pipeline.core.report import progress, summary, warn, write_metrics
+from pipeline.core.report import progress, summary, warn, write_headline, write_metrics
 from pipeline.images.corpus import Corpus
 from pipeline.images.decode import DecodeError, rules_digest
 from pipeline.images.display import _stamp_of, display_bytes, display_name, display_stamp
@@ -86,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--display", required=True, help="output folder of display images")
     parser.add_argument("--tasks", required=True, help="output Label Studio task JSON")
     parser.add_argument("--metrics", required=True)
+    parser.add_argument("--headline", help="output headline metrics JSON (what `dvc metrics show` lists: report.HEADLINES)")
     args = parser.parse_args(argv)
     params = command_params(parser, args.params, STAGE, ExportParams)
     ingest_params = command_params(parser, args.params, "ingest", IngestParams)
@@ -119,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "random_init_encoders": random_init,
     }
     write_metrics(args.metrics, metrics)
+    write_headline(args.headline, STAGE, metrics)
     summary(STAGE, f"{len(tasks)} tasks → {args.tasks}; {len(set(needed))} display images in {display_dir}")
     return 0
 

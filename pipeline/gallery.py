@@ -24,7 +24,7 @@ import pyarrow as pa
 from pipeline.core import schemas
 from pipeline.core.atomic import write_bytes
 from pipeline.core.config import command_params
-from pipeline.core.report import progress, summary, write_metrics
+from pipeline.core.report import progress, summary, write_headline, write_metrics
 from pipeline.images.corpus import Corpus
 from pipeline.images.decode import DecodeError
 from pipeline.images.display import display_bytes
@@ -133,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--source", required=True, nargs="+", help="the corpus source(s) ingest read, as in params")
     parser.add_argument("--out", required=True, help="output gallery folder")
     parser.add_argument("--metrics", required=True)
+    parser.add_argument("--headline", help="output headline metrics JSON (what `dvc metrics show` lists: report.HEADLINES)")
     args = parser.parse_args(argv)
     params = command_params(parser, args.params, STAGE, GalleryParams)
     ingest_params = command_params(parser, args.params, "ingest", IngestParams)
@@ -162,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "thumbnails_failed_by_reason": reasons,
     }
     write_metrics(args.metrics, metrics)
+    write_headline(args.headline, STAGE, metrics)
     summary(STAGE, f"{len(rows)} of {pairs.num_rows} pairs, {metrics['thumbnails']} thumbnails → {folder / 'index.html'}")
     return 0
 

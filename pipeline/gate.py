@@ -33,7 +33,7 @@ import pyarrow as pa
 from pipeline.core import schemas
 from pipeline.core.config import command_params
 from pipeline.core.patterns import ANSWERS
-from pipeline.core.report import progress, summary, write_metrics
+from pipeline.core.report import progress, summary, write_headline, write_metrics
 from pipeline.core.schemas import GATE
 from pipeline.images.corpus import Corpus
 from pipeline.images.decode import DecodeError
@@ -97,13 +97,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--source", required=True, nargs="+", help="the corpus source(s) ingest read, as in params")
     parser.add_argument("--out", required=True, help="output gate table (parquet)")
     parser.add_argument("--metrics", required=True)
+    parser.add_argument("--headline", help="output headline metrics JSON (what `dvc metrics show` lists: report.HEADLINES)")
     parser.add_argument("--cache", default=".cache/gate", help="folder of VLM response caches (resume)")
     args = parser.parse_args(argv)
     params = command_params(parser, args.params, STAGE, GateParams)
     accepted = schemas.read_table(args.accepted, "accepted")
     if params.vlm is None:
         schemas.write_table(schemas.empty("gate"), args.out, "gate", meta={"ran": False})
-        write_metrics(args.metrics, {"inputs": accepted.num_rows, "passed": accepted.num_rows, "dropped": 0, "ran": False})
+        not_run = {"inputs": accepted.num_rows, "passed": accepted.num_rows, "dropped": 0, "ran": False}
+        write_metrics(args.metrics, not_run)
+        write_headline(args.headline, STAGE, not_run)
         summary(STAGE, "no VLM configured (gate.vlm: null): the gate did not run; the card says so")
         return 0
     export_params = command_params(parser, args.params, "export", ExportParams)
@@ -115,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics["ran"] = True
     schemas.write_table(table, args.out, "gate", meta={"ran": True, "model": backend.name})
     write_metrics(args.metrics, metrics)
+    write_headline(args.headline, STAGE, metrics)
     summary(STAGE, f"{metrics['inputs']} pairs, {metrics['items']} questions → {metrics['flagged_items']} flagged "
                    f"{metrics['flags']}; flagged pairs {'dropped' if params.flagged == 'drop' else 'kept'} by package; "
                    f"{cached.calls} new model calls")

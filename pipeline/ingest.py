@@ -41,7 +41,7 @@ import pyarrow as pa
 from pipeline.core import schemas
 from pipeline.core.atomic import write_json
 from pipeline.core.config import command_params
-from pipeline.core.report import progress, summary, write_metrics
+from pipeline.core.report import progress, summary, write_headline, write_metrics
 from pipeline.images import decode as decode_module
 from pipeline.images.corpus import Corpus, Entry, Part
 from pipeline.images.decode import DecodeError, RejectReason, decode
@@ -339,6 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--images", required=True, help="output images table (parquet)")
     parser.add_argument("--rejects", required=True, help="output rejects table (parquet)")
     parser.add_argument("--metrics", required=True, help="output metrics JSON")
+    parser.add_argument("--headline", help="output headline metrics JSON (what `dvc metrics show` lists: report.HEADLINES)")
     parser.add_argument("--blocklist", help="file of sha256 hashes to exclude (one per line)")
     parser.add_argument("--state", help="folder of per-part records that makes reruns incremental")
     args = parser.parse_args(argv)
@@ -348,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     schemas.write_table(result.images, args.images, "images")
     schemas.write_table(result.rejects, args.rejects, "rejects")
     write_metrics(args.metrics, result.metrics)
+    write_headline(args.headline, STAGE, result.metrics)
     m = result.metrics
     summary(
         STAGE,

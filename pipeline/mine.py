@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from pipeline.core import schemas
 from pipeline.core.config import command_params
-from pipeline.core.report import summary, warn, write_metrics
+from pipeline.core.report import summary, warn, write_headline, write_metrics
 from pipeline.mining.candidates import read_candidates, read_groups
 from pipeline.mining.selection import select_pairs
 from pipeline.mining.thresholds import ThresholdError, describe, resolve_clip_threshold, resolve_dino_threshold
@@ -116,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--groups", required=True, help="image_groups table written by the search stage")
     parser.add_argument("--pairs", required=True)
     parser.add_argument("--metrics", required=True)
+    parser.add_argument("--headline", help="output headline metrics JSON (what `dvc metrics show` lists: report.HEADLINES)")
     args = parser.parse_args(argv)
     params = command_params(parser, args.params, STAGE, MineParams)
     image_ids = schemas.read_table(args.images, "images").column("image_id").to_pylist()
@@ -135,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   **{k: metrics[k] for k in ("search", "clip_threshold", "dino_threshold")}}
     schemas.write_table(table, args.pairs, "pairs", meta=pairs_meta)
     write_metrics(args.metrics, metrics)
+    write_headline(args.headline, STAGE, metrics)
     summary(
         STAGE,
         f"{metrics['images']} images, {metrics['pairs_possible']} possible pairs → {metrics['clip_candidates']} with "

@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from pipeline.core import patterns, schemas
 from pipeline.core.config import command_params
-from pipeline.core.report import progress, summary, warn, write_metrics
+from pipeline.core.report import progress, summary, warn, write_headline, write_metrics
 from pipeline.images.corpus import Corpus
 from pipeline.images.decode import DecodeError
 from pipeline.params import ExportParams, IngestParams, PackageParams
@@ -325,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            "marked unreleased (<version>-dev) until versioned")
     parser.add_argument("--out", required=True, help="output release folder")
     parser.add_argument("--metrics", required=True)
+    parser.add_argument("--headline", help="output headline metrics JSON (what `dvc metrics show` lists: report.HEADLINES)")
     args = parser.parse_args(argv)
     params = command_params(parser, args.params, STAGE, PackageParams)
     export_params = command_params(parser, args.params, "export", ExportParams)
@@ -358,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{STAGE}] ERROR: {err}", file=sys.stderr)
         return 1
     write_metrics(args.metrics, metrics)
+    write_headline(args.headline, STAGE, metrics)
     if metrics.get("status") == release.AWAITING:
         summary(STAGE, f"no accepted annotations yet: {args.out} says so (annotate, pull, then dvc repro)")
         return 0

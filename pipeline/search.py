@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from pipeline.core import schemas
 from pipeline.core.config import command_params
-from pipeline.core.report import summary, warn, write_metrics
+from pipeline.core.report import summary, warn, write_headline, write_metrics
 from pipeline.core.schemas import CANDIDATES, IMAGE_GROUPS
 from pipeline.embedding import store as embeddings
 from pipeline.mining.candidates import ROW_GROUP_ROWS, ids_digest
@@ -194,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--candidates", required=True, help="output candidates table")
     parser.add_argument("--groups", required=True, help="output image_groups table (near-duplicate groups, clusters)")
     parser.add_argument("--metrics", required=True)
+    parser.add_argument("--headline", help="output headline metrics JSON (what `dvc metrics show` lists: report.HEADLINES)")
     args = parser.parse_args(argv)
     params = command_params(parser, args.params, STAGE, SearchParams)
     if params.threads > 0:
@@ -243,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     random_init = [d["name"] for d in (clip_desc, dino_desc) if d.get("random_init")]
     metrics["random_init_encoders"] = random_init
     write_metrics(args.metrics, metrics)
+    write_headline(args.headline, STAGE, metrics)
     if random_init:
         warn(STAGE, f"candidates come from RANDOMLY INITIALISED encoders ({', '.join(random_init)})")
     summary(

@@ -80,6 +80,11 @@ def test_repro_runs_every_stage_once_reproducibly_and_reruns_only_what_a_param_t
     manifest = json.loads((dvc_repo / "data/release/manifest.json").read_text())
     assert manifest["status"] == "awaiting_annotations" and manifest["counts"]["pairs"] == 0
     assert json.loads((dvc_repo / "metrics/evaluate.json").read_text())["benchmark"]["pairs"] == 0
+    # `dvc metrics show` lists each stage's headline: flat scalars, one narrow table
+    shown = _run(_dvc("metrics", "show"), dvc_repo, stdout_only=True)
+    assert max(map(len, shown.splitlines())) <= 160, shown
+    for headline in (dvc_repo / "metrics" / "headline").iterdir():
+        assert all(isinstance(v, (int, float, str, bool)) for v in json.loads(headline.read_text()).values()), headline
 
     assert _ran(_run(_dvc("repro"), dvc_repo)) == set()
 

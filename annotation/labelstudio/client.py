@@ -9,9 +9,10 @@ from typing import Any
 import requests
 
 from annotation.labelstudio.server import LabelStudioParams, admin
+from pipeline.core.errors import ClipblindError
 
 
-class LabelStudioError(RuntimeError):
+class LabelStudioError(ClipblindError, RuntimeError):
     """Label Studio refused a request (`status` is its HTTP status) or could not be reached (`status` 0)."""
 
     def __init__(self, message: str, status: int = 0) -> None:

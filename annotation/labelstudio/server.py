@@ -33,6 +33,7 @@ from typing import Literal
 
 from pipeline.core.atomic import write_bytes
 from pipeline.core.config import Port, Positive, command_params, load_section
+from pipeline.core.errors import ClipblindError
 
 HOST = "127.0.0.1"  # never another interface: annotators reach it through an SSH tunnel if remote
 VENV_ENV = "CLIPBLIND_LABELSTUDIO_VENV"
@@ -40,7 +41,7 @@ SECRET_ENV = {"email": "CLIPBLIND_LS_EMAIL", "password": "CLIPBLIND_LS_PASSWORD"
 POSTGRES_ENV = ("POSTGRE_NAME", "POSTGRE_USER", "POSTGRE_PASSWORD", "POSTGRE_HOST", "POSTGRE_PORT")
 
 
-class ServerError(RuntimeError):
+class ServerError(ClipblindError, RuntimeError):
     """The Label Studio server cannot be started, reached or stopped as asked."""
 
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.commands import tag as git_tag
+from pipeline.core.errors import ClipblindError
 from pipeline.core.hub import HUB_HOST, hub_reachable
 from pipeline.core.report import summary
 from pipeline.release import folder as release
@@ -28,7 +29,7 @@ STAGE = "publish"
 TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 
-class PublishError(RuntimeError):
+class PublishError(ClipblindError, RuntimeError):
     """A release cannot be published now; the message says why and what to do."""
 
 

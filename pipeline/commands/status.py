@@ -1,4 +1,4 @@
-"""status: what the pipeline has produced so far, read from dvc.yaml and the metrics it declares.
+"""status: what the pipeline has produced so far, read from dvc.yaml and the stages' metrics records.
 
 Prints, per stage, whether its outputs exist and its headline counts, then what to do next, from
 the state the metrics and the release record show: run the pipeline; annotate; verify or adjudicate
@@ -40,6 +40,14 @@ def stage_outputs(stage: dict[str, Any]) -> tuple[list[str], list[str]]:
     return paths(stage.get("outs", [])), paths(stage.get("metrics", []))
 
 
+def stage_records(stage: dict[str, Any]) -> list[str]:
+    """The paths of a stage's full metrics records: its uncached JSON outs (the declared metrics hold
+    only the headline, report.HEADLINES)."""
+    return [path for entry in stage.get("outs", []) if isinstance(entry, dict)
+            for path, options in entry.items()
+            if path.endswith(".json") and (options or {}).get("cache") is False]
+
+
 def report(dvc_yaml: Path) -> list[str]:
     """Lines describing each stage's outputs and metrics."""
     stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
@@ -51,7 +59,7 @@ def report(dvc_yaml: Path) -> list[str]:
         missing = [o for o in outs if not (root / o).exists()]
         state = "missing " + ", ".join(missing) if missing else "ok"
         counts = []
-        for metrics_path in metrics:
+        for metrics_path in stage_records(stage):
             path = root / metrics_path
             if path.exists():
                 data = json.loads(path.read_text())
@@ -65,8 +73,8 @@ def report(dvc_yaml: Path) -> list[str]:
 
 
 def _stage_metrics(root: Path, stage: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The first metrics JSON a stage declares, if it exists."""
-    for metrics_path in stage_outputs(stage or {})[1]:
+    """The first metrics record a stage writes, if it exists."""
+    for metrics_path in stage_records(stage or {}):
         if (root / metrics_path).exists():
             return json.loads((root / metrics_path).read_text())
     return None

@@ -24,10 +24,12 @@ from typing import Annotated, Any, TypeVar
 
 import yaml
 
+from pipeline.core.errors import ClipblindError
+
 T = TypeVar("T")
 
 
-class ParamsError(ValueError):
+class ParamsError(ClipblindError, ValueError):
     """params.yaml does not match what a stage expects."""
 
 

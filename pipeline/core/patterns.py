@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from pipeline.core.errors import ClipblindError
+
 
 @dataclass(frozen=True)
 class Pattern:
@@ -52,7 +54,7 @@ MMVP_SCRIPT_CATEGORIES: tuple[str, ...] = tuple(p.mmvp_script for p in PATTERNS)
 ANSWERS: tuple[str, str] = ("(a)", "(b)")
 
 
-class PatternError(ValueError):
+class PatternError(ClipblindError, ValueError):
     """A name that is none of the nine patterns' spellings."""
 
 

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.core.atomic import atomic_path
+from pipeline.core.errors import ClipblindError
 
 SCHEMA_VERSION = "1"
 _META_KIND = b"clipblind.table"
@@ -25,7 +26,7 @@ _META_VERSION = b"clipblind.schema_version"
 _META_EXTRA = b"clipblind.meta"
 
 
-class SchemaError(ValueError):
+class SchemaError(ClipblindError, ValueError):
     """A table on disk does not match the schema its stage expects."""
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.core.errors import ClipblindError
 from pipeline.embedding import store as embeddings
 from pipeline.embedding.encoders import library_versions
 from pipeline.params import EncoderParams
@@ -29,7 +30,7 @@ from pipeline.params import EncoderParams
 DEFAULT_PATH_COLUMN = "image_path"
 
 
-class ClipRetrievalError(ValueError):
+class ClipRetrievalError(ClipblindError, ValueError):
     """A clip-retrieval output folder is missing files or does not fit together."""
 
 

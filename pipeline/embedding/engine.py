@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.errors import ClipblindError
 from pipeline.core.report import progress, warn
 from pipeline.embedding import store as embeddings
 from pipeline.embedding.encoders import Encoder
@@ -20,7 +21,7 @@ from pipeline.images.decode import DecodeError, decode, rules_digest
 from pipeline.params import EmbedParams
 
 
-class EmbedFailure(RuntimeError):
+class EmbedFailure(ClipblindError, RuntimeError):
     """Images that ingest accepted could not be embedded; the message names them and the fix."""
 
 

@@ -7,10 +7,11 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.errors import ClipblindError
 from pipeline.params import Threshold, _spec
 
 
-class ThresholdError(ValueError):
+class ThresholdError(ClipblindError, ValueError):
     """A threshold cannot be resolved from the candidates the search kept."""
 
 

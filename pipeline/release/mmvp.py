@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.core.errors import ClipblindError
 from pipeline.core.patterns import ANSWERS
 
 MMVP_DIR = "mmvp"
@@ -88,7 +89,7 @@ def vlm_image_path(question_id: int, vlm_type: str) -> str:
     return f"{VLM_IMAGES}/{vlm_type}/{question_id}.jpg"
 
 
-class LayoutError(ValueError):
+class LayoutError(ClipblindError, ValueError):
     """A folder does not hold a readable MMVP or MMVP-VLM layout."""
 
 

@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
+from pipeline.core.errors import ClipblindError
 from pipeline.images.decode import BACKGROUND, decode
 from pipeline.params import VlmParams
 
@@ -36,7 +37,7 @@ def build_prompt(question: str, option_a: str, option_b: str) -> str:
     return PROMPT.format(question=question.strip(), option_a=option_a.strip(), option_b=option_b.strip())
 
 
-class BackendError(RuntimeError):
+class BackendError(ClipblindError, RuntimeError):
     """A model could not be loaded or did not answer."""
 
 
