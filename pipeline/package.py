@@ -12,7 +12,7 @@ unreleased (`<next>-dev`, manifest `release.todo` says what to do) until `packag
 bumped and the CHANGELOG names every change; `tag` and `publish` refuse it until then.
 Outputs: the release folder (see `pipeline.release.folder`): Hugging Face parquet with embedded
 images and a card, MMVP and MMVP-VLM layouts, webdataset shards, withheld-image list and
-fetch script, manifest.json, CHANGELOG.md, SHA256SUMS.
+fetch script (`pipeline.release.withheld`), manifest.json, CHANGELOG.md, SHA256SUMS.
 Metrics: inputs, packaged, rejected, rejected_by_reason (closed set `PackageReject`), items,
 images_withheld, version, status (releasable | unreleased | awaiting_annotations), todo,
 pending_changes, random_init_encoders; packaged + rejected == inputs (pairs).
@@ -40,6 +40,7 @@ from pipeline.images.decode import DecodeError
 from pipeline.params import ExportParams, IngestParams, PackageParams
 from pipeline.release import card
 from pipeline.release import folder as release
+from pipeline.release.encoding import encoding_record
 from pipeline.release.versions import VersionPlan, plan_version
 from pipeline.vlm.gate_rules import GateDecision, image_encoder
 
@@ -202,12 +203,7 @@ def provenance(pairs_meta: Mapping[str, Any], mine_metrics: Mapping[str, Any], i
             "pairs_accepted_by_annotation": accepted_rows,
         },
         "annotation": {k: annotation.get(k) for k in schemas.ACCEPT_FIGURES},
-        "image_encoding": {
-            "decode": "canonical (EXIF-upright 8-bit RGB)",
-            "max_side": export_params.display_max_side,
-            "jpeg_quality": export_params.jpeg_quality,
-            "max_pixels": max_pixels,
-        },
+        "image_encoding": encoding_record(export_params, max_pixels),
     }
 
 
@@ -370,28 +366,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for step in metrics["todo"]:
         warn(STAGE, f"unreleased build; to release it: {step}")
-    return 0
-
-
-def fetch_main(release_dir: Path, argv: Sequence[str]) -> int:
-    """`fetch_images.py --root SOURCE=PATH_OR_URL`: fetch a release's withheld images into place."""
-    parser = argparse.ArgumentParser(prog="fetch_images.py", description="fetch this release's withheld images")
-    parser.add_argument("--root", action="append", default=[], metavar="SOURCE=PATH_OR_URL", required=True)
-    args = parser.parse_args(argv)
-    roots = {}
-    for value in args.root:
-        name, sep, where = value.partition("=")
-        if not sep:
-            parser.error(f"--root {value!r}: write SOURCE=PATH_OR_URL (sources: see withheld.csv)")
-        roots[name] = where
-    encoding = release.read_manifest(release_dir)["provenance"]["image_encoding"]
-    export_params = ExportParams(display_max_side=encoding["max_side"], jpeg_quality=encoding["jpeg_quality"])
-    try:
-        counts = release.fetch_withheld(release_dir, roots, image_encoder(export_params, encoding["max_pixels"]))
-    except release.FetchError as err:
-        print(err)
-        return 1
-    print(f"fetched {counts.get('fetched', 0)} withheld images into {release_dir}")
     return 0
 
 

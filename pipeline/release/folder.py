@@ -39,17 +39,16 @@ import pyarrow.parquet as pq
 from pipeline.core import patterns
 from pipeline.core.atomic import write_bytes
 from pipeline.core.errors import ClipblindError
-from pipeline.release import mmvp
+from pipeline.release import mmvp, withheld
+from pipeline.release.withheld import MANIFEST, WITHHELD, WITHHELD_HEADER
 
 SPLIT = "test"
 PARQUET_PATH = f"data/{SPLIT}-00000-of-00001.parquet"
 WEBDATASET_DIR = "webdataset"
-MANIFEST = "manifest.json"
 CHANGELOG = "CHANGELOG.md"
 CARD = "README.md"
 SUMS = "SHA256SUMS"
-WITHHELD = "withheld.csv"
-FETCH_SCRIPT = "fetch_images.py"
+FETCH_SCRIPT = "fetch_images.py"  # pipeline/release/withheld.py, copied byte for byte
 # Fixed tar member metadata: the same items give the same tar bytes on any machine.
 TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z
 MEMBERS = ("a", "b")
@@ -463,10 +462,10 @@ def render_release(
     files[PARQUET_PATH], arrow_bytes = _parquet_bytes(ordered)
     files.update(_webdataset_files(ordered, shard_size))
     files.update(_mmvp_files(ordered))
-    withheld = [i for i in ordered if not i["redistributed"]]
-    if withheld:
-        files[WITHHELD] = _withheld_csv(withheld)
-        files[FETCH_SCRIPT] = _FETCH_SCRIPT.encode()
+    withheld_items = [i for i in ordered if not i["redistributed"]]
+    if withheld_items:
+        files[WITHHELD] = _withheld_csv(withheld_items)
+        files[FETCH_SCRIPT] = Path(withheld.__file__).read_bytes()
     manifest = {
         "name": spec.name,
         "version": spec.version,
@@ -485,7 +484,7 @@ def render_release(
             "mmvp_vlm_pairs_per_pattern": spec.mmvp_vlm_pairs_per_pattern,  # 0: every pair with statements
             "webdataset_shard_size": shard_size,
             "huggingface_num_bytes": arrow_bytes,
-            "withheld": WITHHELD if withheld else None,
+            "withheld": WITHHELD if withheld_items else None,
         },
         "citation": spec.citation,
     }
@@ -619,9 +618,6 @@ def _mmvp_files(items: Sequence[Mapping[str, Any]]) -> dict[str, bytes]:
     return files
 
 
-WITHHELD_HEADER = ("item_id", "source_sha256", "source", "source_path", "source_license", "targets")
-
-
 def withheld_targets(item: Mapping[str, Any]) -> list[str]:
     """Where a withheld image belongs in the release once fetched."""
     targets = [f"{mmvp.MMVP_DIR}/{mmvp.mmvp_image_path(item['mmvp_index'])}"]
@@ -638,7 +634,7 @@ def _withheld_csv(items: Sequence[Mapping[str, Any]]) -> bytes:
     writer.writerow(WITHHELD_HEADER)
     for i in items:
         writer.writerow([i["item_id"], i["source_sha256"], i["source"], i["source_path"], i["source_license"] or "",
-                         ";".join(withheld_targets(i))])
+                         withheld.TARGET_SEPARATOR.join(withheld_targets(i))])
     return out.getvalue().encode()
 
 
@@ -867,91 +863,12 @@ def verify(release_dir: str | Path) -> VerifyReport:
 def _withheld_target_paths(root: Path) -> set[str]:
     import csv
 
-    path = root / WITHHELD
-    if not path.exists():
+    if not (root / WITHHELD).exists():
         return set()
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-        return {t for r in rows for t in (r.get("targets") or "").split(";") if t} | {
-            f"withheld/{r['source_sha256']}" for r in rows if r.get("source_sha256")
-        }
+        return withheld.expected_paths(withheld.read_rows(root))
     except (UnicodeDecodeError, csv.Error, KeyError):
         return set()  # a damaged withheld.csv is reported by its own checksum
-
-
-# ---------------------------------------------------------------- withheld images
-
-
-class FetchError(ClipblindError, RuntimeError):
-    """A withheld image could not be fetched, or its bytes do not match the release."""
-
-
-def fetch_withheld(release_dir: str | Path, roots: Mapping[str, str], encode: Callable[[bytes], bytes]) -> dict[str, int]:
-    """Fetch withheld images from their sources into the release, checking each sha256.
-
-    `roots` maps a source name to a folder or an http(s) base URL; `encode` turns the
-    original bytes into the released image bytes (the canonical decode and JPEG encoding).
-    """
-    import csv
-    import urllib.request
-
-    root = Path(release_dir)
-    with open(root / WITHHELD, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    counts = Counter[str]()
-    errors = []
-    for row in rows:
-        base = roots.get(row["source"])
-        if base is None:
-            counts["no_root"] += 1
-            errors.append(f"{row['item_id']}: no root given for source {row['source']!r} (--root {row['source']}=PATH_OR_URL)")
-            continue
-        try:
-            if base.startswith(("http://", "https://")):
-                with urllib.request.urlopen(base.rstrip("/") + "/" + row["source_path"], timeout=60) as response:
-                    data = response.read()
-            else:
-                data = (Path(base) / row["source_path"]).read_bytes()
-        except OSError as err:
-            counts["unreadable"] += 1
-            errors.append(f"{row['item_id']}: {row['source_path']}: {err}")
-            continue
-        if sha256_hex(data) != row["source_sha256"]:
-            counts["sha256_mismatch"] += 1
-            errors.append(f"{row['item_id']}: {row['source_path']} has other bytes than the released sha256 {row['source_sha256']} of its source file")
-            continue
-        write_bytes(root / "withheld" / row["source_sha256"], data)
-        image = encode(data)
-        for target in row["targets"].split(";"):
-            write_bytes(root / target, image)
-        counts["fetched"] += 1
-    if errors:
-        raise FetchError(f"{len(errors)} of {len(rows)} withheld images not fetched:\n  " + "\n  ".join(errors))
-    return dict(counts)
-
-
-_FETCH_SCRIPT = '''#!/usr/bin/env python3
-"""Fetch this release's withheld images (their licences forbid redistributing the bytes).
-
-usage: python fetch_images.py --root SOURCE=PATH_OR_URL [--root ...]
-
-Each image listed in withheld.csv is read from its source, checked against the released
-sha256, and placed into the MMVP layouts with the same canonical decode the release used.
-Needs the clipblind package (pip install clipblind).
-"""
-import argparse
-import sys
-from pathlib import Path
-
-try:
-    from pipeline.package import fetch_main
-except ImportError:
-    sys.exit("fetch_images.py needs the clipblind package: pip install clipblind")
-
-if __name__ == "__main__":
-    sys.exit(fetch_main(Path(__file__).resolve().parent, sys.argv[1:]))
-'''
 
 
 def write_verify_report(report: VerifyReport, print_line: Callable[[str], None]) -> None:
