@@ -1,8 +1,9 @@
 """The dataset card: README.md with Hugging Face YAML metadata, rendered from a jinja2 template.
 
 The metadata block (configs, dataset_info features, license, task_categories,
-size_categories) is built here from the release's manifest and `release.FEATURES_SPEC`, so
-it always matches the parquet; the prose comes from the template in `data_cards/`.
+size_categories) is a `huggingface_hub.DatasetCardData` built here from the release's manifest;
+`datasets` writes its dataset_info from the same `release.features()` that typed the parquet,
+so it always matches the parquet. The prose comes from the template in `data_cards/`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from datasets import DatasetInfo, SplitDict, SplitInfo
+from datasets.info import DatasetInfosDict
+from huggingface_hub import DatasetCardData
 
 from pipeline.core import patterns
 from pipeline.release import folder as release
@@ -51,32 +55,39 @@ def hub_license(counts: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def metadata(manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """The card's YAML metadata for a release manifest."""
+# The order of the card's metadata keys (the Hub reads any order; a stable one keeps the card's bytes stable).
+METADATA_ORDER = ("pretty_name", "license", "license_name", "license_details", "language", "task_categories",
+                  "size_categories", "annotations_creators", "tags", "configs", "dataset_info")
+CONFIG = "default"
+
+
+def metadata(manifest: Mapping[str, Any]) -> DatasetCardData:
+    """The card's metadata for a release manifest."""
     counts = manifest["counts"]
-    return {
-        "pretty_name": manifest["pretty_name"],
+    num_bytes = manifest["layouts"]["huggingface_num_bytes"]
+    data = DatasetCardData(
+        pretty_name=manifest["pretty_name"],
+        language=["en"],
+        task_categories=["visual-question-answering", "zero-shot-image-classification"],
+        size_categories=[size_category(counts["items"])],
+        annotations_creators=["expert-generated"],
+        tags=["mmvp", "clip-blind", "benchmark", "visual-patterns"],
+        configs=[{"config_name": CONFIG, "data_files": [{"split": release.SPLIT, "path": release.PARQUET_PATH}]}],
         **hub_license(counts),
-        "language": ["en"],
-        "task_categories": ["visual-question-answering", "zero-shot-image-classification"],
-        "size_categories": [size_category(counts["items"])],
-        "annotations_creators": ["expert-generated"],
-        "tags": ["mmvp", "clip-blind", "benchmark", "visual-patterns"],
-        "configs": [
-            {
-                "config_name": "default",
-                "data_files": [{"split": release.SPLIT, "path": release.PARQUET_PATH}],
-            }
-        ],
-        # Features from the same spec that typed the parquet; `_to_yaml_list` is how the
-        # Hub spells them in card metadata.
-        "dataset_info": {
-            "features": release.features()._to_yaml_list(),
-            "splits": [{"name": release.SPLIT, "num_bytes": manifest["layouts"]["huggingface_num_bytes"],
-                        "num_examples": counts["items"]}],
-            "dataset_size": manifest["layouts"]["huggingface_num_bytes"],
-        },
-    }
+    )
+    split = SplitInfo(name=release.SPLIT, num_bytes=num_bytes, num_examples=counts["items"])
+    info = DatasetInfo(features=release.features(), splits=SplitDict({release.SPLIT: split}), dataset_size=num_bytes)
+    DatasetInfosDict({CONFIG: info}).to_dataset_card_data(data)
+    return data
+
+
+def metadata_yaml(manifest: Mapping[str, Any]) -> str:
+    """The card's YAML metadata block (without its `---` fences) for a release manifest."""
+    fields = metadata(manifest).to_dict()
+    ordered = {key: fields[key] for key in METADATA_ORDER if key in fields}
+    ordered.update((key, value) for key, value in fields.items() if key not in ordered)
+    # DatasetCardData.to_yaml folds values at 80 characters; the card keeps each value on one line
+    return yaml.safe_dump(ordered, sort_keys=False, allow_unicode=True, width=1000)
 
 
 def renderer(template_path: str | Path = DEFAULT_TEMPLATE) -> Callable[[Mapping[str, Any], str], str]:
@@ -98,7 +109,7 @@ def renderer(template_path: str | Path = DEFAULT_TEMPLATE) -> Callable[[Mapping[
     template = env.get_template(path.name)
 
     def render(manifest: Mapping[str, Any], changelog: str) -> str:
-        meta = yaml.safe_dump(metadata(manifest), sort_keys=False, allow_unicode=True, width=1000)
+        meta = metadata_yaml(manifest)
         body = changelog.split("\n", 1)[1].strip() if changelog.startswith("# ") else changelog
         # versions sit one heading level below the card's "Changelog" section
         changelog_body = "\n".join("#" + line if line.startswith("## ") else line for line in body.splitlines())
