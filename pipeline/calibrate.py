@@ -22,7 +22,7 @@ import numpy as np
 from pipeline.core import schemas
 from pipeline.core.config import command_params
 from pipeline.core.report import summary, write_headline, write_metrics
-from pipeline.mining.candidates import read_candidates
+from pipeline.mining.candidates import CandidatesMeta, read_candidates
 from pipeline.mining.plots import write_plots
 from pipeline.mining.thresholds import ThresholdError, resolve_clip_threshold, resolve_dino_threshold
 from pipeline.params import CalibrateParams, MineParams, Threshold
@@ -43,9 +43,9 @@ def threshold_grid(clip: np.ndarray, dino: np.ndarray, clip_grid: Sequence[float
     return out
 
 
-def quantiles(clip: np.ndarray, meta: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+def quantiles(clip: np.ndarray, meta: CandidatesMeta) -> dict[str, dict[str, float | None]]:
     """Quantiles over all pairs: CLIP exact from the candidates where they reach, else null; DINOv2 from the sample."""
-    sample = meta["sample"]
+    sample = meta.sample
     report: dict[str, dict[str, float | None]] = {"clip_exact": {}, "clip_sampled": {}, "dino_sampled": {}}
     for q in REPORTED_QUANTILES:
         key = f"{q:g}"
@@ -53,15 +53,15 @@ def quantiles(clip: np.ndarray, meta: dict[str, Any]) -> dict[str, dict[str, flo
             report["clip_exact"][key] = round(resolve_clip_threshold(Threshold(quantile=q), clip, meta), 6)
         except ThresholdError:
             report["clip_exact"][key] = None
-        if sample["clip"]:
-            report["clip_sampled"][key] = round(float(np.interp(q, sample["grid"], sample["clip"])), 6)
-            report["dino_sampled"][key] = round(float(np.interp(q, sample["grid"], sample["dino"])), 6)
+        if sample.clip:
+            report["clip_sampled"][key] = round(float(np.interp(q, sample.grid, sample.clip)), 6)
+            report["dino_sampled"][key] = round(float(np.interp(q, sample.grid, sample.dino)), 6)
     return report
 
 
-def calibrate(clip: np.ndarray, dino: np.ndarray, meta: dict[str, Any], params: CalibrateParams, mine_params: MineParams) -> dict[str, Any]:
+def calibrate(clip: np.ndarray, dino: np.ndarray, meta: CandidatesMeta, params: CalibrateParams, mine_params: MineParams) -> dict[str, Any]:
     """The calibration report of a candidates table."""
-    recall = float(meta["search"]["recall_clip_threshold"])
+    recall = meta.recall_clip_threshold
     try:
         chosen: dict[str, Any] = {
             "clip": resolve_clip_threshold(mine_params.clip_threshold, clip, meta),
@@ -71,16 +71,16 @@ def calibrate(clip: np.ndarray, dino: np.ndarray, meta: dict[str, Any], params: 
         chosen = {"clip": None, "dino": None, "error": str(err)}
     return {
         "candidates": int(len(clip)),
-        "pairs_possible": int(meta["search"]["pairs_possible"]),
+        "pairs_possible": meta.pairs_possible,
         "recall_clip_threshold": recall,
-        "near_duplicates_dropped": int(meta["search"]["near_duplicates_dropped"]),
+        "near_duplicates_dropped": meta.near_duplicates_dropped,
         "grid": {
             "clip": list(params.clip_grid),
             "dino": list(params.dino_grid),
             "pairs": threshold_grid(clip, dino, params.clip_grid, params.dino_grid, recall),
         },
         "quantiles": quantiles(clip, meta),
-        "sample_pairs": int(meta["sample"]["pairs"]),
+        "sample_pairs": meta.sample.pairs,
         "thresholds": chosen,
     }
 

@@ -29,7 +29,7 @@ import pyarrow as pa
 from pipeline.core import schemas
 from pipeline.core.config import command_params
 from pipeline.core.report import summary, warn, write_headline, write_metrics
-from pipeline.mining.candidates import read_candidates, read_groups
+from pipeline.mining.candidates import CandidatesMeta, read_candidates, read_groups
 from pipeline.mining.selection import select_pairs
 from pipeline.mining.thresholds import ThresholdError, describe, resolve_clip_threshold, resolve_dino_threshold
 from pipeline.params import MineParams
@@ -37,10 +37,10 @@ from pipeline.params import MineParams
 STAGE = "mine"
 
 
-def check_guard(dino_threshold: float, meta: dict[str, Any]) -> None:
+def check_guard(dino_threshold: float, meta: CandidatesMeta) -> None:
     """Refuse a DINOv2 threshold that near-duplicates dropped by the search could have passed."""
-    guard_dino = float(meta["near_duplicate"]["dino"])
-    if dino_threshold > guard_dino and int(meta["search"]["near_duplicates_dropped"]) > 0:
+    guard_dino = meta.near_duplicate.dino
+    if dino_threshold > guard_dino and meta.near_duplicates_dropped > 0:
         raise ThresholdError(
             f"mine.dino_threshold {dino_threshold} is above search.near_duplicate.dino {guard_dino}: pairs the "
             "near-duplicate guard dropped could pass it; raise the guard above the threshold and rerun the search"
@@ -48,7 +48,7 @@ def check_guard(dino_threshold: float, meta: dict[str, Any]) -> None:
 
 
 def mine(
-    image_ids: Sequence[str], candidates: pa.Table, meta: dict[str, Any], params: MineParams, groups: pa.Table | None = None
+    image_ids: Sequence[str], candidates: pa.Table, meta: CandidatesMeta, params: MineParams, groups: pa.Table | None = None
 ) -> tuple[pa.Table, dict[str, Any]]:
     """CLIP-blind pairs among the candidates, after thresholds and selection; the pairs table and funnel metrics.
 
@@ -84,14 +84,14 @@ def mine(
         duplicate_group = dict(zip(ids[rows].tolist(), groups.column("duplicate_group").to_pylist()))
         cluster = dict(zip(ids[rows].tolist(), groups.column("cluster").to_pylist()))
     table, select_metrics = select_pairs(thresholded, params.select, duplicate_group, cluster)
-    search = meta["search"]
+    search = meta.search
     metrics = {
         "images": len(image_ids),
-        "pairs_possible": int(search["pairs_possible"]),
+        "pairs_possible": meta.pairs_possible,
         "search": "exhaustive" if search["mode"] == "exact" else search["mode"],
-        "recall_clip_threshold": float(search["recall_clip_threshold"]),
+        "recall_clip_threshold": meta.recall_clip_threshold,
         "candidates": candidates.num_rows,
-        "near_duplicates_dropped": int(search["near_duplicates_dropped"]),
+        "near_duplicates_dropped": meta.near_duplicates_dropped,
         "clip_rejected": int((~above).sum()),  # candidates at or below the CLIP threshold
         "clip_candidates": int(above.sum()),
         "dino_rejected": int((above & ~passing).sum()),
@@ -126,13 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         table, metrics = mine(image_ids, candidates, meta, params, groups)
     except ThresholdError as err:
         raise SystemExit(f"clipblind mine: {err}") from None
-    encoders = meta.get("encoders", {})
+    encoders = meta.encoders
     random_init = [d["name"] for d in encoders.values() if d.get("random_init")]
     metrics["random_init_encoders"] = random_init
     if random_init:
         warn(STAGE, f"pairs come from RANDOMLY INITIALISED encoders ({', '.join(random_init)})")
     # The data card states how the pairs were searched (exact, or partitioned with its measured recall).
-    pairs_meta = {"encoders": encoders, "search_details": meta["search"],
+    pairs_meta = {"encoders": encoders, "search_details": meta.search,
                   **{k: metrics[k] for k in ("search", "clip_threshold", "dino_threshold")}}
     schemas.write_table(table, args.pairs, "pairs", meta=pairs_meta)
     write_metrics(args.metrics, metrics)

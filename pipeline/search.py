@@ -38,7 +38,13 @@ from pipeline.core.config import command_params
 from pipeline.core.report import summary, warn, write_headline, write_metrics
 from pipeline.core.schemas import CANDIDATES, IMAGE_GROUPS
 from pipeline.embedding import store as embeddings
-from pipeline.mining.candidates import ROW_GROUP_ROWS, ids_digest
+from pipeline.mining.candidates import (
+    ROW_GROUP_ROWS,
+    SEARCH_FIELDS,
+    CandidatesMeta,
+    SimilaritySample,
+    ids_digest,
+)
 from pipeline.mining.partitions import RECALL_FIELDS, partitioned_pairs, recall_against_exact, recall_rows
 from pipeline.mining.tiles import PairChunk, SearchCounts, exact_pairs, pair_similarity
 from pipeline.params import SearchParams
@@ -230,15 +236,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics.update(recall_against_exact(clip, PairChunk.concat(watched), watch_rows, params.recall_clip_threshold,
                                                 params.block_size, params.device, params.partition.recall_sample_rows))
         clip_sample, dino_sample = sample_similarities(clip, dino, params.sample_pairs, params.seed)
-        writer.meta = {
-            "images_sha256": ids_digest(image_ids),
-            "encoders": {"clip": clip_desc, "dino": dino_desc},
-            "search": {k: metrics[k] for k in ("images", "pairs_possible", "mode", "recall_clip_threshold", "candidates",
-                                                "near_duplicates_dropped", "dot_products", *RECALL_FIELDS) if k in metrics},
-            "near_duplicate": {"clip": params.near_duplicate.clip, "dino": params.near_duplicate.dino},
-            "sample": {"pairs": int(len(clip_sample)), "seed": params.seed, "grid": [float(q) for q in QUANTILE_GRID],
-                       "clip": quantile_table(clip_sample), "dino": quantile_table(dino_sample)},
-        }
+        writer.meta = CandidatesMeta(
+            images_sha256=ids_digest(image_ids),
+            encoders={"clip": clip_desc, "dino": dino_desc},
+            search={k: metrics[k] for k in (*SEARCH_FIELDS, *RECALL_FIELDS) if k in metrics},
+            near_duplicate=params.near_duplicate,
+            sample=SimilaritySample(pairs=int(len(clip_sample)), seed=params.seed, grid=tuple(float(q) for q in QUANTILE_GRID),
+                                    clip=tuple(quantile_table(clip_sample)), dino=tuple(quantile_table(dino_sample))),
+        ).to_footer()
     clusters = kmeans_labels(clip, params.clusters, params.seed)[1] if n else np.zeros(0, np.int64)
     schemas.write_table(image_groups(groups, clusters), args.groups, "image_groups", meta={"images_sha256": ids_digest(image_ids)})
     random_init = [d["name"] for d in (clip_desc, dino_desc) if d.get("random_init")]

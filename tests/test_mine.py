@@ -183,7 +183,7 @@ def test_a_corpus_full_of_near_duplicates_is_guarded_and_grouped(world):
     clip[20:80], dino[20:80] = clip[3], dino[3]  # 61 copies of image 3
     clip[90], dino[90] = _with_cosine(clip[3], 0.97, rng), _with_cosine(dino[3], 0.2, rng)  # one CLIP-blind partner
     ids, candidates, meta, groups = world(clip.astype(np.float16), dino.astype(np.float16))
-    assert meta["search"]["near_duplicates_dropped"] == 61 * 60 // 2
+    assert meta.near_duplicates_dropped == 61 * 60 // 2
     group = dict(zip(groups.column("row").to_pylist(), groups.column("duplicate_group").to_pylist()))
     assert {group[r] for r in [3, *range(20, 80)]} == {3}
     table, metrics = mine.mine(ids, candidates, meta, MineParams(0.95, 0.6), groups)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.atomic import atomic_path
+from pipeline.mining.candidates import CandidatesMeta
 
 SCATTER_FILE = "clip_vs_dino.png"
 HISTOGRAM_FILE = "similarity_histograms.png"
@@ -34,13 +35,13 @@ def _save(fig: Any, path: Path) -> None:
 
 
 def write_plots(
-    directory: Path, clip: np.ndarray, dino: np.ndarray, meta: Mapping[str, Any], thresholds: Mapping[str, Any],
+    directory: Path, clip: np.ndarray, dino: np.ndarray, meta: CandidatesMeta, thresholds: Mapping[str, Any],
     max_points: int, seed: int,
 ) -> list[Path]:
     """Write the scatter and histogram PNGs into `directory`; return their paths."""
     plt = _pyplot()
     directory.mkdir(parents=True, exist_ok=True)
-    recall = float(meta["search"]["recall_clip_threshold"])
+    recall = meta.recall_clip_threshold
     t_clip, t_dino = thresholds.get("clip"), thresholds.get("dino")
 
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
@@ -63,13 +64,13 @@ def write_plots(
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    sample = meta["sample"]
     for ax, name, values, line in ((axes[0], "clip", clip, t_clip), (axes[1], "dino", dino, t_dino)):
+        sampled = getattr(meta.sample, name)
         bins = np.linspace(-1.0, 1.0, 101)
-        if sample[name]:
+        if sampled:
             # the all-pairs distribution as its 1001 sampled quantiles, each holding 1/1000 of the pairs
-            ax.hist(sample[name], bins=bins, weights=np.full(len(sample[name]), 1.0 / len(sample[name])),
-                    alpha=0.6, color="#8c8c8c", label=f"all pairs (sample of {sample['pairs']:,})")
+            ax.hist(sampled, bins=bins, weights=np.full(len(sampled), 1.0 / len(sampled)),
+                    alpha=0.6, color="#8c8c8c", label=f"all pairs (sample of {meta.sample.pairs:,})")
         if len(values):
             ax.hist(values, bins=bins, weights=np.full(len(values), 1.0 / len(values)), alpha=0.6, color="#4c72b0",
                     label=f"candidates ({len(values):,})")

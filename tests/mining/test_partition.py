@@ -189,7 +189,7 @@ def test_search_stage_reports_recall_with_its_interval(world, tmp_path):  # noqa
     assert low <= metrics["recall_against_exact"] <= high
     assert metrics["recall_sample_sufficient"] == tells_apart((low, high))
     meta = read_candidates(tmp_path / "candidates.parquet", [f"{k:04d}" for k in range(len(clip))])[1]
-    assert {k: meta["search"][k] for k in RECALL_FIELDS} == {k: metrics[k] for k in RECALL_FIELDS}
+    assert {k: meta.search[k] for k in RECALL_FIELDS} == {k: metrics[k] for k in RECALL_FIELDS}
 
 
 @pytest.mark.slow
@@ -209,7 +209,7 @@ def test_card_states_the_recall_with_its_interval_and_when_the_sample_is_too_sma
         world(clip, dino, {"mode": "partitioned", "recall_clip_threshold": 0.9,
                            "partition": {"partitions": 4, "probes": 1, "train_size": 1000, "iterations": 10,
                                          "recall_sample_rows": rows, "recall_max_rows": rows}})
-        details = read_candidates(tmp_path / "candidates.parquet", ids)[1]["search"]  # what mine passes on
+        details = read_candidates(tmp_path / "candidates.parquet", ids)[1].search  # what mine passes on
         schemas.write_table(pairs_table, inputs["pairs"], "pairs",
                             meta={**pairs_meta, "search": "partitioned", "search_details": details})
         out = tmp_path / name
