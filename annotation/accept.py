@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from annotation import adjudication, results
 from annotation.snapshot import read_snapshot
-from annotation.tables import INVALID_REASONS, OUTCOME_REASONS, OUTCOMES
+from annotation.tables import INVALID_REASONS, OUTCOME_REASONS
 from pipeline.core import patterns, schemas
 from pipeline.core.atomic import write_bytes
 from pipeline.core.config import command_params
@@ -166,7 +166,7 @@ def accept(
             "verifier_answers_a": [a.answer_a for a in mine], "verifier_answers_b": [a.answer_b for a in mine],
         })
     accepted_table = pa.Table.from_pylist(sorted(accepted, key=lambda r: r["pair_id"]), schema=schemas.ACCEPTED)
-    outcomes_table = pa.Table.from_pylist(sorted(outcomes, key=lambda r: r["question_id"]), schema=OUTCOMES)
+    outcomes_table = pa.Table.from_pylist(sorted(outcomes, key=lambda r: r["question_id"]), schema=schemas.OUTCOMES)
     per_pattern_accepted = Counter(r["pattern"] for r in accepted)
 
     def accuracy(t: list[int]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 
-import annotation.tables  # also registers the table kinds `--correct` reads (annotations, question_outcomes)
+import annotation.tables
 from pipeline.core import schemas
 from pipeline.core.atomic import write_bytes
 from pipeline.core.errors import ClipblindError

@@ -24,7 +24,7 @@ import pyarrow as pa
 from annotation import results
 from annotation.adjudication import formula_like
 from annotation.snapshot import read_snapshot
-from annotation.tables import ANNOTATIONS, INVALID_REASONS
+from annotation.tables import INVALID_REASONS
 from pipeline.core import patterns, schemas
 from pipeline.core.config import command_params
 from pipeline.core.report import progress, summary, write_headline, write_metrics
@@ -114,7 +114,7 @@ def validate(snapshot: dict[str, Any], pairs: pa.Table, params: ValidateParams) 
                 "detail": detail,
             })
     rows.sort(key=lambda r: (r["pair_id"], r["annotation_id"]))
-    return pa.Table.from_pylist(rows, schema=ANNOTATIONS)
+    return pa.Table.from_pylist(rows, schema=schemas.ANNOTATIONS)
 
 
 def metrics_of(table: pa.Table) -> dict[str, Any]:

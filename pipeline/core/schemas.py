@@ -249,3 +249,44 @@ GATE = register(
         ]
     ),
 )
+
+
+# Questions the validate stage read from the writing snapshot, valid or not (one row per annotation).
+# Patterns are stored as their stable key (pipeline.core.patterns.Pattern.key), never a display name.
+ANNOTATIONS = register("annotations", pa.schema([
+    pa.field("question_id", pa.string(), nullable=False),  # "<pair_id>-<writing annotation id>"
+    pa.field("pair_id", pa.string(), nullable=False),
+    pa.field("task_id", pa.int64(), nullable=False),
+    pa.field("annotation_id", pa.int64(), nullable=False),
+    pa.field("writer", pa.string(), nullable=False),
+    pa.field("image_a", pa.string(), nullable=False),
+    pa.field("image_b", pa.string(), nullable=False),
+    pa.field("image_a_url", pa.string(), nullable=False),
+    pa.field("image_b_url", pa.string(), nullable=False),
+    pa.field("pattern", pa.string(), nullable=False),  # pattern key; "" when the choice is none of the nine
+    pa.field("tags", pa.list_(pa.string()), nullable=False),  # pattern keys
+    pa.field("question", pa.string(), nullable=False),  # untrusted text, stored exactly as typed
+    pa.field("option_a", pa.string(), nullable=False),
+    pa.field("option_b", pa.string(), nullable=False),
+    pa.field("answer_a", pa.string(), nullable=False),
+    pa.field("answer_b", pa.string(), nullable=False),
+    pa.field("statement_a", pa.string(), nullable=True),
+    pa.field("statement_b", pa.string(), nullable=True),
+    pa.field("lead_time_s", pa.float64(), nullable=True),
+    pa.field("valid", pa.bool_(), nullable=False),
+    pa.field("reason", pa.string(), nullable=True),  # one of annotation.tables.INVALID_REASONS when not valid
+    pa.field("detail", pa.string(), nullable=True),
+]))
+
+# Each valid or invalid question's outcome in the accept stage (one row per question).
+OUTCOMES = register("question_outcomes", pa.schema([
+    pa.field("question_id", pa.string(), nullable=False),
+    pa.field("pair_id", pa.string(), nullable=False),
+    pa.field("pattern", pa.string(), nullable=False),  # pattern key (as in annotations)
+    pa.field("status", pa.string(), nullable=False),  # accepted | rejected | pending
+    pa.field("reason", pa.string(), nullable=True),  # annotation.tables INVALID_REASONS or OUTCOME_REASONS
+    pa.field("verification", pa.string(), nullable=True),  # verified | adjudicated when accepted
+    pa.field("verifiers", pa.list_(pa.string()), nullable=False),
+    pa.field("verifier_answers_a", pa.list_(pa.string()), nullable=False),
+    pa.field("verifier_answers_b", pa.list_(pa.string()), nullable=False),
+]))

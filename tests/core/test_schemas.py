@@ -49,3 +49,14 @@ def test_read_refuses_another_kind_or_version(tmp_path):
 def test_pair_id_is_unordered_and_distinct():
     assert schemas.pair_id("x", "y") == schemas.pair_id("y", "x")
     assert schemas.pair_id("x", "y") != schemas.pair_id("x", "z")
+
+
+def test_every_table_handed_between_stages_is_defined_in_schemas_itself():
+    """Reading a table needs no other module imported first: schemas alone knows every hand-off."""
+    import subprocess
+    import sys
+
+    code = "from pipeline.core import schemas; print(' '.join(sorted(schemas.TABLES)))"
+    kinds = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert {"images", "rejects", "pairs", "candidates", "image_groups", "annotations", "question_outcomes", "accepted",
+            "gate"} <= set(kinds)
