@@ -215,23 +215,20 @@ def ensure_project(client: Client, title: str, label_config: str, instructions: 
               "show_instruction": True, "show_skip_button": True, **extra}
     project = client.project_by_title(title)
     if project is None:
-        return client.request("POST", "/api/projects/", json=wanted)["id"]
+        return client.create_project(wanted)
     changed = {k: v for k, v in wanted.items() if project.get(k) != v}
     if changed:
-        client.request("PATCH", f"/api/projects/{project['id']}/", json=changed)
+        client.update_project(project["id"], changed)
     return project["id"]
 
 
 def ensure_storage(client: Client, project_id: int, display_dir: Path) -> None:
     """Connect the display folder as the project's local-files storage (once)."""
     path = str(display_dir.resolve())
-    storages = client.request("GET", f"/api/storages/localfiles/?project={project_id}")
-    if any(s["path"].rstrip("/") == path for s in storages):
+    if any(s["path"].rstrip("/") == path for s in client.local_storages(project_id)):
         return
-    client.request("POST", "/api/storages/localfiles/", json={
-        "project": project_id, "path": path, "title": "display images", "use_blob_urls": False,
-        "regex_filter": r".*\.jpg$",
-    })
+    client.add_local_storage(project_id, path=path, title="display images", use_blob_urls=False,
+                             regex_filter=r".*\.jpg$")
 
 
 def apply(client: Client, project_id: int, todo: PushPlan, suggestions: dict[str, dict[str, str]] | None = None) -> None:
@@ -244,13 +241,16 @@ def apply(client: Client, project_id: int, todo: PushPlan, suggestions: dict[str
             if suggestion:
                 item["predictions"] = [prediction(suggestion, suggestion.get("model_version", "suggestions"))]
             payload.append(item)
-        client.request("POST", f"/api/projects/{project_id}/import", json=payload)
+        for index, problems in client.import_tasks(project_id, payload).items():
+            print(f"[{STAGE}] suggestion for pair {todo.new[index]['data']['pair_id']!r} left out: "
+                  f"{'; '.join(problems)}: fix it in the --suggestions file (pattern names as the writing "
+                  "config lists them)")
     for task_id in todo.stale_mark:
-        client.request("PATCH", f"/api/tasks/{task_id}/", json={"meta": {"stale": True}})
+        client.set_task_meta(task_id, {"stale": True})
     for task_id in todo.revive:
-        client.request("PATCH", f"/api/tasks/{task_id}/", json={"meta": {"stale": False}})
+        client.set_task_meta(task_id, {"stale": False})
     for task_id in todo.stale_delete:
-        client.request("DELETE", f"/api/tasks/{task_id}/")
+        client.delete_task(task_id)
 
 
 def sync(

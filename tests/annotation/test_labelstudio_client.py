@@ -128,3 +128,18 @@ def test_project_by_title_keeps_exact_matches_only_and_the_oldest() -> None:
     client, _ = _client(handler)
     assert client.project_by_title("clipblind: write questions") == {"id": 4, "title": "clipblind: write questions"}
     assert client.project_by_title("nothing") is None
+
+
+def test_push_names_the_pair_whose_suggestion_was_left_out(capsys: pytest.CaptureFixture[str]) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"id": 7, "title": "w", "label_config": push.writing_config()})
+        return httpx.Response(201, json={"task_count": 2})
+
+    client, sent = _client(handler)
+    todo = push.PushPlan(new=[_task("p0"), _task("p1")])
+    push.apply(client, 7, todo, {"p1": {"pattern": "Counting", "question": "How many?"}, "p0": {"question": "Which?"}})
+    out = capsys.readouterr().out
+    assert "suggestion for pair 'p1' left out" in out and "'Counting'" in out and "--suggestions" in out
+    assert "'p0'" not in out
+    assert ["predictions" in t for t in json.loads(sent[-1].content)] == [True, False]
