@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 from annotation import results
 from annotation.labelstudio.client import Client, LabelStudioError
-from annotation.labelstudio.server import ServerError, load_params
+from annotation.labelstudio.server import load_params
 from annotation.snapshot import KEPT_ANNOTATION_KEYS, SNAPSHOT_VERSION
 from pipeline.core.atomic import write_bytes
 from pipeline.core.report import summary, write_metrics
@@ -114,15 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     title = params.writing_project if args.project == "writing" else params.verification_project
     out = Path(args.out or f"labels/{args.project}.json")
     metrics_path = Path(args.metrics or f"metrics/pull_{args.project}.json")
-    try:
-        client = Client.from_params(params)
-        project = client.project_by_title(title)
-        if project is None:
-            raise LabelStudioError(f"no project {title!r} on {params.url}: run `clipblind push` first")
-        snap, metrics = snapshot(client.export(project["id"]), client.users(), args.project)
-    except (LabelStudioError, ServerError) as err:
-        print(f"[{STAGE}] error: {err}", file=sys.stderr)
-        return 1
+    client = Client.from_params(params)
+    project = client.project_by_title(title)
+    if project is None:
+        raise LabelStudioError(f"no project {title!r} on {params.url}: run `clipblind push` first")
+    snap, metrics = snapshot(client.export(project["id"]), client.users(), args.project)
     changed = write_snapshot(out, snap)
     write_metrics(metrics_path, metrics)
     summary(STAGE, f"{metrics['accepted']} annotations on {metrics['annotated_tasks']} tasks "
@@ -131,4 +126,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipeline.core.errors import run
+
+    raise SystemExit(run(main, "pull"))

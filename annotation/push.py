@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,9 +25,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from annotation.labelstudio.client import Client, LabelStudioError
-from annotation.labelstudio.server import LabelStudioParams, ServerError, load_params
+from annotation.labelstudio.client import Client
+from annotation.labelstudio.server import LabelStudioParams, load_params
 from pipeline.core import patterns
+from pipeline.core.errors import ClipblindError
 from pipeline.core.report import summary, write_metrics
 
 STAGE = "push"
@@ -185,15 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params = load_params(args.params, parser)
     if not Path(args.tasks).exists():
-        print(f"[{STAGE}] error: no task file at {args.tasks}: run `dvc repro export` first", file=sys.stderr)
-        return 1
+        raise ClipblindError(f"no task file at {args.tasks}: run `dvc repro export` first")
     tasks = json.loads(Path(args.tasks).read_text())
     suggestions = json.loads(Path(args.suggestions).read_text()) if args.suggestions else {}
-    try:
-        metrics = push(Client.from_params(params), params, tasks, Path(args.display), suggestions)
-    except (LabelStudioError, ServerError) as err:
-        print(f"[{STAGE}] error: {err}", file=sys.stderr)
-        return 1
+    metrics = push(Client.from_params(params), params, tasks, Path(args.display), suggestions)
     write_metrics(args.metrics, metrics)
     summary(STAGE, f"{metrics['imported']} imported, {metrics['already_present']} already there, "
                    f"{metrics['stale_marked']} marked stale, {metrics['stale_deleted']} stale deleted, "
@@ -202,7 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipeline.core.errors import run
+
+    raise SystemExit(run(main, "push"))
 
 
 LOCAL_FILES_PATH = "/data/local-files/"

@@ -12,7 +12,6 @@ Metrics: inputs (valid questions), imported, already_present, stale_marked, stal
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,14 +19,14 @@ from typing import Any
 import pyarrow as pa
 
 from annotation import push
-from annotation.labelstudio.client import Client, LabelStudioError
-from annotation.labelstudio.server import LabelStudioParams, ServerError, load_params
+from annotation.labelstudio.client import Client
+from annotation.labelstudio.server import LabelStudioParams, load_params
 from pipeline.core import schemas
 from pipeline.core.config import command_params
 from pipeline.core.report import summary, write_metrics
 from pipeline.params import AcceptParams
 
-STAGE = "verify"
+STAGE = "push-verification"
 VERIFICATION_CONFIG = Path(__file__).with_name("verification.xml")
 TASK_FIELDS = ("question_id", "pair_id", "question", "option_a", "option_b")
 
@@ -61,11 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = load_params(args.params, parser)
     verifiers = command_params(parser, args.params, "accept", AcceptParams).verifiers
     annotations = schemas.read_table(args.annotations, "annotations")
-    try:
-        metrics = push_verification(Client.from_params(params), params, annotations, Path(args.display), verifiers)
-    except (LabelStudioError, ServerError) as err:
-        print(f"[{STAGE}] error: {err}", file=sys.stderr)
-        return 1
+    metrics = push_verification(Client.from_params(params), params, annotations, Path(args.display), verifiers)
     write_metrics(args.metrics, metrics)
     summary(STAGE, f"{metrics['imported']} verification tasks imported, {metrics['already_present']} already there "
                    f"→ {params.url}/projects/{metrics['project_id']}")
@@ -73,4 +68,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipeline.core.errors import run
+
+    raise SystemExit(run(main, "push-verification"))

@@ -41,6 +41,7 @@ import pyarrow as pa
 from pipeline.core import schemas
 from pipeline.core.atomic import write_json
 from pipeline.core.config import command_params
+from pipeline.core.errors import ClipblindError
 from pipeline.core.report import progress, summary, write_headline, write_metrics
 from pipeline.images import decode as decode_module
 from pipeline.images.corpus import Corpus, Entry, Part
@@ -83,7 +84,7 @@ RECORDS = schemas.register(
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class BlocklistError(ValueError):
+class BlocklistError(ClipblindError, ValueError):
     """The blocklist file has a line that is not a sha256 hash."""
 
 
@@ -361,4 +362,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipeline.core.errors import run
+
+    raise SystemExit(run(main, "ingest"))

@@ -122,10 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     image_ids = schemas.read_table(args.images, "images").column("image_id").to_pylist()
     candidates, meta = read_candidates(args.candidates, image_ids)
     groups = read_groups(args.groups, image_ids)
-    try:
-        table, metrics = mine(image_ids, candidates, meta, params, groups)
-    except ThresholdError as err:
-        raise SystemExit(f"clipblind mine: {err}") from None
+    table, metrics = mine(image_ids, candidates, meta, params, groups)
     encoders = meta.encoders
     random_init = [d["name"] for d in encoders.values() if d.get("random_init")]
     metrics["random_init_encoders"] = random_init
@@ -147,4 +144,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipeline.core.errors import run
+
+    raise SystemExit(run(main, "mine"))

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import enum
 import json
-import sys
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -329,14 +328,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     accepted = schemas.read_table(args.accepted, "accepted")
     images = schemas.read_table(args.images, "images")
     corpus = Corpus(ingest_params.source, args.source)
-    try:
-        info = provenance(
-            schemas.read_meta(args.pairs), _read_json(args.mine_metrics), _read_json(args.ingest_metrics),
-            accepted.num_rows, export_params, ingest_params.max_pixels, _read_json(args.accept_metrics),
-        )
-    except release.ReleaseError as err:
-        print(f"[{STAGE}] ERROR: {err}", file=sys.stderr)
-        return 1
+    info = provenance(
+        schemas.read_meta(args.pairs), _read_json(args.mine_metrics), _read_json(args.ingest_metrics),
+        accepted.num_rows, export_params, ingest_params.max_pixels, _read_json(args.accept_metrics),
+    )
     gate = None
     if args.gate:
         from pipeline.vlm.gate_rules import load_decision
@@ -345,15 +340,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if info["random_init_encoders"]:
         warn(STAGE, f"release mined with RANDOMLY INITIALISED encoders ({', '.join(info['random_init_encoders'])}); "
                     "the card says so at the top")
-    try:
-        last = release.last_released(release.read_released(args.released), params.name) if args.released else None
-        manifest, metrics = package(
-            accepted, images, corpus.read, args.out, params, export_params, ingest_params.max_pixels,
-            Path(args.changelog).read_text(), info, card.renderer(args.card_template), gate, last,
-        )
-    except release.ReleaseError as err:
-        print(f"[{STAGE}] ERROR: {err}", file=sys.stderr)
-        return 1
+    last = release.last_released(release.read_released(args.released), params.name) if args.released else None
+    manifest, metrics = package(
+        accepted, images, corpus.read, args.out, params, export_params, ingest_params.max_pixels,
+        Path(args.changelog).read_text(), info, card.renderer(args.card_template), gate, last,
+    )
     write_metrics(args.metrics, metrics)
     write_headline(args.headline, STAGE, metrics)
     if metrics.get("status") == release.AWAITING:
@@ -370,4 +361,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipeline.core.errors import run
+
+    raise SystemExit(run(main, "package"))

@@ -1,8 +1,12 @@
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 from pipeline import cli
+from pipeline.commands import bench
 from pipeline.sample_corpus import generate
+from tests.conftest import REPO
 
 
 def test_every_subcommand_has_help(capsys):
@@ -38,3 +42,30 @@ def test_verify_subcommand_checks_a_release_folder(tmp_path, capsys):
     assert cli.main(["verify", str(tmp_path)]) == 1
     captured = capsys.readouterr()
     assert "has no SHA256SUMS" in captured.out + captured.err
+
+
+def _main_block_command(path: Path) -> str | None:
+    """The command name a module's `if __name__ == "__main__":` block hands to errors.run, if it does."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "__name__ == '__main__'":
+            for call in ast.walk(node):
+                if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "run":
+                    return call.args[1].value
+    return None
+
+
+def _module_path(module: str) -> Path:
+    return REPO / (module.replace(".", "/") + ".py")
+
+
+def test_every_command_module_runs_through_the_error_wrapper_under_its_subcommand_name():
+    # `python -m <module>` (what dvc repro runs) reports errors as `clipblind <subcommand>: ...`
+    expected = {_module_path(module): name for name, (module, _) in cli.COMMANDS.items()}
+    expected |= {_module_path(f"pipeline.commands.benchmarks.{b}"): f"bench {b}" for b in bench.available()}
+    assert {path: _main_block_command(path) for path in expected} == expected
+    # and no other module runs a command without it: accounts.py runs inside Label Studio's virtualenv,
+    # withheld.py as every release's standalone fetch_images.py
+    runnable = {p for pkg in ("pipeline", "annotation") for p in (REPO / pkg).rglob("*.py")
+                if "\nif __name__ == \"__main__\":" in p.read_text()}
+    assert runnable - set(expected) == {_module_path(m) for m in ("pipeline.cli", "annotation.labelstudio.accounts",
+                                                            "pipeline.release.withheld")}

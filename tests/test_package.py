@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from pipeline import package
+from pipeline import cli, package
 from pipeline.core import patterns, schemas
 from pipeline.images import display
 from pipeline.images.decode import decode
@@ -313,7 +313,7 @@ def test_remove_yields_a_new_version_naming_the_removed_items(world, tmp_path):
     left = release.read_items(out)
     assert target["pair_id"] not in {i["pair_id"] for i in left}
     assert [i["mmvp_index"] for i in left] == list(range(1, 7))
-    assert remove.main([str(world["release"]), "--ids", "nope", "--reason", "x", "--out", str(tmp_path / "bad")]) == 2
+    assert cli.main(["remove", str(world["release"]), "--ids", "nope", "--reason", "x", "--out", str(tmp_path / "bad")]) == 1
     assert not (tmp_path / "bad").exists()
 
 
@@ -359,7 +359,7 @@ def test_accepted_pairs_that_all_fail_packaging_are_refused_with_a_clear_message
     blank = table.set_column(table.schema.get_field_index("question"), "question", pa.array([""] * table.num_rows))
     bad = tmp_path / "accepted.parquet"
     schemas.write_table(blank, bad, "accepted")
-    assert package.main(package_args(dict(world["inputs"], accepted=bad), tmp_path / "out", tmp_path / "m.json")) == 1
+    assert cli.main(["package", *package_args(dict(world["inputs"], accepted=bad), tmp_path / "out", tmp_path / "m.json")]) == 1
     assert f"no pairs to release ({table.num_rows} accepted, {table.num_rows} rejected)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -537,7 +537,7 @@ def test_a_balanced_layout_is_refused_when_a_pattern_has_too_few_pairs(world, tm
     params["package"]["mmvp_vlm_pairs_per_pattern"] = 15
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     inputs = dict(world["inputs"], params=tmp_path / "params.yaml")
-    assert package.main(package_args(inputs, tmp_path / "out", tmp_path / "m.json")) == 1
+    assert cli.main(["package", *package_args(inputs, tmp_path / "out", tmp_path / "m.json")]) == 1
     err = capsys.readouterr().err
     assert "mmvp_vlm_pairs_per_pattern is 15" in err and f"{patterns.by_key('color').paper} (1)" in err
     assert "set package.mmvp_vlm_pairs_per_pattern: 0" in err and not (tmp_path / "out").exists()

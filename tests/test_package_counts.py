@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import package
+from pipeline import cli, package
 from pipeline.release import card
 from pipeline.release import folder as release
 from tests.helpers.release_world import build_inputs, package_args
@@ -75,7 +75,7 @@ def test_a_failed_build_leaves_the_last_release_and_its_metrics_whole(built, tmp
     blank = table.set_column(table.schema.get_field_index("question"), "question", pa.array([""] * table.num_rows))
     schemas.write_table(blank, tmp_path / "accepted.parquet", "accepted")
     inputs = dict(built["inputs"], accepted=tmp_path / "accepted.parquet")
-    assert package.main(package_args(inputs, out, metrics)) == 1
+    assert cli.main(["package", *package_args(inputs, out, metrics)]) == 1
     err = capsys.readouterr().err
     assert "fix the rejected pairs" in err and "The last build is left as it was" in err
     assert {p: p.read_bytes() for p in [metrics, *out.rglob("*")] if p.is_file()} == before
@@ -88,5 +88,5 @@ def test_package_refuses_accept_metrics_without_the_counts_the_card_copies(built
     partial = tmp_path / "accept.json"
     partial.write_text(json.dumps(accept_metrics))
     inputs = dict(built["inputs"], accept=partial)
-    assert package.main(package_args(inputs, tmp_path / "release", tmp_path / "package.json")) == 1
+    assert cli.main(["package", *package_args(inputs, tmp_path / "release", tmp_path / "package.json")]) == 1
     assert "answers_corrected" in capsys.readouterr().err and not (tmp_path / "release").exists()

@@ -23,7 +23,6 @@ import secrets
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -304,28 +303,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     user_cmd.add_argument("--password", help="default: a generated one, printed once")
     args = parser.parse_args(argv)
     params = load_params(args.params, parser)
-    try:
-        if args.action == "start":
-            pid, started = start(params, Path(args.display))
-            state = "started" if started else "already running"
-            print(f"[labelstudio] {state}: {params.url} (pid {pid}); admin credentials in "
-                  f"{Path(params.data_dir) / 'admin.json'} unless set in {list(SECRET_ENV.values())}")
-        elif args.action == "stop":
-            pid = stop(params)
-            print(f"[labelstudio] stopped pid {pid}" if pid else "[labelstudio] not running")
-        elif args.action == "status":
-            pid = running_pid(params)
-            state = f"running (pid {pid}), {'healthy' if healthy(params) else 'not answering'}" if pid else "not running"
-            print(f"[labelstudio] {params.url}: {state}")
-        else:
-            password = add_user(params, args.email, args.password)
-            print(f"[labelstudio] annotator {args.email} can log in at {params.url}/user/login/ "
-                  f"with password: {password}")
-    except ServerError as err:
-        print(f"[labelstudio] error: {err}", file=sys.stderr)
-        return 1
+    if args.action == "start":
+        pid, started = start(params, Path(args.display))
+        state = "started" if started else "already running"
+        print(f"[labelstudio] {state}: {params.url} (pid {pid}); admin credentials in "
+              f"{Path(params.data_dir) / 'admin.json'} unless set in {list(SECRET_ENV.values())}")
+    elif args.action == "stop":
+        pid = stop(params)
+        print(f"[labelstudio] stopped pid {pid}" if pid else "[labelstudio] not running")
+    elif args.action == "status":
+        pid = running_pid(params)
+        state = f"running (pid {pid}), {'healthy' if healthy(params) else 'not answering'}" if pid else "not running"
+        print(f"[labelstudio] {params.url}: {state}")
+    else:
+        password = add_user(params, args.email, args.password)
+        print(f"[labelstudio] annotator {args.email} can log in at {params.url}/user/login/ "
+              f"with password: {password}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipeline.core.errors import run
+
+    raise SystemExit(run(main, "labelstudio"))

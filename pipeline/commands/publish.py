@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -93,11 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            f"<repo>/{release.RELEASED_RECORD})")
     parser.add_argument("--repo", default=".", help="git repository that built the release (default: here)")
     args = parser.parse_args(argv)
-    try:
-        tag = publish(args.release, args.repo_id, args.private, args.released, args.repo)
-    except (PublishError, release.ReleaseError) as err:
-        print(f"[{STAGE}] {err}", file=sys.stderr)
-        return 1
+    tag = publish(args.release, args.repo_id, args.private, args.released, args.repo)
     record = args.released or release.RELEASED_RECORD
     summary(STAGE, f"{args.release} → https://huggingface.co/datasets/{args.repo_id} at tag {tag}; recorded in "
                    f"{record} and committed (\"Release <name>@v<version>\"): push it (`git push origin HEAD`)")
@@ -105,4 +100,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipeline.core.errors import run
+
+    raise SystemExit(run(main, "publish"))

@@ -11,7 +11,6 @@ Also add the pair ids to `package.exclude` in params.yaml so the next `dvc repro
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -84,11 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bump", choices=("major", "minor", "patch"), default="minor")
     parser.add_argument("--card-template", default=str(card.DEFAULT_TEMPLATE))
     args = parser.parse_args(argv)
-    try:
-        manifest = remove(args.release, args.out, args.ids, args.reason, args.bump, args.card_template)
-    except release.ReleaseError as err:
-        print(f"[{STAGE}] {err}", file=sys.stderr)
-        return 2
+    manifest = remove(args.release, args.out, args.ids, args.reason, args.bump, args.card_template)
     removed = manifest["changes"]["removed_pairs"]
     summary(STAGE, f"{manifest['name']} {manifest['version']} → {args.out}: removed pairs {', '.join(removed)}; "
                    f"add them to package.exclude in params.yaml and this line to the project CHANGELOG")
@@ -96,4 +91,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipeline.core.errors import run
+
+    raise SystemExit(run(main, "remove"))

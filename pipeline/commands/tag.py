@@ -203,11 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--released", help=f"record of released versions, inside the repository (default: "
                                            f"<repo>/{release.RELEASED_RECORD})")
     args = parser.parse_args(argv)
-    try:
-        name = tag(args.release, args.repo, args.released)
-    except release.ReleaseError as err:
-        print(f"[{STAGE}] {err}", file=sys.stderr)
-        return 1
+    name = tag(args.release, args.repo, args.released)
     record = args.released or release.RELEASED_RECORD
     summary(STAGE, f"committed {record} (\"Release {name}\") and tagged that commit {name}; push both "
                    f"(`git push origin HEAD {name}`). `dvc status` now reports package changed ({record} is its dep): "
@@ -216,4 +212,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipeline.core.errors import run
+
+    raise SystemExit(run(main, "tag"))

@@ -8,7 +8,6 @@ into place by `fetch_images.py` are expected and reported as fetched, not as ext
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 from pipeline.core.report import summary
@@ -22,11 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clipblind verify", description=__doc__.splitlines()[0])
     parser.add_argument("release", help="release folder")
     args = parser.parse_args(argv)
-    try:
-        report = release.verify(args.release)
-    except release.ReleaseError as err:
-        print(f"[{STAGE}] {err}", file=sys.stderr)
-        return 1
+    report = release.verify(args.release)
     release.write_verify_report(report, print)
     state = "OK" if report.ok else "FAILED"
     summary(
@@ -39,4 +34,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipeline.core.errors import run
+
+    raise SystemExit(run(main, "verify"))

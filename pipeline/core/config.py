@@ -24,7 +24,7 @@ from typing import Annotated, Any, TypeVar
 
 import yaml
 
-from pipeline.core.errors import ClipblindError
+from pipeline.core.errors import USAGE_EXIT, ClipblindError, command_of, error_line
 
 T = TypeVar("T")
 
@@ -130,11 +130,12 @@ def load_section(path: str | Path, section: str, cls: type[T]) -> T:
 
 
 def command_params(parser: argparse.ArgumentParser, path: str | Path, section: str, cls: type[T]) -> T:
-    """`load_section` for a command line: a params problem exits with "<prog>: <problems>" and code 2."""
+    """`load_section` for a command line: a params problem exits with code 2 and
+    "clipblind <command>: bad params in <path>:" then one line per problem."""
     try:
         return load_section(path, section, cls)
     except ParamsError as err:
-        parser.exit(2, f"{parser.prog}: bad params in {path}:\n{err}\n")
+        parser.exit(USAGE_EXIT, error_line(command_of(parser.prog), f"bad params in {path}:\n{err}") + "\n")
 
 
 def build(cls: type[T], data: Any, where: str) -> T:

@@ -42,6 +42,11 @@ def error_line(command: str, message: str) -> str:
     return f"clipblind {command}: {message}"
 
 
+def command_of(prog: str) -> str:
+    """The command an argparse `prog` names: "clipblind push-verification" → "push-verification"."""
+    return prog.removeprefix("clipblind ").strip()
+
+
 def report(command: str, message: str) -> None:
     """Print `error_line(command, message)` to stderr."""
     print(error_line(command, message), file=sys.stderr, flush=True)

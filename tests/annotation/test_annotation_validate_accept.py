@@ -17,6 +17,7 @@ from annotation import accept, adjudication, results, validate
 from annotation import push_verification as verify
 from annotation.pull import encode
 from annotation.tables import INVALID_REASONS
+from pipeline import cli
 from pipeline.core import patterns, schemas
 from pipeline.params import AcceptParams, ValidateParams
 
@@ -366,14 +367,14 @@ def test_adjudicate_correct_adds_a_row_for_an_accepted_question_that_accept_appl
     before = decisions.read_bytes()
     for wanted, needle in (("nope", "neither a question id nor an accepted pair id"),
                            (qid["p4"], "only a question verifiers answered"), (qid["p5"], "goes back to its writer")):
-        assert adjudication.main([*paths, "--correct", wanted, "--answer-a", "(b)", "--answer-b", "(a)"]) == 2
+        assert cli.main(["adjudicate", *paths, "--correct", wanted, "--answer-a", "(b)", "--answer-b", "(a)"]) == 1
         err = capsys.readouterr().err
         assert wanted in err and needle in err, err
     with pytest.raises(SystemExit):
         adjudication.main([*paths, "--correct", "p1", "--answer-a", "(b)", "--answer-b", "(b) "])
     with pytest.raises(SystemExit):
         adjudication.main([*paths, "--correct", "p1", "--answer-a", "(b)"])
-    assert adjudication.main([*paths, "--correct", "p1", "--answer-a", "(a)", "--answer-b", "(a)"]) == 2
+    assert cli.main(["adjudicate", *paths, "--correct", "p1", "--answer-a", "(a)", "--answer-b", "(a)"]) == 1
     assert "must differ" in capsys.readouterr().err
     assert decisions.read_bytes() == before
 
@@ -390,14 +391,14 @@ def test_a_correction_that_changes_answers_says_what_the_statements_become(tmp_p
     swap = ["--correct", "p1", "--answer-a", "(b)", "--answer-b", "(a)"]
     capsys.readouterr()
     # the writer's statements were true of the images under the old answers: the lead must say what they become
-    assert adjudication.main([*paths, *swap]) == 2
+    assert cli.main(["adjudicate", *paths, *swap]) == 1
     err = capsys.readouterr().err
     assert all(n in err for n in (qid["p1"], "--statement-a", "--drop-statements", "There are two dots.")), err
-    assert adjudication.main([*paths, *swap, "--statement-a", "=1+1", "--statement-b", "Three."]) == 2
+    assert cli.main(["adjudicate", *paths, *swap, "--statement-a", "=1+1", "--statement-b", "Three."]) == 1
     assert "'=1+1'" in (err := capsys.readouterr().err) and "spreadsheet formula" in err, err
-    assert adjudication.main([*paths, *swap, "--statement-a", "Three dots."]) == 2
+    assert cli.main(["adjudicate", *paths, *swap, "--statement-a", "Three dots."]) == 1
     assert "give both" in capsys.readouterr().err
-    assert adjudication.main([*paths, *swap, "--statement-a", "A.", "--statement-b", "B.", "--drop-statements"]) == 2
+    assert cli.main(["adjudicate", *paths, *swap, "--statement-a", "A.", "--statement-b", "B.", "--drop-statements"]) == 1
     assert not decisions.exists() or qid["p1"] not in decisions.read_text()
     capsys.readouterr()
     assert adjudication.main([*paths, *swap, "--statement-a", "There are three dots.",

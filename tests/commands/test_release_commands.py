@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from pipeline import cli
 from pipeline.commands import publish, tag
 from pipeline.release import folder as release
 from tests.helpers.release_world import build_release
@@ -24,7 +25,7 @@ def test_publish_offline_fails_at_once_with_a_clear_message(built, monkeypatch, 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_TOKEN", "hf_test")
     start = time.monotonic()
-    assert publish.main([str(built), "--repo-id", "org/clipblind"]) == 1
+    assert cli.main(["publish", str(built), "--repo-id", "org/clipblind"]) == 1
     assert time.monotonic() - start < 5
     err = capsys.readouterr().err  # errors go to stderr, as every command's do
     assert "not reachable" in err and "copy it to a machine with network access" in err
@@ -70,7 +71,7 @@ def test_tag_creates_the_artifact_tag_once_on_a_commit_that_holds_its_release_re
     recorded = json.loads(_git_out(repo, "show", f"{commit}:{release.RELEASED_RECORD}"))
     assert [(r["name"], r["version"]) for r in recorded["releases"]] == [("clipblind-test", "1.0.0")]
     assert _git_out(repo, "status", "--porcelain") == ""  # nothing left for the user to commit
-    assert tag.main([str(built), "--repo", str(repo)]) == 1  # never moved
+    assert cli.main(["tag", str(built), "--repo", str(repo)]) == 1  # never moved
 
 
 def test_tag_refuses_staged_changes_and_an_edited_record_and_changes_nothing(built, tmp_path, capsys):
@@ -78,18 +79,18 @@ def test_tag_refuses_staged_changes_and_an_edited_record_and_changes_nothing(bui
     record = repo / release.RELEASED_RECORD
     (repo / "notes.txt").write_text("work in progress\n")
     subprocess.run(["git", "-C", str(repo), "add", "notes.txt"], check=True)
-    assert tag.main([str(built), "--repo", str(repo)]) == 1
+    assert cli.main(["tag", str(built), "--repo", str(repo)]) == 1
     err = capsys.readouterr().err
     assert "staged changes (notes.txt)" in err and "git restore --staged" in err
     assert not record.exists() and _git_out(repo, "tag", "--list") == ""
     subprocess.run(["git", "-C", str(repo), "commit", "-q", "-m", "notes"], check=True)
     record.parent.mkdir()
     record.write_text('{"releases": []}\n')
-    assert tag.main([str(built), "--repo", str(repo)]) == 1
+    assert cli.main(["tag", str(built), "--repo", str(repo)]) == 1
     assert f"{release.RELEASED_RECORD} has uncommitted changes" in capsys.readouterr().err
     assert record.read_text() == '{"releases": []}\n' and _git_out(repo, "tag", "--list") == ""
     outside = tmp_path / "RELEASED.json"
-    assert tag.main([str(built), "--repo", str(repo), "--released", str(outside)]) == 1
+    assert cli.main(["tag", str(built), "--repo", str(repo), "--released", str(outside)]) == 1
     assert "outside the git repository" in capsys.readouterr().err and not outside.exists()
     # a failed commit (no identity) leaves the record as it was and tags nothing
     subprocess.run(["git", "-C", str(repo), "add", release.RELEASED_RECORD], check=True)
@@ -97,7 +98,7 @@ def test_tag_refuses_staged_changes_and_an_edited_record_and_changes_nothing(bui
     hooks = repo / ".git" / "hooks"
     (hooks / "pre-commit").write_text("#!/bin/sh\necho refused by hook >&2\nexit 1\n")
     (hooks / "pre-commit").chmod(0o755)
-    assert tag.main([str(built), "--repo", str(repo)]) == 1
+    assert cli.main(["tag", str(built), "--repo", str(repo)]) == 1
     assert "refused by hook" in capsys.readouterr().err
     assert record.read_text() == '{"releases": []}\n' and _git_out(repo, "status", "--porcelain") == ""
     assert _git_out(repo, "tag", "--list") == ""
@@ -115,7 +116,7 @@ def test_tag_refuses_uncommitted_inputs_naming_them_and_the_fix(built, tmp_path,
         (repo / name).write_text("bumped\n")
     (repo / "scratch.txt").write_text("untracked files are not the pipeline's\n")
     head = _git_out(repo, "rev-parse", "HEAD")
-    assert tag.main([str(built), "--repo", str(repo)]) == 1
+    assert cli.main(["tag", str(built), "--repo", str(repo)]) == 1
     err = capsys.readouterr().err
     assert "uncommitted changes to tracked files (data_cards/CHANGELOG.md, labels/writing.json, params.yaml)" in err, err
     assert "commit them" in err and "dvc repro" in err and "clipblind tag" in err, err
@@ -202,7 +203,7 @@ def test_tag_and_publish_refuse_an_unreleased_build_saying_what_to_do(sample_cor
     repo = tmp_path / "repo"
     repo.mkdir()
     subprocess.run(["git", "-C", str(repo), "init", "-q"], check=True)
-    assert tag.main([str(tmp_path / "release"), "--repo", str(repo)]) == 1
+    assert cli.main(["tag", str(tmp_path / "release"), "--repo", str(repo)]) == 1
     err = capsys.readouterr().err
     assert "unreleased build (clipblind-test 1.1.0-dev)" in err and "add a '## 1.1.0' section" in err
     assert not (repo / release.RELEASED_RECORD).exists()

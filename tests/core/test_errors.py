@@ -4,10 +4,20 @@ ClipblindError."""
 
 from __future__ import annotations
 
+import ast
+import importlib
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+import yaml
 
 from pipeline.core import errors
 from pipeline.core.errors import ClipblindError, run
+from tests.conftest import REPO, tiny_params
 
 
 class _Mistake(ClipblindError, ValueError):
@@ -73,3 +83,133 @@ def test_the_argv_reaches_main():
     seen = []
     assert run(lambda argv: seen.append(argv), "tag", ["a", "b"]) == 0
     assert seen == [["a", "b"]]
+
+
+# --- the commands, run as `dvc repro` and people run them --------------------------------------
+
+
+def _params_file(tmp_path: Path, **sections: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(tiny_params(**sections)))
+    return path
+
+
+def _command(argv: list[str], cwd: Path, debug: bool = False) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != errors.DEBUG_ENV}
+    if debug:
+        env[errors.DEBUG_ENV] = "1"
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def _ingest(tmp_path: Path, params: Path, *extra: str) -> list[str]:
+    out = tmp_path / "out"
+    return [sys.executable, "-m", "pipeline.ingest", "--params", str(params), "--images", str(out / "images.parquet"),
+            "--rejects", str(out / "rejects.parquet"), "--metrics", str(out / "ingest.json"), *extra]
+
+
+def _one_error_line(result: subprocess.CompletedProcess, command: str, code: int = 1) -> str:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"clipblind {command}: "), result.stderr
+    return lines[0]
+
+
+def test_a_stage_with_a_missing_corpus_folder_says_so_in_one_line(tmp_path):
+    missing = tmp_path / "no-such-corpus"
+    line = _one_error_line(_command(_ingest(tmp_path, _params_file(tmp_path), "--source", str(missing)), tmp_path),
+                           "ingest")
+    assert str(missing) in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_stage_with_a_missing_input_file_names_it(tmp_path):
+    blocklist = tmp_path / "blocklist.txt"
+    argv = _ingest(tmp_path, _params_file(tmp_path), "--source", str(tmp_path), "--blocklist", str(blocklist))
+    assert _one_error_line(_command(argv, tmp_path), "ingest") == \
+        f"clipblind ingest: no such file or directory: {blocklist}"
+
+
+def test_debug_shows_a_stage_s_traceback(tmp_path):
+    missing = tmp_path / "no-such-corpus"
+    result = _command(_ingest(tmp_path, _params_file(tmp_path), "--source", str(missing)), tmp_path, debug=True)
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr and "SourceUnavailable" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("clipblind ingest: ")
+
+
+def test_bad_params_exit_2_with_the_command_named(tmp_path):
+    params = _params_file(tmp_path, ingest={"max_pixels": 0})
+    result = _command(_ingest(tmp_path, params, "--source", str(tmp_path)), tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    first, *problems = result.stderr.splitlines()
+    assert first == f"clipblind ingest: bad params in {params}:"
+    assert any("'ingest.max_pixels' is 0" in problem for problem in problems)
+
+
+@pytest.mark.parametrize("argv", [[str(REPO / ".venv/bin/clipblind"), "verify"],
+                                  [sys.executable, "-m", "pipeline.commands.verify"]],
+                         ids=["clipblind", "module"])
+def test_verify_on_a_folder_that_is_not_a_release(tmp_path, argv):
+    if not Path(argv[0]).exists():
+        argv = [sys.executable, "-m", "pipeline.cli", *argv[1:]]
+    line = _one_error_line(_command([*argv, str(tmp_path)], tmp_path), "verify")
+    assert "has no SHA256SUMS" in line
+    shown = _command([*argv, str(tmp_path)], tmp_path, debug=True)
+    assert shown.returncode == 1 and "Traceback (most recent call last)" in shown.stderr and "ReleaseError" in shown.stderr
+
+
+# --- every exception the project defines ------------------------------------------------------
+
+# Run only inside Label Studio's own virtualenv (Django set up on import); it defines no class.
+NOT_IMPORTABLE_HERE = {"annotation.labelstudio.accounts"}
+# Never reported by a clipblind command. decode.py's bytes are part of every embedding's
+# fingerprint, and a DecodeError never leaves a stage: it becomes a reject row with its reason
+# code. withheld.py runs on its own with only the standard library (every release ships it as
+# fetch_images.py), which prints its FetchError itself.
+NOT_A_COMMAND_ERROR = {"pipeline.images.decode.DecodeError", "pipeline.release.withheld.FetchError"}
+
+
+def project_modules() -> list[str]:
+    """Every module under pipeline/ and annotation/, by dotted name."""
+    names = []
+    for package in ("pipeline", "annotation"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+def exception_classes(module_names: list[str]) -> dict[str, type]:
+    """Every exception class defined (not imported) in those modules, by qualified name."""
+    found = {}
+    for name in module_names:
+        if name in NOT_IMPORTABLE_HERE:
+            source = (REPO / (name.replace(".", "/") + ".py")).read_text()
+            assert not any(isinstance(n, ast.ClassDef) for n in ast.walk(ast.parse(source))), name
+            continue
+        module = importlib.import_module(name)
+        for obj in vars(module).values():
+            if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == name:
+                found[f"{name}.{obj.__qualname__}"] = obj
+    return found
+
+
+def test_every_project_exception_is_a_clipblind_error():
+    classes = exception_classes(project_modules())
+    assert len(classes) >= 21 and set(NOT_A_COMMAND_ERROR) <= set(classes)
+    strays = sorted(name for name, cls in classes.items()
+                    if not issubclass(cls, ClipblindError) and name not in NOT_A_COMMAND_ERROR)
+    assert not strays, f"derive these from pipeline.core.errors.ClipblindError (beside their builtin base): {strays}"
+
+
+def test_the_walk_finds_an_exception_that_is_not_one(tmp_path, monkeypatch):
+    package = tmp_path / "strayproject"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "mod.py").write_text("class Stray(ValueError):\n    pass\n\n\nclass Fine(Exception):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    classes = exception_classes(["strayproject.mod"])
+    assert set(classes) == {"strayproject.mod.Stray", "strayproject.mod.Fine"}
+    assert not any(issubclass(cls, ClipblindError) for cls in classes.values())

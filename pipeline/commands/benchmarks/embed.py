@@ -393,4 +393,6 @@ def _resume_benchmark(trials: int) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipeline.core.errors import run
+
+    raise SystemExit(run(main, "bench embed"))

@@ -378,4 +378,6 @@ def _achieved(results: dict[str, Any]) -> list[tuple[str, float]]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipeline.core.errors import run
+
+    raise SystemExit(run(main, "bench gpu"))
