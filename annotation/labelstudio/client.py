@@ -61,8 +61,12 @@ class Client:
         return cls(params.url, admin(params).token)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """Send a request for an endpoint the SDK's typed calls do not cover; return the decoded JSON body
-        (None when empty). It goes through the SDK's own HTTP client (same auth, timeout, base URL)."""
+        """Send one request by method and path; return the decoded JSON body (None when empty).
+
+        For calls the typed methods above do not offer (tests post annotations the way the editor does,
+        by path). It goes through the SDK's own HTTP client, so auth, timeout and errors are the same;
+        the SDK exposes that client only as `_client_wrapper.httpx_client`.
+        """
         with self._failing_as(method, path):
             response = self.sdk._client_wrapper.httpx_client.request(path.lstrip("/"), method=method, **kwargs)
             if response.status_code >= 400:
@@ -147,6 +151,8 @@ class Client:
 
     def export(self, project_id: int) -> list[dict[str, Any]]:
         """A JSON export of every task of the project, annotated or not, as the server wrote it."""
+        # the community server's synchronous export (exports.as_json would also ask it to download every
+        # image resource); parsed here, not through SDK types, so the snapshot keeps the server's JSON
         with self._failing_as("GET", f"/api/projects/{project_id}/export?exportType=JSON&download_all_tasks=true"):
             body = b"".join(self.sdk.projects.exports.download_sync(project_id, export_type="JSON",
                                                                       download_all_tasks=True))
