@@ -63,7 +63,7 @@ class Client:
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send one request by method and path; return the decoded JSON body (None when empty).
 
-        For calls the typed methods above do not offer (tests post annotations the way the editor does,
+        For calls the typed methods below do not offer (tests post annotations the way the editor does,
         by path). It goes through the SDK's own HTTP client, so auth, timeout and errors are the same;
         the SDK exposes that client only as `_client_wrapper.httpx_client`.
         """
