@@ -37,7 +37,16 @@ import pyarrow as pa
 
 from annotation import adjudication, results
 from annotation.snapshot import read_snapshot
-from annotation.tables import INVALID_REASONS, OUTCOME_REASONS
+from annotation.tables import (
+    ADJUDICATED_REJECT,
+    AWAITING_ADJUDICATION,
+    AWAITING_VERIFICATION,
+    DUPLICATE_PAIR,
+    INVALID_REASONS,
+    OUTCOME_REASONS,
+    PENDING_REASONS,
+    STALE_PAIR,
+)
 from pipeline.core import patterns, schemas
 from pipeline.core.atomic import write_bytes
 from pipeline.core.config import command_params
@@ -46,7 +55,6 @@ from pipeline.params import AcceptParams
 
 STAGE = "accept"
 # Valid questions not decided yet (reported as pending, never as rejected).
-PENDING_REASONS: tuple[str, ...] = tuple(r for r in OUTCOME_REASONS if r.startswith("awaiting_"))
 
 
 @dataclass(frozen=True)
@@ -103,9 +111,9 @@ def accept(
         self_answers += len(answers.get(row["question_id"], [])) - len(mine)
         status, reason, how = "rejected", row["reason"], None
         if row["valid"] and row["pair_id"] not in pair_rows:
-            reason = "stale_pair"
+            reason = STALE_PAIR
         elif row["valid"] and len(mine) < params.verifiers:
-            reason = "awaiting_verification"
+            reason = AWAITING_VERIFICATION
         elif row["valid"]:
             answered += 1
             decision = decided.get(row["question_id"])
@@ -124,15 +132,15 @@ def accept(
                                                        [a.answer_b for a in mine]))
             kind = decision.kind if decision else None
             if kind == adjudication.REJECT:
-                reason = "adjudicated_reject"
+                reason = ADJUDICATED_REJECT
             elif kind == adjudication.CORRECT or (kind == adjudication.ACCEPT and not agreed):
                 status, reason, how = "accepted", None, "adjudicated"
             elif agreed:
                 status, reason, how = "accepted", None, "verified"
             else:
-                reason = "awaiting_adjudication"
+                reason = AWAITING_ADJUDICATION
         if status == "accepted" and row["pair_id"] in accepted_pairs:
-            status, reason, how = "rejected", "duplicate_pair", None
+            status, reason, how = "rejected", DUPLICATE_PAIR, None
         if status == "accepted":
             accepted_pairs.add(row["pair_id"])
             pair = pair_rows[row["pair_id"]]
@@ -173,7 +181,7 @@ def accept(
         return {"answered_questions": t[0], "per_question": _accuracy(t[1], t[2]), "per_pair": _accuracy(t[3], t[4])}
 
     valid = sum(annotations.column("valid").to_pylist())
-    decided_reasons = ("stale_pair", *(r for r in OUTCOME_REASONS if r not in PENDING_REASONS))
+    decided_reasons = (STALE_PAIR, *(r for r in OUTCOME_REASONS if r not in PENDING_REASONS))
     metrics = {
         "written": annotations.num_rows,
         "invalid": annotations.num_rows - valid,
@@ -228,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_bytes(args.queue, adjudication.encode(queue))
     write_metrics(args.metrics, metrics)
     write_headline(args.headline, STAGE, metrics)
-    waiting = metrics["pending_by_reason"]["awaiting_adjudication"]
+    waiting = metrics["pending_by_reason"][AWAITING_ADJUDICATION]
     summary(STAGE, f"{metrics['written']} written, {metrics['valid']} valid → {metrics['accepted']} accepted "
                    f"({metrics['verified']} verified, {metrics['accepted_adjudicated']} adjudicated), "
                    f"{metrics['rejected']} rejected, {metrics['pending']} pending; {waiting} awaiting adjudication ({args.queue}: "
@@ -237,6 +245,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from pipeline.core.errors import run
-
-    raise SystemExit(run(main, "accept"))
+    raise SystemExit(main())

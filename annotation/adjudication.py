@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,7 +242,7 @@ def merge(queue: list[dict[str, str]], current: list[dict[str, str]]) -> list[di
 
 
 # Outcome reasons of questions no verifier answered (as `accept.verifiers` counts): no decision applies to them.
-UNANSWERED_REASONS: tuple[str, ...] = (*annotation.tables.INVALID_REASONS, "awaiting_verification")
+UNANSWERED_REASONS: tuple[str, ...] = (*annotation.tables.INVALID_REASONS, annotation.tables.AWAITING_VERIFICATION)
 
 
 def decidable(reason: str | None) -> bool:
@@ -339,15 +340,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "--correct ID")
     if args.correct is not None and not (args.answer_a and args.answer_b):
         parser.error(f"--correct {args.correct} needs both --answer-a and --answer-b (each one of {list(ANSWERS)})")
-    queue, current = read(args.queue), read(args.file)
-    merged = merge(queue, current)
-    corrected = None
-    if args.correct is not None:
-        change = Correction((args.answer_a, args.answer_b), (args.statement_a, args.statement_b),
-                            args.drop_statements, args.note)
-        merged, corrected = correct(merged, args.correct, change,
-                                    schemas.read_table(args.annotations, "annotations"),
-                                    schemas.read_table(args.outcomes, "question_outcomes"))
+    try:
+        queue, current = read(args.queue), read(args.file)
+        merged = merge(queue, current)
+        corrected = None
+        if args.correct is not None:
+            change = Correction((args.answer_a, args.answer_b), (args.statement_a, args.statement_b),
+                                args.drop_statements, args.note)
+            merged, corrected = correct(merged, args.correct, change,
+                                        schemas.read_table(args.annotations, "annotations"),
+                                        schemas.read_table(args.outcomes, "question_outcomes"))
+    except (AdjudicationError, CorrectionError, FileNotFoundError, schemas.SchemaError) as err:
+        print(f"[adjudicate] {err}", file=sys.stderr)
+        return 2
     write_bytes(args.file, encode(merged))
     undecided = sum(1 for r in merged if not r["decision"])
     if corrected is not None:
@@ -360,6 +365,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from pipeline.core.errors import run
-
-    raise SystemExit(run(main, "adjudicate"))
+    raise SystemExit(main())

@@ -24,7 +24,18 @@ import pyarrow as pa
 from annotation import results
 from annotation.adjudication import formula_like
 from annotation.snapshot import read_snapshot
-from annotation.tables import INVALID_REASONS
+from annotation.tables import (
+    ANSWER_NOT_AN_OPTION,
+    FORMULA_LIKE,
+    IDENTICAL_OPTIONS,
+    INVALID_REASONS,
+    MISSING_OPTION,
+    MISSING_QUESTION,
+    PAIR_REJECTED,
+    SAME_ANSWER,
+    STALE_PAIR,
+    UNKNOWN_PATTERN,
+)
 from pipeline.core import patterns, schemas
 from pipeline.core.config import command_params
 from pipeline.core.report import progress, summary, write_headline, write_metrics
@@ -55,20 +66,20 @@ def check(values: dict[str, list[str]], pair_known: bool, params: ValidateParams
     formulas = [(f, results.text(values, f)) for f in TEXT_FIELDS if formula_like(results.text(values, f))]
     norm = (lambda s: " ".join(s.casefold().split())) if params.options_ignore_case else (lambda s: s)
     checks = [
-        ("pair_rejected", bool(results.choice(values, "reject")),
+        (PAIR_REJECTED, bool(results.choice(values, "reject")),
          f"the writer rejected the pair: {results.text(values, 'reject_reason') or 'no reason given'}"),
-        ("stale_pair", not pair_known, "the pair is not in the current pairs table (re-mined away)"),
-        ("missing_question", not results.text(values, "question"), "no question was written"),
-        ("missing_option", not option_a or not option_b, "option (a) or option (b) is empty"),
-        ("identical_options", norm(option_a) == norm(option_b), "options (a) and (b) are the same"),
-        ("formula_like", bool(formulas),
+        (STALE_PAIR, not pair_known, "the pair is not in the current pairs table (re-mined away)"),
+        (MISSING_QUESTION, not results.text(values, "question"), "no question was written"),
+        (MISSING_OPTION, not option_a or not option_b, "option (a) or option (b) is empty"),
+        (IDENTICAL_OPTIONS, norm(option_a) == norm(option_b), "options (a) and (b) are the same"),
+        (FORMULA_LIKE, bool(formulas),
          "; ".join(f"{f} {t!r} starts like a spreadsheet formula (= + - @, tab or CR)" for f, t in formulas)
          + ": rephrase it so that it starts with a word or a digit (e.g. 'minus 5' for '-5')"),
-        ("unknown_pattern", bool(unknown),
+        (UNKNOWN_PATTERN, bool(unknown),
          f"not one of MMVP's nine patterns: {unknown}; choose one of {list(patterns.PAPER_NAMES)}"),
-        ("answer_not_an_option", any(a not in patterns.ANSWERS for a in answers),
+        (ANSWER_NOT_AN_OPTION, any(a not in patterns.ANSWERS for a in answers),
          f"answers must be one of {list(patterns.ANSWERS)}, got {list(answers)}"),
-        ("same_answer", answers[0] == answers[1], f"both images have answer {answers[0]}: the answers must differ"),
+        (SAME_ANSWER, answers[0] == answers[1], f"both images have answer {answers[0]}: the answers must differ"),
     ]
     for reason, failed, detail in checks:
         if failed:
@@ -153,6 +164,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from pipeline.core.errors import run
-
-    raise SystemExit(run(main, "validate"))
+    raise SystemExit(main())

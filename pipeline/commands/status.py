@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from annotation.tables import AWAITING_ADJUDICATION, AWAITING_VERIFICATION
 from pipeline.release import folder as release
 
 HEADLINES: dict[str, tuple[str, ...]] = {
@@ -107,11 +108,11 @@ def next_steps(dvc_yaml: Path) -> list[str]:
     steps = []
     if not accept.get("written"):
         steps.append(annotate)
-    if pending.get("awaiting_verification"):
-        steps.append(f"{pending['awaiting_verification']} valid questions await verification: `clipblind push-verification`, "
+    if pending.get(AWAITING_VERIFICATION):
+        steps.append(f"{pending[AWAITING_VERIFICATION]} valid questions await verification: `clipblind push-verification`, "
                      "verifiers answer them in Label Studio, then `clipblind pull verification` and `dvc repro`")
-    if pending.get("awaiting_adjudication"):
-        steps.append(f"{pending['awaiting_adjudication']} questions await adjudication: `clipblind adjudicate`, decide "
+    if pending.get(AWAITING_ADJUDICATION):
+        steps.append(f"{pending[AWAITING_ADJUDICATION]} questions await adjudication: `clipblind adjudicate`, decide "
                      "each row of labels/adjudication.csv, then `dvc repro`")
     status, version = package.get("status"), package.get("version")
     folder = _release_folder(root, stages.get("package"))
@@ -145,6 +146,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from pipeline.core.errors import run
-
-    raise SystemExit(run(main, "status"))
+    raise SystemExit(main())
