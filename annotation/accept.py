@@ -245,4 +245,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipeline.core.errors import run
+
+    raise SystemExit(run(main, "accept"))

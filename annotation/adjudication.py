@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -340,19 +339,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "--correct ID")
     if args.correct is not None and not (args.answer_a and args.answer_b):
         parser.error(f"--correct {args.correct} needs both --answer-a and --answer-b (each one of {list(ANSWERS)})")
-    try:
-        queue, current = read(args.queue), read(args.file)
-        merged = merge(queue, current)
-        corrected = None
-        if args.correct is not None:
-            change = Correction((args.answer_a, args.answer_b), (args.statement_a, args.statement_b),
-                                args.drop_statements, args.note)
-            merged, corrected = correct(merged, args.correct, change,
-                                        schemas.read_table(args.annotations, "annotations"),
-                                        schemas.read_table(args.outcomes, "question_outcomes"))
-    except (AdjudicationError, CorrectionError, FileNotFoundError, schemas.SchemaError) as err:
-        print(f"[adjudicate] {err}", file=sys.stderr)
-        return 2
+    queue, current = read(args.queue), read(args.file)
+    merged = merge(queue, current)
+    corrected = None
+    if args.correct is not None:
+        change = Correction((args.answer_a, args.answer_b), (args.statement_a, args.statement_b),
+                            args.drop_statements, args.note)
+        merged, corrected = correct(merged, args.correct, change,
+                                    schemas.read_table(args.annotations, "annotations"),
+                                    schemas.read_table(args.outcomes, "question_outcomes"))
     write_bytes(args.file, encode(merged))
     undecided = sum(1 for r in merged if not r["decision"])
     if corrected is not None:
@@ -365,4 +360,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipeline.core.errors import run
+
+    raise SystemExit(run(main, "adjudicate"))
