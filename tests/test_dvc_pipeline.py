@@ -149,6 +149,25 @@ def test_own_corpus_by_the_readme_recipe_runs_through_package(tmp_path):
     assert _changed_stages(repo) >= {"ingest", "embed", "export", "gallery", "gate", "package"}
 
 
+def test_a_failing_stage_reads_in_dvc_repro_as_from_clipblind(tmp_path):
+    not_a_folder = tmp_path / "photos.txt"  # the README's corpus line pointing at a file
+    not_a_folder.write_text("not a folder")
+    recipe = _readme_corpus_recipe()
+    ((name,),) = recipe["vars"]
+    recipe["vars"] = [{name: str(not_a_folder)}]
+    dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    del dvc_yaml["stages"]["sample_corpus"]
+    dvc_yaml.update(recipe)
+    repo = _make_repo(tmp_path / "repo", dvc_yaml)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    env.pop("CLIPBLIND_DEBUG", None)
+    result = subprocess.run(_dvc("repro", "ingest"), cwd=repo, env=env, capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output, output
+    assert re.search(rf"^clipblind ingest: corpus source '[^']+': no folder at {re.escape(str(not_a_folder))}$",
+                     output, re.M), output
+
+
 def test_changing_the_decode_rules_reruns_every_stage_that_sees_pixels_and_reuses_none(dvc_repo):
     _run(_dvc("repro"), dvc_repo)
     tasks_before = json.loads((dvc_repo / "data/tasks.json").read_text())
