@@ -174,7 +174,7 @@ def provenance(pairs_meta: Mapping[str, Any], mine_metrics: Mapping[str, Any], i
     """Encoders, thresholds, search mode, the funnel and the annotation figures, as the manifest records them.
 
     Every count is copied from the metrics file that holds it (ingest, mine, accept; package adds its
-    own), so the card renders the same numbers `dvc metrics show` does.
+    own), so the card renders the numbers the stages' metrics records hold.
     """
     annotation = dict(accept_metrics or {})
     missing = [k for k in (*schemas.ACCEPT_FUNNEL_COUNTS, *schemas.ACCEPT_FIGURES) if accept_metrics and k not in annotation]
