@@ -1,10 +1,12 @@
 import ast
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 from pipeline import cli
 from pipeline.commands import bench
+from pipeline.core.errors import ClipblindError
 from pipeline.sample_corpus import generate
 from tests.conftest import REPO
 
@@ -69,3 +71,15 @@ def test_every_command_module_runs_through_the_error_wrapper_under_its_subcomman
                 if "\nif __name__ == \"__main__\":" in p.read_text()}
     assert runnable - set(expected) == {_module_path(m) for m in ("pipeline.cli", "annotation.labelstudio.accounts",
                                                             "pipeline.release.withheld")}
+
+
+def test_a_benchmark_s_error_names_the_benchmark(capsys, monkeypatch):
+    def main(argv):
+        raise ClipblindError("no GPU here: run it where one is")
+
+    monkeypatch.setattr(bench, "available", lambda: ["fake"])
+    monkeypatch.setitem(sys.modules, "pipeline.commands.benchmarks.fake", types.SimpleNamespace(main=main))
+    assert cli.main(["bench", "fake"]) == 1
+    assert capsys.readouterr().err == "clipblind bench fake: no GPU here: run it where one is\n"
+    assert cli.main(["bench", "nope"]) == 2
+    assert capsys.readouterr().err == "clipblind bench: unknown benchmark 'nope'; available: fake\n"

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from pipeline.commands import benchmarks
+from pipeline.core.errors import USAGE_EXIT, report, run
 
 
 def available() -> list[str]:
@@ -16,16 +17,16 @@ def available() -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatch to a benchmark's own `main(argv)`."""
+    """Dispatch to a benchmark's own `main(argv)`; its errors read `clipblind bench <name>: ...`."""
     args = list(sys.argv[1:] if argv is None else argv)
     names = available()
     if not args or args[0] in ("-h", "--help"):
         print("usage: clipblind bench <name> [options]\n\nbenchmarks: " + (", ".join(names) or "(none yet)"))
         return 0
     if args[0] not in names:
-        print(f"clipblind bench: unknown benchmark {args[0]!r}; available: {', '.join(names)}", file=sys.stderr)
-        return 2
-    return int(importlib.import_module(f"pipeline.commands.benchmarks.{args[0]}").main(args[1:]) or 0)
+        report("bench", f"unknown benchmark {args[0]!r}; available: {', '.join(names)}")
+        return USAGE_EXIT
+    return run(importlib.import_module(f"pipeline.commands.benchmarks.{args[0]}").main, f"bench {args[0]}", args[1:])
 
 
 if __name__ == "__main__":
