@@ -109,7 +109,7 @@ def accept(
     for row in annotations.to_pylist():
         mine = [a for a in answers.get(row["question_id"], []) if a.verifier != row["writer"]]
         self_answers += len(answers.get(row["question_id"], [])) - len(mine)
-        status, reason, how = "rejected", row["reason"], None
+        status, reason, how = schemas.OUTCOME_REJECTED, row["reason"], None
         if row["valid"] and row["pair_id"] not in pair_rows:
             reason = STALE_PAIR
         elif row["valid"] and len(mine) < params.verifiers:
@@ -134,14 +134,14 @@ def accept(
             if kind == adjudication.REJECT:
                 reason = ADJUDICATED_REJECT
             elif kind == adjudication.CORRECT or (kind == adjudication.ACCEPT and not agreed):
-                status, reason, how = "accepted", None, "adjudicated"
+                status, reason, how = schemas.OUTCOME_ACCEPTED, None, schemas.ADJUDICATED
             elif agreed:
-                status, reason, how = "accepted", None, "verified"
+                status, reason, how = schemas.OUTCOME_ACCEPTED, None, schemas.VERIFIED
             else:
                 reason = AWAITING_ADJUDICATION
-        if status == "accepted" and row["pair_id"] in accepted_pairs:
-            status, reason, how = "rejected", DUPLICATE_PAIR, None
-        if status == "accepted":
+        if status == schemas.OUTCOME_ACCEPTED and row["pair_id"] in accepted_pairs:
+            status, reason, how = schemas.OUTCOME_REJECTED, DUPLICATE_PAIR, None
+        if status == schemas.OUTCOME_ACCEPTED:
             accepted_pairs.add(row["pair_id"])
             pair = pair_rows[row["pair_id"]]
             writer_answers = (row["answer_a"], row["answer_b"])
@@ -164,7 +164,7 @@ def accept(
         elif row["valid"]:
             reasons[reason] += 1
             if reason in PENDING_REASONS:
-                status = "pending"
+                status = schemas.OUTCOME_PENDING
         else:
             invalid_reasons[reason] += 1
         outcomes.append({
@@ -189,8 +189,8 @@ def accept(
         "valid": valid,
         "answered_by_verifiers": answered,
         "accepted": len(accepted),
-        "verified": sum(r["verification"] == "verified" for r in accepted),
-        "accepted_adjudicated": sum(r["verification"] == "adjudicated" for r in accepted),
+        "verified": sum(r["verification"] == schemas.VERIFIED for r in accepted),
+        "accepted_adjudicated": sum(r["verification"] == schemas.ADJUDICATED for r in accepted),
         "answers_corrected": sum(r["writer_answer_a"] is not None for r in accepted),
         "decisions_unused": len(unused_decisions(decided, outcomes_table)),
         "rejected": sum(reasons.get(r, 0) for r in decided_reasons),

@@ -275,7 +275,7 @@ def correct(rows: list[dict[str, str]], wanted: str, change: Correction, annotat
         raise CorrectionError(f"--answer-a/--answer-b: {problem}")
     outcome_rows = outcomes.to_pylist()
     by_question = {r["question_id"]: r for r in outcome_rows}
-    accepted_of_pair = {r["pair_id"]: r for r in outcome_rows if r["status"] == "accepted"}
+    accepted_of_pair = {r["pair_id"]: r for r in outcome_rows if r["status"] == schemas.OUTCOME_ACCEPTED}
     outcome = by_question.get(wanted) or accepted_of_pair.get(wanted)
     if outcome is None:
         raise CorrectionError(f"--correct {wanted!r} is neither a question id nor an accepted pair id in the "

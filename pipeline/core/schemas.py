@@ -72,6 +72,11 @@ ACCEPT_FUNNEL_COUNTS: tuple[str, ...] = ("written", "valid", "accepted", "reject
 ACCEPT_FIGURES: tuple[str, ...] = ("verified", "accepted_adjudicated", "answers_corrected", "pending_by_reason",
                                    "rejected_by_reason", "human_accuracy")
 
+# How an accepted question's answers were confirmed (accepted.verification, question_outcomes.verification):
+# a verifier agreed with the writer, or the lead decided (README: "verified" and "adjudicated").
+VERIFIED, ADJUDICATED = "verified", "adjudicated"
+VERIFICATIONS: tuple[str, ...] = (VERIFIED, ADJUDICATED)
+
 # Accepted annotations: the hand-off from annotation (import + verification) to package.
 # One row per accepted pair; answers are "(a)" or "(b)" and differ within a row.
 ACCEPTED = pa.schema(
@@ -91,7 +96,7 @@ ACCEPTED = pa.schema(
         pa.field("statement_a", pa.string(), nullable=True),  # a one-sentence statement true of image_a
         pa.field("statement_b", pa.string(), nullable=True),
         pa.field("writer", pa.string(), nullable=False),  # annotator who wrote the question
-        pa.field("verification", pa.string(), nullable=False),  # "verified" or "adjudicated"
+        pa.field("verification", pa.string(), nullable=False),  # one of VERIFICATIONS
         pa.field("verifier_answers_a", pa.list_(pa.string()), nullable=False),
         pa.field("verifier_answers_b", pa.list_(pa.string()), nullable=False),
         # the writer's answers when the lead corrected them in adjudication (answer_a/b are then the lead's); else null
@@ -278,14 +283,18 @@ ANNOTATIONS = register("annotations", pa.schema([
     pa.field("detail", pa.string(), nullable=True),
 ]))
 
+# A question's outcome (question_outcomes.status).
+OUTCOME_ACCEPTED, OUTCOME_REJECTED, OUTCOME_PENDING = "accepted", "rejected", "pending"
+OUTCOME_STATUSES: tuple[str, ...] = (OUTCOME_ACCEPTED, OUTCOME_REJECTED, OUTCOME_PENDING)
+
 # Each valid or invalid question's outcome in the accept stage (one row per question).
 OUTCOMES = register("question_outcomes", pa.schema([
     pa.field("question_id", pa.string(), nullable=False),
     pa.field("pair_id", pa.string(), nullable=False),
     pa.field("pattern", pa.string(), nullable=False),  # pattern key (as in annotations)
-    pa.field("status", pa.string(), nullable=False),  # accepted | rejected | pending
+    pa.field("status", pa.string(), nullable=False),  # one of OUTCOME_STATUSES
     pa.field("reason", pa.string(), nullable=True),  # annotation.tables INVALID_REASONS or OUTCOME_REASONS
-    pa.field("verification", pa.string(), nullable=True),  # verified | adjudicated when accepted
+    pa.field("verification", pa.string(), nullable=True),  # one of VERIFICATIONS when accepted
     pa.field("verifiers", pa.list_(pa.string()), nullable=False),
     pa.field("verifier_answers_a", pa.list_(pa.string()), nullable=False),
     pa.field("verifier_answers_b", pa.list_(pa.string()), nullable=False),

@@ -36,7 +36,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.core import patterns
+from pipeline.core import patterns, schemas
 from pipeline.core.atomic import write_bytes
 from pipeline.core.errors import ClipblindError
 from pipeline.release import mmvp, withheld
@@ -75,7 +75,7 @@ FEATURES_SPEC: tuple[tuple[str, str], ...] = (
     ("redistributed", "bool"),
     ("clip_sim", "float32"),
     ("dino_sim", "float32"),
-    ("verification", "string"),  # "verified" or "adjudicated"
+    ("verification", "string"),  # schemas.VERIFICATIONS
     ("verifier_answers", "list:string"),  # independent verifiers' answers for this image
     ("mmvp_index", "int32"),  # row / file number in the MMVP layout of this version
     ("vlm_question_id", "int32"),  # Question ID in the MMVP-VLM layout, null without statements
@@ -429,8 +429,8 @@ def summarise(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "verification": {
             "verifier_answers": verifier_total,
             "verifier_accuracy": round(verifier_right / verifier_total, 4) if verifier_total else None,
-            "verified_pairs": sum(1 for i in pairs.values() if i["verification"] == "verified"),
-            "adjudicated_pairs": sum(1 for i in pairs.values() if i["verification"] == "adjudicated"),
+            "verified_pairs": sum(1 for i in pairs.values() if i["verification"] == schemas.VERIFIED),
+            "adjudicated_pairs": sum(1 for i in pairs.values() if i["verification"] == schemas.ADJUDICATED),
         },
         "gate_flagged_items": sum(1 for i in items if i["gate_flags"]),
     }
