@@ -197,9 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from pipeline.core.errors import run
+    from pipeline.core.errors import run_command
 
-    raise SystemExit(run(main, "push"))
+    raise SystemExit(run_command(main, "push"))
 
 
 LOCAL_FILES_PATH = "/data/local-files/"

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from pipeline import __version__
-from pipeline.core.errors import run
+from pipeline.core.errors import run_command
 
 # (subcommand, module, one-line help), in pipeline order; modules load lazily so `--help` stays fast.
 _COMMANDS: list[tuple[str, str, str]] = [
@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"clipblind: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[args[0]][0])
-    return run(module.main, args[0], args[1:])
+    return run_command(module.main, args[0], args[1:])
 
 
 if __name__ == "__main__":

@@ -262,6 +262,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from pipeline.core.errors import run
+    from pipeline.core.errors import run_command
 
-    raise SystemExit(run(main, "search"))
+    raise SystemExit(run_command(main, "search"))

@@ -47,11 +47,16 @@ def test_verify_subcommand_checks_a_release_folder(tmp_path, capsys):
 
 
 def _main_block_command(path: Path) -> str | None:
-    """The command name a module's `if __name__ == "__main__":` block hands to errors.run, if it does."""
-    for node in ast.parse(path.read_text()).body:
+    """The command name a module's `if __name__ == "__main__":` block hands to errors.run_command, if it does."""
+    tree = ast.parse(path.read_text())
+    # the block imports run_command into the module's globals: a top-level name of its own would be replaced
+    top_level = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    top_level |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    assert "run_command" not in top_level, f"{path} defines run_command, which its __main__ block replaces"
+    for node in tree.body:
         if isinstance(node, ast.If) and ast.unparse(node.test) == "__name__ == '__main__'":
             for call in ast.walk(node):
-                if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "run":
+                if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "run_command":
                     return call.args[1].value
     return None
 

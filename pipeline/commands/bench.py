@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from pipeline.commands import benchmarks
-from pipeline.core.errors import USAGE_EXIT, report, run
+from pipeline.core.errors import USAGE_EXIT, report, run_command
 
 
 def available() -> list[str]:
@@ -26,10 +26,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[0] not in names:
         report("bench", f"unknown benchmark {args[0]!r}; available: {', '.join(names)}")
         return USAGE_EXIT
-    return run(importlib.import_module(f"pipeline.commands.benchmarks.{args[0]}").main, f"bench {args[0]}", args[1:])
+    return run_command(importlib.import_module(f"pipeline.commands.benchmarks.{args[0]}").main, f"bench {args[0]}", args[1:])
 
 
 if __name__ == "__main__":
-    from pipeline.core.errors import run
+    from pipeline.core.errors import run_command
 
-    raise SystemExit(run(main, "bench"))
+    raise SystemExit(run_command(main, "bench"))

@@ -1,13 +1,13 @@
 """One error convention for every command: a mistake the user can fix reads as one line.
 
 Every exception class the project defines derives from `ClipblindError` (and keeps its builtin
-base, so `except ValueError` still catches a `ParamsError`). `run(main, command, argv)` calls a
+base, so `except ValueError` still catches a `ParamsError`). `run_command(main, command, argv)` calls a
 command's `main`: a `ClipblindError`, or a named input that does not exist (`FileNotFoundError`),
 becomes `clipblind <command>: <message>` on stderr and exit code 1, without a traceback. With
 `CLIPBLIND_DEBUG=1` in the environment the traceback is printed first. Anything else is a bug and
 keeps its traceback; argparse's usage errors and params errors (`config.command_params`) exit 2.
 `clipblind <command>` (pipeline/cli.py) and `python -m <module>` (what `dvc repro` runs) both go
-through `run`, so an error reads the same from either.
+through `run_command`, so an error reads the same from either.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def message(err: BaseException) -> str:
     return str(err)
 
 
-def run(main: Main, command: str, argv: Sequence[str] | None = None) -> int:
+def run_command(main: Main, command: str, argv: Sequence[str] | None = None) -> int:
     """Call `main(argv)` for `clipblind <command>` and return its exit code; a user mistake
     (`USER_ERRORS`) is reported as one line on stderr and returns 1."""
     try:

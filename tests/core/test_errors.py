@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from pipeline.core import errors
-from pipeline.core.errors import ClipblindError, run
+from pipeline.core.errors import ClipblindError, run_command
 from tests.conftest import REPO, tiny_params
 
 
@@ -33,7 +33,7 @@ def _raising(err: BaseException):
 
 def test_a_clipblind_error_is_one_line_and_exit_1(capsys, monkeypatch):
     monkeypatch.delenv(errors.DEBUG_ENV, raising=False)
-    assert run(_raising(_Mistake("threshold 2 is above 1: change mine.clip in params.yaml")), "mine", []) == 1
+    assert run_command(_raising(_Mistake("threshold 2 is above 1: change mine.clip in params.yaml")), "mine", []) == 1
     captured = capsys.readouterr()
     assert captured.err == "clipblind mine: threshold 2 is above 1: change mine.clip in params.yaml\n"
     assert captured.out == ""
@@ -46,14 +46,14 @@ def test_a_missing_input_names_its_path(capsys, monkeypatch, tmp_path):
     def main(argv=None):
         return len(missing.read_text())
 
-    assert run(main, "search", None) == 1
+    assert run_command(main, "search", None) == 1
     assert capsys.readouterr().err == f"clipblind search: no such file or directory: {missing}\n"
 
 
 @pytest.mark.parametrize("value", ["1", "yes"])
 def test_debug_shows_the_traceback_too(capsys, monkeypatch, value):
     monkeypatch.setenv(errors.DEBUG_ENV, value)
-    assert run(_raising(_Mistake("bad")), "ingest", []) == 1
+    assert run_command(_raising(_Mistake("bad")), "ingest", []) == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "_Mistake: bad" in err
     assert err.splitlines()[-1] == "clipblind ingest: bad"
@@ -62,26 +62,26 @@ def test_debug_shows_the_traceback_too(capsys, monkeypatch, value):
 @pytest.mark.parametrize("value", ["", "0"])
 def test_debug_off_values(capsys, monkeypatch, value):
     monkeypatch.setenv(errors.DEBUG_ENV, value)
-    assert run(_raising(_Mistake("bad")), "ingest", []) == 1
+    assert run_command(_raising(_Mistake("bad")), "ingest", []) == 1
     assert capsys.readouterr().err == "clipblind ingest: bad\n"
 
 
 def test_a_bug_keeps_its_traceback():
     with pytest.raises(KeyError):
-        run(_raising(KeyError("image_id")), "mine", [])
+        run_command(_raising(KeyError("image_id")), "mine", [])
 
 
 def test_exit_codes_and_usage_errors_pass_through():
-    assert run(lambda argv: 3, "verify", []) == 3
-    assert run(lambda argv: None, "verify", []) == 0
+    assert run_command(lambda argv: 3, "verify", []) == 3
+    assert run_command(lambda argv: None, "verify", []) == 0
     with pytest.raises(SystemExit) as exit_:
-        run(_raising(SystemExit(2)), "verify", [])
+        run_command(_raising(SystemExit(2)), "verify", [])
     assert exit_.value.code == 2
 
 
 def test_the_argv_reaches_main():
     seen = []
-    assert run(lambda argv: seen.append(argv), "tag", ["a", "b"]) == 0
+    assert run_command(lambda argv: seen.append(argv), "tag", ["a", "b"]) == 0
     assert seen == [["a", "b"]]
 
 

@@ -393,6 +393,6 @@ def _resume_benchmark(trials: int) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from pipeline.core.errors import run
+    from pipeline.core.errors import run_command
 
-    raise SystemExit(run(main, "bench embed"))
+    raise SystemExit(run_command(main, "bench embed"))

@@ -378,6 +378,6 @@ def _achieved(results: dict[str, Any]) -> list[tuple[str, float]]:
 
 
 if __name__ == "__main__":
-    from pipeline.core.errors import run
+    from pipeline.core.errors import run_command
 
-    raise SystemExit(run(main, "bench gpu"))
+    raise SystemExit(run_command(main, "bench gpu"))

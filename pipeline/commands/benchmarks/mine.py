@@ -388,6 +388,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from pipeline.core.errors import run
+    from pipeline.core.errors import run_command
 
-    raise SystemExit(run(main, "bench mine"))
+    raise SystemExit(run_command(main, "bench mine"))
