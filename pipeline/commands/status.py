@@ -1,6 +1,7 @@
-"""status: what the pipeline has produced so far, read from dvc.yaml and the stages' metrics records.
+"""status: what the pipeline has produced so far, read from dvc.yaml and the stages' metrics.
 
-Prints, per stage, whether its outputs exist and its headline counts, then what to do next, from
+Prints, per stage, whether its outputs exist and its headline metrics (what `dvc metrics show`
+lists: report.HEADLINES), then what to do next, from
 the state the metrics and the release record show: run the pipeline; annotate; verify or adjudicate
 pending questions; make an unreleased build releasable (package's `todo`); tag a releasable build.
 """
@@ -16,20 +17,8 @@ from typing import Any
 import yaml
 
 from annotation.tables import AWAITING_ADJUDICATION, AWAITING_VERIFICATION
+from pipeline.core.report import HEADLINE_KEYS
 from pipeline.release import folder as release
-
-HEADLINES: dict[str, tuple[str, ...]] = {
-    "ingest": ("inputs", "accepted", "duplicates", "blocked", "rejected"),
-    "embed": ("images", "shards_written", "shards_reused"),
-    "search": ("mode", "candidates", "near_duplicates_dropped"),
-    "mine": ("clip_candidates", "thresholded", "pairs", "search"),
-    "export": ("tasks", "display_images"),
-    "gallery": ("shown", "thumbnails"),
-    "validate": ("written", "valid", "invalid"),
-    "accept": ("valid", "accepted", "verified", "rejected", "pending"),
-    "gate": ("ran", "inputs", "dropped"),
-    "package": ("status", "version", "packaged", "items"),
-}
 
 
 def stage_outputs(stage: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -49,6 +38,11 @@ def stage_records(stage: dict[str, Any]) -> list[str]:
             if path.endswith(".json") and (options or {}).get("cache") is False]
 
 
+def _headline_order(key: str) -> tuple[int, str]:
+    """Headline keys in HEADLINE_KEYS order, any other after them by name."""
+    return (HEADLINE_KEYS.index(key) if key in HEADLINE_KEYS else len(HEADLINE_KEYS), key)
+
+
 def report(dvc_yaml: Path) -> list[str]:
     """Lines describing each stage's outputs and metrics."""
     stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
@@ -60,12 +54,13 @@ def report(dvc_yaml: Path) -> list[str]:
         missing = [o for o in outs if not (root / o).exists()]
         state = "missing " + ", ".join(missing) if missing else "ok"
         counts = []
-        for metrics_path in stage_records(stage):
-            path = root / metrics_path
-            if path.exists():
-                data = json.loads(path.read_text())
-                counts += [f"{k}={data[k]}" for k in HEADLINES.get(name, ()) if k in data]
-                random_init.update(data.get("random_init_encoders") or [])
+        for metrics_path in metrics:
+            if (root / metrics_path).exists():
+                headline = json.loads((root / metrics_path).read_text())
+                counts += [f"{k}={headline[k]}" for k in sorted(headline, key=_headline_order)]
+        for record_path in stage_records(stage):
+            if (root / record_path).exists():
+                random_init.update(json.loads((root / record_path).read_text()).get("random_init_encoders") or [])
         lines.append(f"  {name:<14} {state:<8} {' '.join(counts)}  → {', '.join(outs + metrics)}")
     if random_init:
         lines.append(f"  NOTE: encoders with RANDOM weights were used ({', '.join(sorted(random_init))}): "
