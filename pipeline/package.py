@@ -4,7 +4,8 @@ Inputs: the accepted-annotations table (`accepted`), the images table and the co
 (images are re-read and passed through the canonical decode, then encoded exactly as the
 display copies annotators judged: `export.display_bytes` with the `export` params), the pairs
 table (its metadata: encoders, thresholds, search mode), the mine and ingest metrics (the
-funnel), the project CHANGELOG and the card template; optionally the blind gate's flags and
+funnel), the project CHANGELOG, the card template and the citation
+(`data_cards/CITATION.cff`); optionally the blind gate's flags and
 the record of released versions (`data_cards/RELEASED.json`, written by `clipblind tag` and
 `publish`). Params section `package`.
 Versions never block a build: one that differs from the last released version is marked
@@ -37,7 +38,7 @@ from pipeline.core.report import progress, summary, warn, write_headline, write_
 from pipeline.images.corpus import Corpus
 from pipeline.images.decode import DecodeError
 from pipeline.params import ExportParams, IngestParams, PackageParams
-from pipeline.release import card
+from pipeline.release import card, citation
 from pipeline.release import folder as release
 from pipeline.release.encoding import encoding_record
 from pipeline.release.versions import VersionPlan, plan_version
@@ -212,6 +213,7 @@ def spec_for(
     changelog_text: str,
     provenance_info: Mapping[str, Any],
     gate: GateDecision | None,
+    citation_text: str,
 ) -> release.ReleaseSpec:
     """What the release says about itself, from the stage's params, its version plan and provenance."""
     return release.ReleaseSpec(
@@ -220,7 +222,7 @@ def spec_for(
         pretty_name=params.pretty_name,
         changelog=tuple(release.sections_up_to(changelog_text, plan.version)),
         provenance=provenance_info,
-        citation=params.citation,
+        citation=citation_text,
         mmvp_vlm_pairs_per_pattern=params.mmvp_vlm_pairs_per_pattern,
         gate=gate.summary if gate else None,
         changes=plan.changes,
@@ -241,6 +243,7 @@ def package(
     render_card: Callable[[Mapping[str, Any], str], str],
     gate: GateDecision | None = None,
     last: Mapping[str, Any] | None = None,
+    citation_text: str = "",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Build the release folder, versioned against the last released version `last`; return (manifest, metrics).
 
@@ -252,7 +255,8 @@ def package(
     common = {"version": plan.version, "random_init_encoders": provenance_info.get("random_init_encoders", [])}
     if accepted.num_rows == 0:
         # Before anyone annotates, the pipeline still runs end to end: the release says it is pending.
-        manifest = release.write_awaiting(out_dir, spec_for(params, plan, changelog_text, provenance_info, gate))
+        spec = spec_for(params, plan, changelog_text, provenance_info, gate, citation_text)
+        manifest = release.write_awaiting(out_dir, spec)
         metrics = {"inputs": 0, "packaged": 0, "rejected": 0, "rejected_by_reason": {}, "rejects": [], "items": 0,
                    "images_withheld": 0, "status": release.AWAITING, **common}
         return manifest, metrics
@@ -267,15 +271,15 @@ def package(
     # the funnel's last steps are this stage's own counts: the card and metrics/package.json show one number
     funnel = {**provenance_info.get("funnel", {}), "pairs_packaged": packaged, "pairs_rejected_at_packaging": len(rejected)}
     info = {**provenance_info, "funnel": funnel}
-    files, manifest = release.render_release(items, spec_for(params, plan, changelog_text, info, gate), render_card,
-                                             params.shard_size)
+    spec = spec_for(params, plan, changelog_text, info, gate, citation_text)
+    files, manifest = release.render_release(items, spec, render_card, params.shard_size)
     if last is not None and plan.version == last["version"]:
         # the same version must mean the same bytes: compare the whole release, not only its items
         replan = plan_version(params, changelog_text, last, items, excluded, release.sums_digest(files))
         if replan != plan:
             plan = replan
-            files, manifest = release.render_release(items, spec_for(params, plan, changelog_text, info, gate),
-                                                     render_card, params.shard_size)
+            spec = spec_for(params, plan, changelog_text, info, gate, citation_text)
+            files, manifest = release.render_release(items, spec, render_card, params.shard_size)
     release.write_files(files, out_dir)
     by_reason = Counter(r.reason.value for r in rejected)
     metrics = {
@@ -314,6 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                  "human verification accuracy)")
     parser.add_argument("--changelog", required=True, help="project CHANGELOG with a section per version")
     parser.add_argument("--card-template", default=str(card.DEFAULT_TEMPLATE))
+    parser.add_argument("--citation", required=True, help="how to cite the release: a CITATION.cff file, rendered as "
+                                                          "BibTeX into the card and manifest (data_cards/CITATION.cff)")
     parser.add_argument("--gate", help="blind-gate flags table (optional)")
     parser.add_argument("--released", help=f"the record of released versions ({release.RELEASED_RECORD}, written by "
                                            "`clipblind tag`/`publish`): a build that differs from the last one is "
@@ -344,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     manifest, metrics = package(
         accepted, images, corpus.read, args.out, params, export_params, ingest_params.max_pixels,
         Path(args.changelog).read_text(), info, card.renderer(args.card_template), gate, last,
+        citation.bibtex(citation.read_cff(args.citation), args.citation),
     )
     write_metrics(args.metrics, metrics)
     write_headline(args.headline, STAGE, metrics)

@@ -273,7 +273,6 @@ class PackageParams:
     # mmvp_vlm/: 0 writes every pair with statements (pattern by pattern, MMVP's order); 15 writes exactly
     # 15 per pattern (the first by pair_id), what MMVP's evaluate_vlm.py assumes (mmvp.VLM_PAIRS_PER_CATEGORY)
     mmvp_vlm_pairs_per_pattern: Literal[0, 15] = 0
-    citation: str = ""
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,17 @@ CHANGELOG = """# Changelog
 
 - First release.
 """
+CITATION = """cff-version: 1.2.0
+message: Cite it as below.
+title: clipblind test release
+authors:
+  - family-names: Tester
+    given-names: Tess
+preferred-citation:
+  type: data
+  title: clipblind test release
+  notes: A release of the test world
+"""
 WITHHELD_LICENSE = "LicenseRef-All-Rights-Reserved"
 # Patterns of the four packaged pairs, stored as validate stores them: the pattern key.
 ORIENTATION, COLOR, QUANTITY, STATE = (patterns.by_key(k).key for k in ("orientation", "color", "quantity", "state"))
@@ -74,7 +85,7 @@ def build_inputs(corpus: Path, root: Path) -> dict[str, Path]:
         ingest={"source": {"kind": "manifest", "name": "generated", "license": "CC0-1.0", "license_column": "license"},
                 "max_pixels": 10_000_000},
         package={"version": "1.0.0", "name": "clipblind-test", "pretty_name": "clipblind test release",
-                 "shard_size": 3, "citation": "@misc{clipblind, title={clipblind}}"},
+                 "shard_size": 3},
     )
     params_file = root / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
@@ -107,10 +118,11 @@ def build_inputs(corpus: Path, root: Path) -> dict[str, Path]:
                       "human_accuracy": {"answered_questions": 8, "per_question": 0.9167, "per_pair": 0.8333}}
     (root / "accept.json").write_text(json.dumps(accept_metrics))
     (root / "CHANGELOG.md").write_text(CHANGELOG)
+    (root / "CITATION.cff").write_text(CITATION)
     return {"params": params_file, "manifest": manifest, "images": images_path, "accepted": root / "accepted.parquet",
             "pairs": root / "pairs.parquet", "mine": root / "mine.json", "ingest": root / "ingest.json",
             "accept": root / "accept.json",
-            "changelog": root / "CHANGELOG.md"}
+            "changelog": root / "CHANGELOG.md", "citation": root / "CITATION.cff"}
 
 
 def package_args(inputs: dict[str, Path], out: Path, metrics: Path, *extra: str) -> list[str]:
@@ -118,7 +130,8 @@ def package_args(inputs: dict[str, Path], out: Path, metrics: Path, *extra: str)
     return [
         "--params", str(inputs["params"]), "--accepted", str(inputs["accepted"]), "--images", str(inputs["images"]),
         "--source", str(inputs["manifest"]), "--pairs", str(inputs["pairs"]), "--mine-metrics", str(inputs["mine"]),
-        "--ingest-metrics", str(inputs["ingest"]), "--accept-metrics", str(inputs["accept"]), "--changelog", str(inputs["changelog"]), "--out", str(out),
+        "--ingest-metrics", str(inputs["ingest"]), "--accept-metrics", str(inputs["accept"]), "--changelog", str(inputs["changelog"]),
+        "--citation", str(inputs["citation"]), "--out", str(out),
         "--metrics", str(metrics), *extra,
     ]
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from pipeline import package
+from pipeline.release import citation, withheld
 from pipeline.release import folder as release
-from pipeline.release import withheld
 from tests.conftest import REPO
 from tests.helpers.release_world import build_inputs, package_args
 
@@ -54,7 +54,7 @@ def world(sample_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     inputs = build_inputs(sample_corpus, root / "inputs")
     out = root / "release"
     assert package.main(package_args(inputs, out, root / "package.json")) == 0
-    return {"release": out, "corpus": inputs["manifest"].parent}
+    return {"release": out, "corpus": inputs["manifest"].parent, "citation": inputs["citation"]}
 
 
 @pytest.fixture
@@ -136,3 +136,10 @@ def test_verify_runs_without_torch_transformers_open_clip_or_faiss(world, tmp_pa
     (damaged / release.MANIFEST).write_text("{}\n")
     done, _ = run_blocked("run_module", "pipeline.commands.verify", [str(damaged)], env=env)
     assert done.returncode == 1 and f"changed: {release.MANIFEST}" in done.stdout
+
+
+def test_the_release_cites_itself_as_its_citation_file_says(world):
+    bibtex = citation.bibtex(citation.read_cff(world["citation"]))
+    assert bibtex == "@misc{clipblind,\n  title = {clipblind test release},\n  note  = {A release of the test world}\n}"
+    assert release.read_manifest(world["release"])["citation"] == bibtex
+    assert bibtex in (world["release"] / release.CARD).read_text()
