@@ -21,7 +21,7 @@ PIP_QUIET = > $(VENV)/pip.log 2>&1 || { grep -v "WARNING: Location" $(VENV)/pip.
 $(VENV)/.installed: pyproject.toml .ci/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q $(TORCH) $(PIP_QUIET)
-	$(PIP) install -q -c .ci/constraints.txt -e ".[pipeline,test,ray]" $(PIP_QUIET)
+	$(PIP) install -q -c .ci/constraints.txt -e ".[pipeline,annotation,ray,test]" $(PIP_QUIET)
 	$(PY) -c "import torch, torchvision, open_clip, transformers, faiss, pyarrow, webdataset, dvc, datasets" 
 	touch $@
 
