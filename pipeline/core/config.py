@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -72,6 +73,27 @@ def check_range(valid: Range, value: float, key: str) -> None:
     if value not in valid:
         what = f" ({valid.meaning})" if valid.meaning else ""
         raise RangeError(f"params '{key}' is {value!r}, but it must be {valid.phrase()}{what}: change it in the params file")
+
+
+class KeysNeeded(ParamsError):
+    """Optional keys that the value of a dataclass's kind key needs, left out (`require_by_kind`)."""
+
+    def __init__(self, selector: str, value: Any, names: list[str]) -> None:
+        self.selector, self.value, self.names = selector, value, names
+        super().__init__("; ".join(self.lines("")))
+
+    def lines(self, where: str) -> list[str]:
+        """One line per missing key, each named under `where`."""
+        prefix = f"{where}." if where else ""
+        return [f"missing key '{prefix}{name}' in params: {self.selector} {self.value!r} needs it" for name in self.names]
+
+
+def require_by_kind(obj: Any, selector: str, needs: Mapping[str, tuple[str, ...]]) -> None:
+    """Raise KeysNeeded unless every field that `needs` lists for `obj`'s `selector` value is set (not None)."""
+    value = getattr(obj, selector)
+    missing = [name for name in needs.get(value, ()) if getattr(obj, name) is None]
+    if missing:
+        raise KeysNeeded(selector, value, missing)
 
 
 def check_fields(obj: Any, where: str) -> None:
@@ -143,18 +165,18 @@ def build(cls: type[T], data: Any, where: str) -> T:
     if not isinstance(data, Mapping):
         raise ParamsError(f"params '{where}' must be a mapping, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    problems: list[ParamsError] = []
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        problems.append(ParamsError(f"unknown key(s) {unknown} in params '{where}'; allowed: {sorted(fields)}"))
     hints = typing.get_type_hints(cls, include_extras=True)
+    problems: list[ParamsError] = []
+    for name in sorted(set(data) - set(fields), key=str):
+        close = difflib.get_close_matches(str(name), list(fields), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        problems.append(ParamsError(f"unknown key '{where}.{name}' ({data[name]!r}) in params{hint}; allowed: {sorted(fields)}"))
     values: dict[str, Any] = {}
     for name, field in fields.items():
         key = f"{where}.{name}"
         if name not in data:
-            has_default = field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
-            if not has_default:
-                problems.append(ParamsError(f"missing key '{key}' in params"))
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                problems.append(ParamsError(f"missing key '{key}' in params: it must be {_shape(hints[name])}"))
             continue
         try:
             values[name] = _coerce(hints[name], data[name], key)
@@ -165,6 +187,8 @@ def build(cls: type[T], data: Any, where: str) -> T:
         raise kind("\n".join(map(str, problems)))
     try:
         return cls(**values)
+    except KeysNeeded as err:
+        raise ParamsError("\n".join(err.lines(where))) from None
     except ParamsError:
         raise
     except ValueError as err:  # a check across keys in the dataclass itself
@@ -183,17 +207,19 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
+        shapes_given = [arg for arg in args if arg is not type(None)]
+        if len(shapes_given) == 1 and dataclasses.is_dataclass(shapes_given[0]) and isinstance(value, Mapping):
+            return _coerce(shapes_given[0], value, where)  # a sub-section or null: its own errors, one line per key
+        refusals = []
+        for arg in shapes_given:
             try:
                 return _coerce(arg, value, where)
             except RangeError:
                 raise  # the value has this arm's type: its range is the problem
-            except ParamsError:
-                continue
+            except ParamsError as err:
+                refusals.append(f"{_shape(arg)}: {_reason(err, where)}")
         shapes = " or ".join(_shape(arg) for arg in args)
-        raise ParamsError(f"params '{where}' must be {shapes}, got {value!r}")
+        raise ParamsError(f"params '{where}' must be {shapes}, got {value!r}; it is none of: {'; '.join(refusals)}")
     if origin is typing.Literal:
         if value not in args:
             raise ParamsError(f"params '{where}' must be one of {list(args)}, got {value!r}")
@@ -228,6 +254,11 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             raise ParamsError(f"params '{where}' must be a string, got {value!r}")
         return value
     raise ParamsError(f"params '{where}': unsupported type {hint!r}")
+
+
+def _reason(err: ParamsError, where: str) -> str:
+    """Why one shape of a union refused a value: `err`'s lines on one line."""
+    return "; ".join(line.replace(f"params '{where}' ", "") for line in str(err).splitlines())
 
 
 def _shape(hint: Any) -> str:

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from pipeline.core.config import AT_LEAST_ONE, COSINE_ABOVE, ParamsError, Range, RangeError, build, load_section
-from tests.conftest import REPO, tiny_params
+from tests.conftest import tiny_params
+from tests.helpers.params import repo_params, sections
 
 
 @dataclass(frozen=True)
@@ -55,37 +56,6 @@ def test_load_section_reports_missing_section(tmp_path):
     path.write_text("other: {}\n")
     with pytest.raises(ParamsError, match="no 'mine' section"):
         load_section(path, "mine", Outer)
-
-
-def _sections() -> dict[str, type]:
-    """Every params.yaml section and the dataclass its stage loads it into."""
-    from annotation.labelstudio.server import LabelStudioParams
-    from pipeline.params import (
-        AcceptParams,
-        CalibrateParams,
-        EmbedParams,
-        EvaluateParams,
-        ExportParams,
-        GalleryParams,
-        GateParams,
-        IngestParams,
-        MineParams,
-        PackageParams,
-        SearchParams,
-        ValidateParams,
-    )
-
-    return {"ingest": IngestParams, "embed": EmbedParams, "search": SearchParams, "mine": MineParams,
-            "calibrate": CalibrateParams, "export": ExportParams, "gallery": GalleryParams, "labelstudio": LabelStudioParams,
-            "validate": ValidateParams, "accept": AcceptParams, "package": PackageParams, "gate": GateParams,
-            "evaluate": EvaluateParams}
-
-
-def test_repo_params_file_loads_for_every_stage():
-    sections = _sections()
-    assert set(sections) == set(yaml.safe_load((REPO / "params.yaml").read_text()))
-    for section, cls in sections.items():
-        assert load_section(REPO / "params.yaml", section, cls)
 
 
 # ---------------------------------------------------------------- ranges
@@ -163,7 +133,7 @@ CHECKED_BY_THEIR_OWNER = {("Threshold", "value")}
 
 def _ranged_fields() -> list[tuple[type, str, str, Range]]:
     found = []
-    for section, cls in _sections().items():
+    for section, cls in sections().items():
         for owner, name, key, hint in _numeric_fields(cls, section):
             ranges = [a for a in typing.get_args(hint)[1:] if isinstance(a, Range)]
             if ranges:
@@ -172,22 +142,42 @@ def _ranged_fields() -> list[tuple[type, str, str, Range]]:
 
 
 def test_every_numeric_param_declares_its_range():
-    unranged = sorted({f"{key} ({owner.__name__}.{name})" for section, cls in _sections().items()
+    unranged = sorted({f"{key} ({owner.__name__}.{name})" for section, cls in sections().items()
                        for owner, name, key, hint in _numeric_fields(cls, section)
                        if typing.get_origin(hint) is not Annotated and (owner.__name__, name) not in CHECKED_BY_THEIR_OWNER})
     assert not unranged, f"numeric params without a Range: {unranged}"
 
 
-# Required keys of the dataclasses that have some, so each can be built around one bad value.
-REQUIRED = {
-    "IngestParams": {"source": {"kind": "folder"}},
-    "SourceParams": {"kind": "folder"},
-    "EmbedParams": {"clip": {"kind": "open_clip", "model": "m", "weights": "random"},
-                    "dino": {"kind": "dinov2", "model": "m", "weights": "random"}},
-    "EncoderParams": {"kind": "open_clip", "model": "m", "weights": "random"},
-    "VlmParams": {"backend": "openai", "model": "m"},
-    "PackageParams": {"version": "1.0.0"},
-}
+# A whole, valid mapping for each params dataclass (from the repository's params.yaml), so each can be
+# built around one bad value. No VLM is configured there: VlmParams gets one here.
+VLM = {"backend": "openai", "model": "m", "max_new_tokens": 16, "url": "http://127.0.0.1:1/v1", "api_key_env": "KEY",
+       "timeout": 1.0}
+
+
+def _valid(owner: type) -> dict:
+    """The first mapping in the repository's params.yaml that `owner` is built from ({} for none)."""
+    if owner.__name__ == "VlmParams":
+        return dict(VLM)
+    found: list[dict] = []
+
+    def visit(cls: type, data: Any) -> None:
+        if not isinstance(data, dict) or found:
+            return
+        if cls is owner:
+            found.append(data)
+            return
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            for arg in _leaf_types(hints[f.name]):
+                if dataclasses.is_dataclass(arg):
+                    value = data.get(f.name)
+                    for item in value if isinstance(value, list) else [value]:
+                        visit(arg, item)
+
+    params = repo_params()
+    for section, cls in sections().items():
+        visit(cls, params[section])
+    return found[0] if found else {}
 
 
 def _outside(valid: Range, integer: bool) -> list[float]:
@@ -208,7 +198,7 @@ def test_every_ranged_param_refuses_a_value_outside_its_range(owner, name, key, 
     for bad in _outside(valid, integer):
         value = int(bad) if integer else float(bad)
         with pytest.raises(RangeError) as err:
-            build(owner, {**REQUIRED.get(owner.__name__, {}), name: [value] if listed else value}, where)
+            build(owner, {**_valid(owner), name: [value] if listed else value}, where)
         shown = f"'{where}.{name}{'[0]' if listed else ''}' is {value!r}"
         assert shown in str(err.value) and str(valid) in str(err.value)
 
@@ -255,7 +245,7 @@ def _params_with(tmp_path, section: str, change: dict) -> Any:
 def test_threshold_keys_at_load(tmp_path, section, change, key, value, valid):
     path = _params_with(tmp_path, section, change)
     with pytest.raises(ParamsError) as err:
-        load_section(path, section, _sections()[section])
+        load_section(path, section, sections()[section])
     assert f"'{key}' is {value}" in str(err.value) and valid in str(err.value)
 
 
