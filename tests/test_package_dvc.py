@@ -113,7 +113,8 @@ def test_dvc_repro_gate_package_evaluate(tmp_path):
     # not committed yet: the tagged commit would not rebuild 1.1.0 (params.yaml there says 1.0.0)
     refused = _clipblind(repo, "tag", "data/release")
     assert refused.returncode == 1, refused.stdout
-    assert "uncommitted changes to tracked files (data_cards/CHANGELOG.md, dvc.lock, metrics/package.json, params.yaml)" in refused.stderr
+    assert ("uncommitted changes to tracked files (data_cards/CHANGELOG.md, dvc.lock, metrics/headline/package.json, "
+            "metrics/package.json, params.yaml)") in refused.stderr
     assert "clipblind-benchmark@v1.1.0" not in _git(repo, "tag", "--list")
     # committed, then an input edited and committed without `dvc repro`: the release is not what that commit builds
     _git(repo, "add", "-A")
