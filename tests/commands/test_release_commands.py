@@ -181,12 +181,14 @@ def test_commands_are_registered():
 def test_status_says_what_makes_an_unreleased_build_releasable(tmp_path):
     from pipeline.commands import status
 
-    (tmp_path / "dvc.yaml").write_text("stages:\n  package:\n    cmd: x\n    outs: [data/release]\n"
-                                       "    metrics: [{metrics/package.json: {cache: false}}]\n")
-    (tmp_path / "metrics").mkdir()
+    (tmp_path / "dvc.yaml").write_text("stages:\n  package:\n    cmd: x\n"
+                                       "    outs: [data/release, {metrics/package.json: {cache: false}}]\n"
+                                       "    metrics: [{metrics/headline/package.json: {cache: false}}]\n")
+    (tmp_path / "metrics/headline").mkdir(parents=True)
     step = "set package.version in params.yaml to 1.1.0 (or any version above the released 1.0.0)"
     (tmp_path / "metrics/package.json").write_text(json.dumps({"status": "unreleased", "version": "1.1.0-dev",
                                                                "todo": [step]}))
+    (tmp_path / "metrics/headline/package.json").write_text(json.dumps({"status": "unreleased", "version": "1.1.0-dev"}))
     lines = status.report(tmp_path / "dvc.yaml")
     assert "status=unreleased version=1.1.0-dev" in lines[0]
     assert f"1.1.0-dev is unreleased; to release it: {step}" in status.next_steps(tmp_path / "dvc.yaml")
