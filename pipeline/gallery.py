@@ -42,7 +42,7 @@ def thumbnail_name(image_id: str) -> str:
 def write_thumbnails(image_ids: Sequence[str], images: pa.Table, corpus: Corpus, folder: Path, params: GalleryParams, max_pixels: int) -> dict[str, str]:
     """Write thumbnails of `image_ids` into `folder`; return image_id → failure reason for those that failed."""
     location = dict(zip(images.column("image_id").to_pylist(), images.column("source_path").to_pylist()))
-    settings = ExportParams(display_max_side=params.thumb_size, jpeg_quality=params.jpeg_quality)
+    settings = ExportParams(url_prefix="", display_max_side=params.thumb_size, jpeg_quality=params.jpeg_quality)  # a thumbnail has no URL
     failed: dict[str, str] = {}
     for image_id in progress(sorted(set(image_ids)), desc="thumbnails", unit="img"):
         try:

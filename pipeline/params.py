@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
 
 from pipeline.core.config import (
     COSINE_ABOVE,
@@ -21,8 +22,19 @@ from pipeline.core.config import (
     Seed,
     check_fields,
     check_range,
+    load_section,
+    require_by_kind,
 )
-from pipeline.images.decode import DEFAULT_MAX_PIXELS
+
+T = TypeVar("T")
+
+# The repository's own params file: code that builds params itself (benchmarks) starts from its values.
+REPOSITORY_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def repository_params(section: str, cls: type[T]) -> T:
+    """The `section` of the repository's params.yaml as `cls` (change fields with dataclasses.replace)."""
+    return load_section(REPOSITORY_PARAMS, section, cls)
 
 # Sub-sections: the types that stage sections nest.
 SourceKind = Literal["folder", "manifest", "webdataset", "hf"]
@@ -30,25 +42,36 @@ SourceKind = Literal["folder", "manifest", "webdataset", "hf"]
 
 EncoderKind = Literal["open_clip", "dinov2", "clip_retrieval"]  # clip_retrieval: imported, see pipeline.embedding.clip_retrieval
 
+# The optional keys each kind needs (a key not listed for a kind is ignored by it).
+SOURCE_KEYS: dict[str, tuple[str, ...]] = {
+    "manifest": ("path_column", "part_size"),
+    "hf": ("image_column", "split", "part_size"),
+    "webdataset": ("license_field",),
+}
+ENCODER_KEYS: dict[str, tuple[str, ...]] = {"dinov2": ("pooling",)}
+VLM_KEYS: dict[str, tuple[str, ...]] = {"openai": ("url", "api_key_env", "timeout")}
+
 
 @dataclass(frozen=True)
 class SourceParams:
     """One corpus source: how to list it and the licence its images carry."""
 
     kind: SourceKind
-    name: str = "corpus"
-    license: str | None = None  # default licence of every image the source gives none for
-    path_column: str = "path"  # manifest: the column of file paths
-    license_column: str | None = None  # manifest, hf: the column of per-item licences
-    license_field: str = "license"  # webdataset: the key of the licence in a sample's .json member
-    image_column: str = "image"  # hf: the column of images
-    split: str = "train"  # hf: which split
-    allow_pipe: bool = False  # webdataset: allow `pipe:` URLs (they run a shell command)
-    part_size: AtLeastOne = 10_000  # manifest, hf: rows per part
-    max_bytes: AtLeastOne = 256 * 2**20  # larger files are rejected unread (`too_large`), so memory stays bounded
+    name: str
+    max_bytes: AtLeastOne  # larger files are rejected unread (`too_large`), so memory stays bounded
+    license: str | None = None  # optional: default licence of every image the source gives none for
+    # The keys below apply to some kinds only (SOURCE_KEYS says which a kind needs); optional otherwise.
+    path_column: str | None = None  # manifest: the column of file paths
+    license_column: str | None = None  # manifest, hf (optional): the column of per-item licences
+    license_field: str | None = None  # webdataset: the key of the licence in a sample's .json member
+    image_column: str | None = None  # hf: the column of images
+    split: str | None = None  # hf: which split
+    allow_pipe: bool | None = None  # webdataset (optional): true allows `pipe:` URLs (they run a shell command)
+    part_size: AtLeastOne | None = None  # manifest, hf: rows per part
 
     def __post_init__(self) -> None:
         check_fields(self, "ingest.source")
+        require_by_kind(self, "kind", SOURCE_KEYS)
 
 
 @dataclass(frozen=True)
@@ -58,12 +81,15 @@ class EncoderParams:
     kind: EncoderKind
     model: str
     weights: str
-    pooling: Literal["cls", "mean"] = "cls"  # dinov2 only
-    dtype: Literal["fp32", "bf16", "auto"] = "fp32"  # auto: bf16 where the CPU computes it natively
-    device: Literal["cpu", "cuda"] = "cpu"
-    image_size: AtLeastOne = 224
-    seed: Seed = 0  # only used to initialise `weights: random`
-    config: dict[str, Any] = field(default_factory=dict)  # architecture overrides for `weights: random`
+    dtype: Literal["fp32", "bf16", "auto"]  # auto: bf16 where the CPU computes it natively
+    device: Literal["cpu", "cuda"]
+    image_size: AtLeastOne
+    seed: Seed  # only used to initialise `weights: random`
+    config: dict[str, Any]  # architecture overrides for `weights: random` ({}: none)
+    pooling: Literal["cls", "mean"] | None = None  # dinov2 only (ENCODER_KEYS)
+
+    def __post_init__(self) -> None:
+        require_by_kind(self, "kind", ENCODER_KEYS)
 
 
 @dataclass(frozen=True)
@@ -72,24 +98,28 @@ class VlmParams:
 
     backend: Literal["transformers", "openai"]
     model: str  # transformers: a local model directory; openai: the model name the endpoint serves
+    max_new_tokens: AtLeastOne
+    # openai only (VLM_KEYS): optional for the other backends
     url: str | None = None  # openai: base URL, e.g. http://127.0.0.1:8000/v1
-    api_key_env: str = "OPENAI_API_KEY"  # openai: environment variable holding the key (may be unset)
-    max_new_tokens: AtLeastOne = 16
-    timeout: Positive = 120.0  # seconds
+    api_key_env: str | None = None  # openai: environment variable holding the key (the variable may be unset)
+    timeout: Positive | None = None  # openai: seconds
+
+    def __post_init__(self) -> None:
+        require_by_kind(self, "backend", VLM_KEYS)
 
 
 @dataclass(frozen=True)
 class SelectParams:
     """Params of pair selection (section `mine.select`)."""
 
-    max_per_image: Count = 0  # 0: no cap
-    target: Count = 0  # 0: keep every pair that passes the filters
-    drop_near_duplicate_pairs: bool = True
+    max_per_image: Count  # 0: no cap
+    target: Count  # 0: keep every pair that passes the filters
+    drop_near_duplicate_pairs: bool
 
 
 @dataclass(frozen=True)
 class Threshold:
-    """A threshold given either as a cosine (`value`) or as a quantile over all pairs (`quantile`)."""
+    """A threshold given either as a cosine (`value`) or as a quantile over all pairs (`quantile`): one of them."""
 
     value: float | None = None  # its range is its threshold's: MineParams checks it
     quantile: Quantile | None = None
@@ -117,9 +147,9 @@ class IngestParams:
     """Params of the ingest stage (section `ingest`)."""
 
     source: SourceParams | tuple[SourceParams, ...]  # one source, or a list of them
-    max_pixels: AtLeastOne = DEFAULT_MAX_PIXELS  # width × height cap, checked from the header before decoding
-    batch_size: AtLeastOne = 256  # items in flight (bytes held in memory at once)
-    workers: AtLeastOne = 1  # decode processes; 1 decodes in this process
+    max_pixels: AtLeastOne  # width × height cap, checked from the header before decoding
+    batch_size: AtLeastOne  # items in flight (bytes held in memory at once)
+    workers: AtLeastOne  # decode processes; 1 decodes in this process
 
     @property
     def sources(self) -> tuple[SourceParams, ...]:
@@ -134,14 +164,14 @@ class IngestParams:
 class EngineParams:
     """Where the encoders run (section `embed.engine`)."""
 
-    kind: Literal["local", "ray"] = "local"
-    prefetch_batches: AtLeastOne = 2  # local: decoded batches queued ahead of the model
-    loader_threads: AtLeastOne = 1  # local: decode threads (PIL releases the GIL); raise it for a GPU
-    address: str | None = None  # ray: cluster address ("auto", "ray://head:10001"); none starts a private local instance
-    actors: AtLeastOne = 2  # ray: encoder actors (each holds both models)
-    actor_cpus: Positive = 0.5  # ray: CPUs reserved per actor; fractions leave room for the read tasks
-    read_cpus: Positive = 0.25  # ray: CPUs reserved per decode task
-    actor_threads: Count = 0  # ray: torch threads per actor; 0 = the CPUs the actor reserved, at least 1
+    kind: Literal["local", "ray"]
+    prefetch_batches: AtLeastOne  # local: decoded batches queued ahead of the model
+    loader_threads: AtLeastOne  # local: decode threads (PIL releases the GIL); raise it for a GPU
+    actors: AtLeastOne  # ray: encoder actors (each holds both models)
+    actor_cpus: Positive  # ray: CPUs reserved per actor; fractions leave room for the read tasks
+    read_cpus: Positive  # ray: CPUs reserved per decode task
+    actor_threads: Count  # ray: torch threads per actor; 0 = the CPUs the actor reserved, at least 1
+    address: str | None = None  # ray (optional): cluster address ("auto", "ray://head:10001"); none starts a private local instance
 
 
 @dataclass(frozen=True)
@@ -150,32 +180,32 @@ class EmbedParams:
 
     clip: EncoderParams
     dino: EncoderParams
-    batch_size: AtLeastOne = 16
-    shard_size: AtLeastOne = 4096
-    threads: Count = 0  # torch intra-op threads; 0 = torch's default
-    engine: EngineParams = field(default_factory=EngineParams)
+    batch_size: AtLeastOne
+    shard_size: AtLeastOne
+    threads: Count  # torch intra-op threads; 0 = torch's default
+    engine: EngineParams
 
 
 @dataclass(frozen=True)
 class NearDuplicateGuard:
     """Drop (and count) candidates with CLIP cosine above `clip` AND DINOv2 cosine above `dino`."""
 
-    clip: Cosine = 0.995
-    dino: Cosine = 0.98
+    clip: Cosine
+    dino: Cosine
 
 
 @dataclass(frozen=True)
 class PartitionParams:
     """Partitioned mode: spherical k-means partitions, each vector also searched in its `probes` nearest other partitions."""
 
-    partitions: AtLeastOne = 48
-    probes: Count = 4
-    train_size: AtLeastOne = 100_000  # vectors sampled to train the k-means centroids
-    iterations: AtLeastOne = 20
+    partitions: AtLeastOne
+    probes: Count
+    train_size: AtLeastOne  # vectors sampled to train the k-means centroids
+    iterations: AtLeastOne
     # a partition takes at most balance × the average number of members, and as many × the average visitors
-    balance: Annotated[float, Range(1.0, meaning="a multiple of the average partition")] = 1.25
-    recall_sample_rows: AtLeastOne = 1000  # at least this many rows' pairs are also searched exactly, to measure recall
-    recall_max_rows: AtLeastOne = 20_000  # more rows, up to this many, until the recall's 95 % interval tells 0.99 from 0.95
+    balance: Annotated[float, Range(1.0, meaning="a multiple of the average partition")]
+    recall_sample_rows: AtLeastOne  # at least this many rows' pairs are also searched exactly, to measure recall
+    recall_max_rows: AtLeastOne  # more rows, up to this many, until the recall's 95 % interval tells 0.99 from 0.95
 
     def __post_init__(self) -> None:
         if self.recall_sample_rows > self.recall_max_rows:
@@ -187,26 +217,26 @@ class PartitionParams:
 class SearchParams:
     """Params of the search stage (section `search`)."""
 
-    recall_clip_threshold: CosineAbove = 0.9  # keep candidates down to here, so thresholds above it need no new products
-    mode: Literal["exact", "partitioned"] = "exact"
-    engine: Literal["local", "ray"] = "local"  # partitioned mode: run partitions as Ray tasks
-    device: str = "cpu"  # torch device for the block products ("cuda" for a GPU)
-    block_size: AtLeastOne = 4096
-    threads: Count = 0  # torch threads; 0 keeps torch's default
-    near_duplicate: NearDuplicateGuard = field(default_factory=NearDuplicateGuard)
-    sample_pairs: Count = 200_000  # random pairs for the quantiles of both distributions
-    clusters: AtLeastOne = 16  # k-means clusters over CLIP embeddings, for diverse selection
-    seed: Seed = 0
-    partition: PartitionParams = field(default_factory=PartitionParams)
+    recall_clip_threshold: CosineAbove  # keep candidates down to here, so thresholds above it need no new products
+    mode: Literal["exact", "partitioned"]
+    engine: Literal["local", "ray"]  # partitioned mode: run partitions as Ray tasks
+    device: str  # torch device for the block products ("cuda" for a GPU)
+    block_size: AtLeastOne
+    threads: Count  # torch threads; 0 keeps torch's default
+    near_duplicate: NearDuplicateGuard
+    sample_pairs: Count  # random pairs for the quantiles of both distributions
+    clusters: AtLeastOne  # k-means clusters over CLIP embeddings, for diverse selection
+    seed: Seed
+    partition: PartitionParams
 
 
 @dataclass(frozen=True)
 class MineParams:
     """Params of the mine stage (section `mine`)."""
 
-    clip_threshold: Annotated[float, COSINE_ABOVE] | Threshold = 0.95  # keep pairs with CLIP cosine strictly above
-    dino_threshold: Annotated[float, COSINE_BELOW] | Threshold = 0.6  # ... and DINOv2 cosine strictly below
-    select: SelectParams = field(default_factory=SelectParams)
+    clip_threshold: Annotated[float, COSINE_ABOVE] | Threshold  # keep pairs with CLIP cosine strictly above
+    dino_threshold: Annotated[float, COSINE_BELOW] | Threshold  # ... and DINOv2 cosine strictly below
+    select: SelectParams
 
     def __post_init__(self) -> None:
         _spec(self.clip_threshold, "clip_threshold", COSINE_ABOVE)
@@ -217,10 +247,10 @@ class MineParams:
 class CalibrateParams:
     """Params of the calibrate stage (section `calibrate`)."""
 
-    clip_grid: tuple[Cosine, ...] = (0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
-    dino_grid: tuple[Cosine, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-    scatter_points: Count = 50_000  # candidates drawn in the scatter plot (a seeded sample beyond that)
-    seed: Seed = 0
+    clip_grid: tuple[Cosine, ...]
+    dino_grid: tuple[Cosine, ...]
+    scatter_points: Count  # candidates drawn in the scatter plot (a seeded sample beyond that)
+    seed: Seed
 
 
 @dataclass(frozen=True)
@@ -229,19 +259,19 @@ class ExportParams:
 
     # Label Studio local-files URL; `d=` is relative to the document root, the display folder's parent
     # (Label Studio refuses a storage folder equal to its document root).
-    url_prefix: str = "/data/local-files/?d=display/"
-    display_max_side: AtLeastOne = 1024
-    jpeg_quality: JpegQuality = 92
+    url_prefix: str
+    display_max_side: AtLeastOne
+    jpeg_quality: JpegQuality
 
 
 @dataclass(frozen=True)
 class GalleryParams:
     """Params of the gallery stage (section `gallery`)."""
 
-    thumb_size: AtLeastOne = 256  # longest side of a thumbnail, pixels
-    jpeg_quality: JpegQuality = 85
-    max_pairs: Count = 0  # show the first this many pairs, in the pairs table's order (0: all)
-    title: str = "clipblind: mined pairs"
+    thumb_size: AtLeastOne  # longest side of a thumbnail, pixels
+    jpeg_quality: JpegQuality
+    max_pairs: Count  # show the first this many pairs, in the pairs table's order (0: all)
+    title: str
 
 
 BLIND_TRIALS = 6  # image-free trials per question in the blind gate
@@ -254,9 +284,9 @@ BLIND_MIN_RIGHT = Range(1, BLIND_TRIALS, meaning=f"right answers of {BLIND_TRIAL
 class GateParams:
     """Params of the gate stage (section `gate`)."""
 
-    vlm: VlmParams | None = None  # null: the gate does not run (no model); the card says so
-    flagged: Literal["drop", "keep"] = "keep"  # what package does with flagged pairs
-    blind_min_right: Annotated[int, BLIND_MIN_RIGHT] = 6  # of 6 trials without the right image (chance: 3)
+    vlm: VlmParams | None  # null: the gate does not run (no model); the card says so
+    flagged: Literal["drop", "keep"]  # what package does with flagged pairs
+    blind_min_right: Annotated[int, BLIND_MIN_RIGHT]  # of 6 trials without the right image (chance: 3)
 
 
 @dataclass(frozen=True)
@@ -264,34 +294,34 @@ class PackageParams:
     """Params of the package stage (section `package`)."""
 
     version: str  # semantic version of this release; CHANGELOG needs a section for it
-    name: str = "clipblind-benchmark"
-    pretty_name: str = "clipblind CLIP-blind pairs"
+    name: str
+    pretty_name: str
     # Source licences (SPDX ids) whose images may be redistributed as bytes; others are withheld.
-    redistributable_licenses: tuple[str, ...] = ("CC0-1.0", "PDDL-1.0", "CC-BY-4.0", "CC-BY-SA-4.0")
-    exclude: tuple[str, ...] = ()  # pair ids or image sha256s taken down (each needs a changelog line)
-    shard_size: AtLeastOne = 1000  # webdataset items per tar shard
+    redistributable_licenses: tuple[str, ...]
+    exclude: tuple[str, ...]  # pair ids or image sha256s taken down (each needs a changelog line)
+    shard_size: AtLeastOne  # webdataset items per tar shard
     # mmvp_vlm/: 0 writes every pair with statements (pattern by pattern, MMVP's order); 15 writes exactly
     # 15 per pattern (the first by pair_id), what MMVP's evaluate_vlm.py assumes (mmvp.VLM_PAIRS_PER_CATEGORY)
-    mmvp_vlm_pairs_per_pattern: Literal[0, 15] = 0
+    mmvp_vlm_pairs_per_pattern: Literal[0, 15]
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
     """Params of the evaluate stage (section `evaluate`)."""
 
-    clip: tuple[EncoderParams, ...] = ()
-    vlm: tuple[VlmParams, ...] = ()
+    clip: tuple[EncoderParams, ...]
+    vlm: tuple[VlmParams, ...]
 
 
 @dataclass(frozen=True)
 class ValidateParams:
     """Params of the validate stage (section `validate`)."""
 
-    options_ignore_case: bool = True  # "Left" and "left " count as identical options
+    options_ignore_case: bool  # "Left" and "left " count as identical options
 
 
 @dataclass(frozen=True)
 class AcceptParams:
     """Params of the accept stage (section `accept`)."""
 
-    verifiers: AtLeastOne = 1  # answers from people other than the writer needed per question
+    verifiers: AtLeastOne  # answers from people other than the writer needed per question

@@ -22,10 +22,13 @@ TINY_DINO_CONFIG = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_he
 
 
 def tiny_params(**sections: dict) -> dict:
-    """A full params dict with tiny random encoders; `sections` override whole sections."""
-    tiny_clip = {"kind": "open_clip", "model": "tiny-clip", "weights": "random", "image_size": 32,
-                 "config": TINY_CLIP_CONFIG, "seed": 0}
-    params = {
+    """The repository's params with tiny random encoders and small sizes; `sections` are laid over it (merged)."""
+    from tests.helpers.params import merged, repo_params
+
+    repo = repo_params()
+    tiny_clip = merged(repo["embed"]["clip"], {"kind": "open_clip", "model": "tiny-clip", "weights": "random",
+                                               "image_size": 32, "config": TINY_CLIP_CONFIG, "seed": 0})
+    tiny = {
         "ingest": {"source": {"kind": "folder", "name": "test", "license": "CC0-1.0"}, "max_pixels": 10_000_000},
         "embed": {
             "clip": dict(tiny_clip),
@@ -36,7 +39,8 @@ def tiny_params(**sections: dict) -> dict:
         },
         "search": {"recall_clip_threshold": 0.8, "block_size": 64, "near_duplicate": {"clip": 0.9999, "dino": 0.9999},
                    "sample_pairs": 2000, "clusters": 4, "seed": 0},
-        "mine": {"clip_threshold": 0.9, "dino_threshold": 0.99},
+        "mine": {"clip_threshold": 0.9, "dino_threshold": 0.99,
+                 "select": {"max_per_image": 0, "target": 0, "drop_near_duplicate_pairs": True}},
         "calibrate": {"clip_grid": [0.8, 0.9, 0.95], "dino_grid": [0.5, 0.9, 0.99], "scatter_points": 1000, "seed": 0},
         "gallery": {"thumb_size": 64, "jpeg_quality": 80, "max_pairs": 0, "title": "test gallery"},
         "export": {"url_prefix": "/data/local-files/?d=", "display_max_side": 128, "jpeg_quality": 90},
@@ -45,10 +49,8 @@ def tiny_params(**sections: dict) -> dict:
         "gate": {"vlm": None, "flagged": "keep", "blind_min_right": 6},
         "evaluate": {"clip": [dict(tiny_clip)], "vlm": []},
     }
-    repo_params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["package"] = repo_params["package"]
-    params.update(sections)
-    return params
+    params = merged({name: value for name, value in repo.items() if name != "labelstudio"}, tiny)
+    return merged(params, sections)
 
 
 @pytest.fixture

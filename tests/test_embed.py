@@ -68,8 +68,7 @@ def _params_with(tmp_path, name="params.yaml", **embed_overrides):
 
     from tests.conftest import tiny_params
 
-    params = tiny_params()
-    params["embed"].update(embed_overrides)
+    params = tiny_params(embed=embed_overrides)
     path = tmp_path / name
     path.write_text(yaml.safe_dump(params))
     return path

@@ -17,9 +17,10 @@ import yaml
 
 from pipeline import cli, evaluate
 from pipeline.core import patterns
-from pipeline.params import EncoderParams, VlmParams
+from pipeline.params import VlmParams
 from pipeline.vlm import scoring
 from pipeline.vlm.backends import CachedBackend, OpenAIBackend, TransformersBackend, build_prompt
+from tests.helpers.params import demo_params, section
 from tests.helpers.release_world import build_release
 from tests.helpers.tiny_vlm import build_tiny_vlm
 
@@ -29,7 +30,7 @@ TINY_CLIP_TEXT_CONFIG = {
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
 }
-TINY_CLIP = EncoderParams(kind="open_clip", model="tiny-clip-text", weights="random", image_size=32,
+TINY_CLIP = demo_params("embed.clip", model="tiny-clip-text", weights="random", image_size=32,
                           config=TINY_CLIP_TEXT_CONFIG, seed=0)
 STATE = patterns.by_key("state").paper  # evaluate reports patterns by the paper's names
 
@@ -198,7 +199,8 @@ def test_openai_backend_against_a_local_server(built, tiny_vlm_dir, tmp_path):
         while not port_file.exists() and time.monotonic() < deadline and server.poll() is None:
             time.sleep(0.1)
         assert port_file.exists(), "server did not start"
-        params = VlmParams(backend="openai", model="tiny", url=f"http://127.0.0.1:{port_file.read_text()}/v1", max_new_tokens=8)
+        params = VlmParams(backend="openai", model="tiny", url=f"http://127.0.0.1:{port_file.read_text()}/v1", max_new_tokens=8,
+                           api_key_env="OPENAI_API_KEY", timeout=120.0)
         remote = OpenAIBackend(params)
         pairs = evaluate.load_pairs(built)
         result = evaluate.evaluate_vlm(pairs, remote)
@@ -215,7 +217,7 @@ def test_openai_backend_against_a_local_server(built, tiny_vlm_dir, tmp_path):
 
 def test_evaluate_command_on_release_and_mmvp_folders(built, tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"evaluate": {"clip": [{
+    params.write_text(yaml.safe_dump({"evaluate": {"clip": [{**section("embed.clip"),
         "kind": "open_clip", "model": "tiny-clip-text", "weights": "random", "image_size": 32,
         "config": TINY_CLIP_TEXT_CONFIG, "seed": 0}], "vlm": []}}))
     outputs = {}
@@ -249,7 +251,7 @@ def test_clip_weights_from_a_local_checkpoint_file_offline(built, tmp_path, monk
     # a checkpoint as open_clip writes it (the scorer's own model may have fused, CPU-packed layers)
     torch.manual_seed(TINY_CLIP.seed)
     torch.save(open_clip.create_model("tiny-clip-text", pretrained=None).state_dict(), checkpoint)
-    other_seed = EncoderParams(kind="open_clip", model="tiny-clip-text", weights=str(checkpoint), image_size=32,
+    other_seed = demo_params("embed.clip", model="tiny-clip-text", weights=str(checkpoint), image_size=32,
                                config=TINY_CLIP_TEXT_CONFIG, seed=123)
     loaded = evaluate.ClipScorer(other_seed)
     assert loaded.name == f"open_clip:tiny-clip-text:{checkpoint}" and not loaded.random_init
@@ -259,7 +261,7 @@ def test_clip_weights_from_a_local_checkpoint_file_offline(built, tmp_path, monk
     # the checkpoint's weights, not seed 123's: the same vectors as the model that was saved
     assert np.allclose(loaded.images(pair.images), random_scorer.images(pair.images), atol=1e-6)
     assert np.allclose(loaded.texts(texts), random_scorer.texts(texts), atol=1e-6)
-    reseeded = evaluate.ClipScorer(EncoderParams(kind="open_clip", model="tiny-clip-text", weights="random",
+    reseeded = evaluate.ClipScorer(demo_params("embed.clip", model="tiny-clip-text", weights="random",
                                                  image_size=32, config=TINY_CLIP_TEXT_CONFIG, seed=123))
     assert not np.allclose(reseeded.images(pair.images), random_scorer.images(pair.images), atol=1e-3)
     from_file = evaluate.evaluate_clip(pairs, loaded)
@@ -298,7 +300,7 @@ def readme_evaluate_commands() -> list[list[str]]:
 def test_every_readme_evaluate_command_runs_as_written(built, tmp_path, monkeypatch, capsys):
     commands = readme_evaluate_commands()
     assert len(commands) >= 3 and all(argv[:2] == ["clipblind", "evaluate"] for argv in commands)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": {"clip": [{
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": {"clip": [{**section("embed.clip"),
         "kind": "open_clip", "model": "tiny-clip-text", "weights": "random", "image_size": 32,
         "config": TINY_CLIP_TEXT_CONFIG, "seed": 0}], "vlm": []}}))
     monkeypatch.chdir(tmp_path)  # README's relative outputs land here

@@ -11,9 +11,9 @@ import yaml
 from pipeline import gate, package
 from pipeline.core import schemas
 from pipeline.images.corpus import Corpus
-from pipeline.params import ExportParams, GateParams, SourceParams
 from pipeline.release import folder as release
 from pipeline.vlm import gate_rules
+from tests.helpers.params import demo_params, source_params
 from tests.helpers.release_world import COLOR, build_inputs, package_args
 
 
@@ -53,8 +53,8 @@ def world(sample_corpus, tmp_path_factory):
     inputs = build_inputs(sample_corpus, root / "inputs")
     accepted = schemas.read_table(inputs["accepted"], "accepted")
     images = schemas.read_table(inputs["images"], "images")
-    corpus = Corpus(SourceParams(kind="manifest", name="generated"), inputs["manifest"])
-    encode = gate_rules.image_encoder(ExportParams(display_max_side=128, jpeg_quality=90), 10_000_000)
+    corpus = Corpus(source_params("manifest", name="generated"), inputs["manifest"])
+    encode = gate_rules.image_encoder(demo_params("export", display_max_side=128, jpeg_quality=90), 10_000_000)
     location = dict(zip(images.column("image_id").to_pylist(), images.column("source_path").to_pylist()))
     truth = {}
     for row in accepted.to_pylist():
@@ -70,7 +70,7 @@ def world(sample_corpus, tmp_path_factory):
 def _run(world, policy, **params):
     backend = Scripted(policy, world["truth"])
     table, metrics = gate.gate(world["accepted"], world["images"], world["read"], world["encode"], backend,
-                               GateParams(**params))
+                               demo_params("gate", **params))
     return {r["item_id"]: r for r in table.to_pylist()}, metrics, backend
 
 
@@ -126,7 +126,7 @@ def test_package_drops_or_keeps_flagged_pairs_and_reports_them(world, tmp_path, 
     schemas.write_table(pa.Table.from_pylist(rows, schema=gate.GATE), gate_path, "gate",
                         meta={"ran": True, "model": "scripted:text_biased_on_colour"})
     params = yaml.safe_load(world["inputs"]["params"].read_text())
-    params["gate"] = {"vlm": None, "flagged": policy}
+    params["gate"] = {**params["gate"], "vlm": None, "flagged": policy}
     inputs = dict(world["inputs"], params=tmp_path / "params.yaml")
     inputs["params"].write_text(yaml.safe_dump(params))
     out = tmp_path / "release"
@@ -150,7 +150,7 @@ def test_package_drops_or_keeps_flagged_pairs_and_reports_them(world, tmp_path, 
 
 def test_gate_without_a_model_says_it_did_not_run(world, tmp_path):
     params = yaml.safe_load(world["inputs"]["params"].read_text())
-    params["gate"] = {"vlm": None, "flagged": "drop"}
+    params["gate"] = {**params["gate"], "vlm": None, "flagged": "drop"}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     assert gate.main(["--params", str(tmp_path / "params.yaml"), "--accepted", str(world["inputs"]["accepted"]),
                       "--images", str(world["inputs"]["images"]), "--source", str(world["inputs"]["manifest"]),
@@ -166,7 +166,7 @@ def test_gate_stage_runs_a_tiny_transformers_vlm_and_resumes(world, tmp_path):
 
     model = build_tiny_vlm(tmp_path / "vlm")
     params = yaml.safe_load(world["inputs"]["params"].read_text())
-    params["gate"] = {"vlm": {"backend": "transformers", "model": str(model), "max_new_tokens": 4}, "flagged": "keep"}
+    params["gate"] = {**params["gate"], "vlm": {"backend": "transformers", "model": str(model), "max_new_tokens": 4}, "flagged": "keep"}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     args = ["--params", str(tmp_path / "params.yaml"), "--accepted", str(world["inputs"]["accepted"]),
             "--images", str(world["inputs"]["images"]), "--source", str(world["inputs"]["manifest"]),

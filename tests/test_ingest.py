@@ -6,7 +6,7 @@ import pytest
 from pipeline import ingest
 from pipeline.core import schemas
 from pipeline.images.corpus import Corpus
-from pipeline.params import IngestParams, SourceParams
+from tests.helpers.params import demo_params, source_params
 
 
 def test_folder_ingest_accounts_for_every_input(sample_corpus, params_file, tmp_path):
@@ -39,8 +39,8 @@ def test_manifest_csv_with_licence_column(sample_corpus, tmp_path):
         for k, p in enumerate(paths):
             writer.writerow([str(p), "CC-BY-4.0" if k % 2 else ""])
         writer.writerow(["../../etc/passwd", ""])
-    source = SourceParams(kind="manifest", name="m", license="unknown", path_column="file", license_column="licence")
-    result = ingest.ingest(Corpus(source, manifest), IngestParams(source=source))
+    source = source_params("manifest", name="m", license="unknown", path_column="file", license_column="licence")
+    result = ingest.ingest(Corpus(source, manifest), demo_params("ingest", source=source))
     assert result.metrics["inputs"] == 5
     assert result.metrics["accepted"] == 4
     assert result.metrics["rejected_by_reason"] == {"path_escape": 1}
@@ -50,6 +50,6 @@ def test_manifest_csv_with_licence_column(sample_corpus, tmp_path):
 def test_manifest_without_the_path_column_is_a_clear_error(tmp_path):
     manifest = tmp_path / "list.csv"
     manifest.write_text("url\nx.jpg\n")
-    source = SourceParams(kind="manifest")
+    source = source_params("manifest")
     with pytest.raises(ValueError, match="no 'path' column"):
-        ingest.ingest(Corpus(source, manifest), IngestParams(source=source))
+        ingest.ingest(Corpus(source, manifest), demo_params("ingest", source=source))

@@ -14,7 +14,6 @@ import yaml
 from pipeline import ingest
 from pipeline.core import schemas
 from pipeline.images.corpus import Corpus
-from pipeline.params import IngestParams, SourceParams
 from tests.conftest import tiny_params
 from tests.helpers.corpus_fixtures import (
     BLOCKED,
@@ -27,6 +26,7 @@ from tests.helpers.corpus_fixtures import (
     write_folder,
     write_shards,
 )
+from tests.helpers.params import KIND_KEYS, demo_params, source_params
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def _outcomes(images: list[dict], rejects: list[dict]) -> dict[str, str]:
 def _run(base: Path, kind: str, source: Path, blocklist: Path, run: str, state: bool, workers: int = 1) -> tuple[dict, list, list]:
     params = base / f"params-{kind}-{run}.yaml"
     params.write_text(yaml.safe_dump(tiny_params(
-        ingest={"source": {"kind": kind, "name": kind, "license": "CC0-1.0", "max_bytes": MAX_BYTES},
+        ingest={"source": {"kind": kind, "name": kind, "license": "CC0-1.0", "max_bytes": MAX_BYTES, **KIND_KEYS.get(kind, {})},
                 "max_pixels": MAX_PIXELS, "batch_size": 16, "workers": workers}
     )))
     out = base / f"out-{kind}-{run}"
@@ -116,8 +116,8 @@ def test_hostile_rejects_say_what_was_seen(hostile):
 
 
 def test_webdataset_licence_comes_from_the_sample_json(hostile):
-    source = SourceParams(kind="webdataset", name="w", license="default-licence")
-    result = ingest.ingest(Corpus(source, hostile["base"] / "shards"), IngestParams(source=source, max_pixels=MAX_PIXELS))
+    source = source_params("webdataset", name="w", license="default-licence")
+    result = ingest.ingest(Corpus(source, hostile["base"] / "shards"), demo_params("ingest", source=source, max_pixels=MAX_PIXELS))
     licences = Counter(result.images.column("source_license").to_pylist())
     assert set(licences) == {"CC-BY-0", "CC-BY-1", "CC-BY-2"}
 
@@ -125,9 +125,9 @@ def test_webdataset_licence_comes_from_the_sample_json(hostile):
 def test_every_accepted_image_reads_back_by_location(hostile):
     """embed and export re-read bytes by `source_path`: it must give exactly the ingested bytes."""
     for kind, folder in (("folder", "folder"), ("webdataset", "shards")):
-        source = SourceParams(kind=kind)
+        source = source_params(kind)
         corpus = Corpus(source, hostile["base"] / folder)
-        result = ingest.ingest(corpus, IngestParams(source=source, max_pixels=MAX_PIXELS))
+        result = ingest.ingest(corpus, demo_params("ingest", source=source, max_pixels=MAX_PIXELS))
         for row in result.images.to_pylist():
             for location in row["locations"]:
                 assert hashlib.sha256(corpus.read(location)).hexdigest() == row["image_id"], location

@@ -13,9 +13,9 @@ from PIL import Image
 
 from pipeline import ingest
 from pipeline.images.corpus import Corpus
-from pipeline.params import IngestParams, SourceParams
+from tests.helpers.params import demo_params, source_params
 
-SOURCE = SourceParams(kind="folder", name="grow", license="CC0-1.0")
+SOURCE = source_params("folder", name="grow", license="CC0-1.0")
 
 
 def _jpeg(seed: int) -> bytes:
@@ -35,7 +35,7 @@ def _corpus(root: Path, dirs: int = 3, per_dir: int = 4) -> Path:
 
 
 def _ingest(root: Path, state: Path | None, **kw) -> ingest.IngestResult:
-    params = IngestParams(source=SOURCE, batch_size=kw.pop("batch_size", 3), workers=kw.pop("workers", 1))
+    params = demo_params("ingest", source=SOURCE, batch_size=kw.pop("batch_size", 3), workers=kw.pop("workers", 1))
     return ingest.ingest(Corpus(SOURCE, root), params, state_dir=state, **kw)
 
 
@@ -126,6 +126,6 @@ def test_nonsense_sizes_are_params_errors():
     from pipeline.core.config import ParamsError
 
     with pytest.raises(ParamsError, match="ingest.batch_size"):
-        IngestParams(source=SOURCE, batch_size=0)
+        demo_params("ingest", source=SOURCE, batch_size=0)
     with pytest.raises(ParamsError, match="ingest.source.max_bytes"):
-        SourceParams(kind="folder", max_bytes=0)
+        source_params("folder", max_bytes=0)

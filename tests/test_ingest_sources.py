@@ -16,8 +16,9 @@ from pipeline import ingest
 from pipeline.core import schemas
 from pipeline.core.config import ParamsError, load_section
 from pipeline.images.corpus import Corpus, SourceUnavailable
-from pipeline.params import IngestParams, SourceParams
+from pipeline.params import IngestParams
 from tests.conftest import tiny_params
+from tests.helpers.params import KIND_KEYS, section, source_params
 
 
 def _png(shade: int) -> bytes:
@@ -42,8 +43,8 @@ def two_sources(tmp_path):
             archive.addfile(info, io.BytesIO(data))
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tiny_params(ingest={"source": [
-        {"kind": "folder", "name": "photos", "license": "CC0-1.0"},
-        {"kind": "webdataset", "name": "web", "license": "CC-BY-4.0"},
+        {**section("ingest.source"), "kind": "folder", "name": "photos", "license": "CC0-1.0"},
+        {**section("ingest.source"), "kind": "webdataset", "name": "web", "license": "CC-BY-4.0", **KIND_KEYS["webdataset"]},
     ]})))
     return params, photos, shards
 
@@ -80,4 +81,4 @@ def test_source_paths_must_match_the_sources(two_sources):
     with pytest.raises(SourceUnavailable, match="2 source.s. in params .photos, web. but 1 source path"):
         Corpus(sources, [photos])
     with pytest.raises(ParamsError, match="distinct"):
-        Corpus([SourceParams(kind="folder", name="x"), SourceParams(kind="folder", name="x")], [photos, photos])
+        Corpus([source_params("folder", name="x"), source_params("folder", name="x")], [photos, photos])

@@ -229,7 +229,8 @@ def check_evaluate(ws: Workspace, tmp: Path, order: list[str]) -> None:
     try:
         params = tmp / "evaluate.yaml"
         params.write_text(json.dumps({"evaluate": {"clip": [], "vlm": [
-            {"backend": "openai", "url": vlm.url, "model": "scripted", "api_key_env": "JOURNEY_NO_KEY"}]}}))
+            {"backend": "openai", "url": vlm.url, "model": "scripted", "api_key_env": "JOURNEY_NO_KEY",
+             "max_new_tokens": 16, "timeout": 120.0}]}}))
         ws.clipblind("evaluate (scripted VLM)", "evaluate", RELEASE, "--params", str(params),
                      "--results", str(tmp / "scores.json"), "--cache", str(tmp / "vlm-cache"))
     finally:

@@ -14,8 +14,11 @@ from pipeline.embedding import store as embeddings
 from pipeline.mining import thresholds
 from pipeline.mining.candidates import read_candidates, read_groups
 from pipeline.mining.thresholds import ThresholdError
-from pipeline.params import MineParams, SelectParams, Threshold
+from pipeline.params import MineParams, Threshold
 from tests.conftest import tiny_params
+from tests.helpers.params import demo_params, merged, section
+
+ALL_PAIRS = demo_params("mine.select", max_per_image=0)  # no cap per image, every pair kept
 
 
 def _unit(x):
@@ -84,9 +87,9 @@ def world(tmp_path):
         _write_embeddings(tmp_path / "clip", ids, clip, "clip")
         _write_embeddings(tmp_path / "dino", ids, dino, "dino")
         params = tiny_params()
-        params["search"] = {"recall_clip_threshold": 0.9, "block_size": 64, "sample_pairs": 5000, "clusters": 4,
-                            "near_duplicate": {"clip": 0.995, "dino": 0.98}, **(search_params or {})}
-        params["mine"] = {"clip_threshold": {"value": 0.95}, "dino_threshold": 0.6, "select": {"max_per_image": 2}}
+        params["search"] = merged(params["search"], {"recall_clip_threshold": 0.9, "block_size": 64, "sample_pairs": 5000, "clusters": 4,
+                                                     "near_duplicate": {"clip": 0.995, "dino": 0.98}, **(search_params or {})})
+        params["mine"] = merged(params["mine"], {"clip_threshold": {"value": 0.95}, "dino_threshold": 0.6, "select": {"max_per_image": 2}})
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
         assert search.main(["--params", str(tmp_path / "params.yaml"), "--images", str(tmp_path / "images.parquet"),
                             "--clip", str(tmp_path / "clip"), "--dino", str(tmp_path / "dino"),
@@ -106,7 +109,7 @@ def _found(table, ids):
 def test_mine_equals_brute_force_including_pairs_at_the_thresholds(world, tmp_path):
     clip, dino = planted()
     ids, candidates, meta, groups = world(clip, dino)
-    table, metrics = mine.mine(ids, candidates, meta, MineParams(0.95, 0.6), groups)
+    table, metrics = mine.mine(ids, candidates, meta, MineParams(0.95, 0.6, ALL_PAIRS), groups)
     expected = brute_force(clip, dino, 0.95, 0.6)
     assert _found(table, ids) == expected
     assert len(expected) == 4  # the planted pairs on the accepting side of both thresholds
@@ -124,7 +127,7 @@ def test_a_threshold_change_reuses_the_candidates(world):
     clip, dino = planted(seed=1)
     ids, candidates, meta, groups = world(clip, dino)
     for t_clip, t_dino in [(0.9, 0.6), (0.95, 0.3), (0.96, 0.65), (0.99, 0.5)]:
-        table, _ = mine.mine(ids, candidates, meta, MineParams(t_clip, t_dino, SelectParams(drop_near_duplicate_pairs=False)), groups)
+        table, _ = mine.mine(ids, candidates, meta, MineParams(t_clip, t_dino, demo_params("mine.select", max_per_image=0, drop_near_duplicate_pairs=False)), groups)
         guarded = brute_force(clip, -dino, 0.995, -0.98)  # CLIP > 0.995 and DINOv2 > 0.98
         assert _found(table, ids) == brute_force(clip, dino, t_clip, t_dino) - guarded
 
@@ -133,7 +136,7 @@ def test_pairs_are_unordered_unique_and_carry_both_similarities(world):
     clip, dino = planted(seed=3)
     ids = [f"id{k:04d}" for k in range(len(clip))][::-1]  # ids in descending order: image_a must still be smaller
     ids, candidates, meta, groups = world(clip, dino, ids=ids)
-    table, _ = mine.mine(ids, candidates, meta, MineParams(0.95, 0.6), groups)
+    table, _ = mine.mine(ids, candidates, meta, MineParams(0.95, 0.6, ALL_PAIRS), groups)
     rows = table.to_pylist()
     assert rows and all(r["image_a"] < r["image_b"] for r in rows)
     assert len({(r["image_a"], r["image_b"]) for r in rows}) == len(rows)
@@ -152,7 +155,7 @@ def test_quantile_thresholds(world):
     ids, candidates, meta, groups = world(clip, dino, {"recall_clip_threshold": 0.5})
     q = 0.999
     table, metrics = mine.mine(ids, candidates, meta, MineParams(Threshold(quantile=q), Threshold(quantile=0.9),
-                                                                    SelectParams(drop_near_duplicate_pairs=False)), groups)
+                                                                    demo_params("mine.select", max_per_image=0, drop_near_duplicate_pairs=False)), groups)
     x = clip.astype(np.float64)
     sims = (x @ x.T)[np.triu_indices(150, 1)]
     above = math.floor((1 - q) * len(sims))
@@ -169,11 +172,11 @@ def test_thresholds_the_candidates_cannot_answer_are_refused_with_the_fix(world)
     clip, dino = planted()
     ids, candidates, meta, groups = world(clip, dino)
     with pytest.raises(ThresholdError, match="search.recall_clip_threshold"):
-        mine.mine(ids, candidates, meta, MineParams(0.85, 0.6), groups)
+        mine.mine(ids, candidates, meta, MineParams(0.85, 0.6, ALL_PAIRS), groups)
     with pytest.raises(ThresholdError, match="search.recall_clip_threshold"):
-        mine.mine(ids, candidates, meta, MineParams(Threshold(quantile=0.5), 0.6), groups)
+        mine.mine(ids, candidates, meta, MineParams(Threshold(quantile=0.5), 0.6, ALL_PAIRS), groups)
     with pytest.raises(ThresholdError, match="near_duplicate"):
-        mine.mine(ids, candidates, meta, MineParams(0.95, 0.99), groups)
+        mine.mine(ids, candidates, meta, MineParams(0.95, 0.99, ALL_PAIRS), groups)
 
 
 def test_a_corpus_full_of_near_duplicates_is_guarded_and_grouped(world):
@@ -186,7 +189,7 @@ def test_a_corpus_full_of_near_duplicates_is_guarded_and_grouped(world):
     assert meta.near_duplicates_dropped == 61 * 60 // 2
     group = dict(zip(groups.column("row").to_pylist(), groups.column("duplicate_group").to_pylist()))
     assert {group[r] for r in [3, *range(20, 80)]} == {3}
-    table, metrics = mine.mine(ids, candidates, meta, MineParams(0.95, 0.6), groups)
+    table, metrics = mine.mine(ids, candidates, meta, MineParams(0.95, 0.6, ALL_PAIRS), groups)
     # image 90 pairs with all 61 copies; the copies are one near-duplicate group: one pair remains
     assert metrics["thresholded"] == 61 and metrics["pairs"] == 1
     assert metrics["select_dropped_near_duplicate_pairs"] == 60
@@ -220,7 +223,7 @@ def test_candidates_stream_to_disk_in_row_groups(world, tmp_path, monkeypatch):
     clip, dino = planted(seed=6)
     ids, candidates, meta, groups = world(clip, dino, {"block_size": 16})
     assert pq.ParquetFile(tmp_path / "candidates.parquet").metadata.num_row_groups > 1
-    table, _ = mine.mine(ids, candidates, meta, MineParams(0.95, 0.6), groups)
+    table, _ = mine.mine(ids, candidates, meta, MineParams(0.95, 0.6, ALL_PAIRS), groups)
     assert _found(table, ids) == brute_force(clip, dino, 0.95, 0.6)
 
 
@@ -228,7 +231,8 @@ def test_threshold_params_take_a_value_or_a_quantile(tmp_path):
     from pipeline.core.config import ParamsError, load_section
 
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"mine": {"clip_threshold": {"quantile": 0.9999}, "dino_threshold": 0.6}}))
+    path.write_text(yaml.safe_dump({"mine": {"clip_threshold": {"quantile": 0.9999}, "dino_threshold": 0.6,
+                                              "select": section("mine.select")}}))
     params = load_section(path, "mine", MineParams)
     assert params.clip_threshold == Threshold(quantile=0.9999) and params.dino_threshold == 0.6
     assert thresholds.describe(params.clip_threshold) == {"quantile": 0.9999} and thresholds.describe(0.6) == {"value": 0.6}

@@ -20,9 +20,10 @@ from pipeline import cli, package
 from pipeline.core import patterns, schemas
 from pipeline.images import display
 from pipeline.images.decode import decode
-from pipeline.params import AcceptParams, ExportParams, PackageParams, ValidateParams
+from pipeline.params import PackageParams
 from pipeline.release import folder as release
 from pipeline.release import mmvp
+from tests.helpers.params import demo_params
 from tests.helpers.release_world import WITHHELD_LICENSE, WORLD_PATTERN_KEYS, build_inputs, package_args
 
 
@@ -75,7 +76,7 @@ def test_release_loads_offline_with_load_dataset(world, monkeypatch):
             continue
         # the released image is the canonical decode, encoded exactly as the annotators' display copy
         original = (corpus_root / meta["source_path"]).read_bytes()
-        expected = display.display_bytes(original, ExportParams(display_max_side=128, jpeg_quality=90), 10_000_000)
+        expected = display.display_bytes(original, demo_params("export", display_max_side=128, jpeg_quality=90), 10_000_000)
         assert isinstance(row["image"], Image.Image)
         assert row["image"].convert("RGB").tobytes() == decode(expected).image.tobytes()
         assert ds.with_format("arrow")[rows.index(row)]["image"][0]["bytes"].as_py() == expected
@@ -330,7 +331,7 @@ def test_fetch_script_puts_withheld_images_in_place_after_checking_sha256(world,
     withheld = next(i for i in release.read_items(copy) if not i["redistributed"])
     image = copy / "mmvp" / "MMVP Images" / f"{withheld['mmvp_index']}.jpg"
     original = (root / withheld["source_path"]).read_bytes()
-    assert image.read_bytes() == display.display_bytes(original, ExportParams(display_max_side=128, jpeg_quality=90), 10_000_000)
+    assert image.read_bytes() == display.display_bytes(original, demo_params("export", display_max_side=128, jpeg_quality=90), 10_000_000)
     report = release.verify(copy)
     assert report.ok and len(report.fetched) == 3  # MMVP image, MMVP-VLM image, original bytes
     # a source whose bytes differ from the released sha256 is refused
@@ -420,9 +421,9 @@ def _annotated(world, tmp_path, per_pattern: dict[str, int], extra: dict[str, di
          for p, f in sorted(cases.items())], schema=schemas.PAIRS)
     for fields in cases.values():
         del fields["_images"]
-    annotations = validate.validate(writing_snapshot(cases), pairs, ValidateParams())
+    annotations = validate.validate(writing_snapshot(cases), pairs, demo_params("validate"))
     answers = {r["question_id"]: [("v@example.org", r["answer_a"], r["answer_b"])] for r in annotations.to_pylist()}
-    accepted, _, _, _ = accept.accept(annotations, pairs, verification_snapshot(answers), {}, AcceptParams())
+    accepted, _, _, _ = accept.accept(annotations, pairs, verification_snapshot(answers), {}, demo_params("accept"))
     path = tmp_path / "accepted.parquet"
     schemas.write_table(accepted, path, "accepted")
     return path

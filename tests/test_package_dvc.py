@@ -38,8 +38,9 @@ def test_dvc_repro_gate_package_evaluate(tmp_path):
     dvc_yaml["stages"]["sample_corpus"]["cmd"] = dvc_yaml["stages"]["sample_corpus"]["cmd"].replace("--scenes 40", "--scenes 2")
     (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
     project_params = yaml.safe_load((REPO / "params.yaml").read_text())
-    evaluate_params = {"clip": [{"kind": "open_clip", "model": "tiny-clip-text", "weights": "random", "image_size": 32,
-                                 "config": TINY_CLIP_TEXT_CONFIG, "seed": 0}], "vlm": []}
+    evaluate_params = {"clip": [{**project_params["evaluate"]["clip"][0], "kind": "open_clip", "model": "tiny-clip-text",
+                                 "weights": "random", "image_size": 32, "config": TINY_CLIP_TEXT_CONFIG, "seed": 0}],
+                       "vlm": []}
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(
         package=project_params["package"], gate=project_params["gate"], evaluate=evaluate_params)))
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)

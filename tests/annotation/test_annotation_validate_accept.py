@@ -19,7 +19,7 @@ from annotation.pull import encode
 from annotation.tables import INVALID_REASONS
 from pipeline import cli
 from pipeline.core import patterns, schemas
-from pipeline.params import AcceptParams, ValidateParams
+from tests.helpers.params import demo_params
 
 PAYLOADS = [
     "<script>alert(1)</script>",
@@ -95,7 +95,7 @@ REASON_CASES = {
 def test_every_rejection_reason_is_detected_and_counted() -> None:
     cases = {f"p-{reason}": fields for reason, fields in REASON_CASES.items()} | {"p-good": GOOD}
     pairs = _pairs(*[p for p in cases if p != "p-stale_pair"])
-    table = validate.validate(writing_snapshot(cases), pairs, ValidateParams())
+    table = validate.validate(writing_snapshot(cases), pairs, demo_params("validate"))
     got = {r["pair_id"]: r["reason"] for r in table.to_pylist()}
     assert got == {f"p-{reason}": reason for reason in INVALID_REASONS} | {"p-good": None}
     assert all(r["detail"] for r in table.to_pylist() if r["reason"])
@@ -108,12 +108,12 @@ def test_every_rejection_reason_is_detected_and_counted() -> None:
 
 
 def test_secondary_tag_outside_the_nine_is_an_unknown_pattern() -> None:
-    table = validate.validate(writing_snapshot({"p": {**GOOD, "tags": [TEXT.paper, "Sparkle"]}}), _pairs("p"), ValidateParams())
+    table = validate.validate(writing_snapshot({"p": {**GOOD, "tags": [TEXT.paper, "Sparkle"]}}), _pairs("p"), demo_params("validate"))
     assert table.column("reason").to_pylist() == ["unknown_pattern"]
     assert "Sparkle" in table.column("detail")[0].as_py() and patterns.PAPER_NAMES[0] in table.column("detail")[0].as_py()
     first = patterns.PATTERNS[0]
     ok = validate.validate(writing_snapshot({"p": {**GOOD, "tags": [first.paper, QUANTITY.paper]}}), _pairs("p"),
-                           ValidateParams())
+                           demo_params("validate"))
     assert ok.column("valid").to_pylist() == [True]
     assert ok.column("tags").to_pylist() == [sorted([first.key, QUANTITY.key])]
 
@@ -134,7 +134,7 @@ def test_accept_verifies_queues_mismatches_and_applies_decisions() -> None:
              (("p1", QUANTITY), ("p2", TEXT), ("p3", TEXT), ("p4", TEXT), ("p5", TEXT))}
     cases["p6"] = REASON_CASES["same_answer"]
     pairs = _pairs(*cases)
-    table = validate.validate(writing_snapshot(cases), pairs, ValidateParams())
+    table = validate.validate(writing_snapshot(cases), pairs, demo_params("validate"))
     qid = {r["pair_id"]: r["question_id"] for r in table.to_pylist()}
     verification = verification_snapshot({
         qid["p1"]: [("v@example.org", "(a)", "(b)")],  # agrees
@@ -143,7 +143,7 @@ def test_accept_verifies_queues_mismatches_and_applies_decisions() -> None:
         qid["p4"]: [("v@example.org", "(b)", "(a)")],  # disagrees, lead rejects
     })
     decided = {qid["p2"]: ACCEPT, qid["p4"]: REJECT}
-    accepted, outcomes, queue, metrics = accept.accept(table, pairs, verification, {}, AcceptParams())
+    accepted, outcomes, queue, metrics = accept.accept(table, pairs, verification, {}, demo_params("accept"))
     assert accepted.column("pair_id").to_pylist() == ["p1"]
     assert [r["question_id"] for r in queue] == sorted([qid["p2"], qid["p4"]])
     # undecided questions are pending, never rejected: accepted + rejected + pending == valid
@@ -156,7 +156,7 @@ def test_accept_verifies_queues_mismatches_and_applies_decisions() -> None:
     assert metrics["self_verifications_ignored"] == 1
     assert metrics["human_accuracy"] == {"answered_questions": 3, "per_question": 0.5, "per_pair": round(1 / 3, 4)}
     assert metrics["per_pattern"][TEXT.key]["per_question"] == 0.25
-    accepted, outcomes, queue, metrics = accept.accept(table, pairs, verification, decided, AcceptParams())
+    accepted, outcomes, queue, metrics = accept.accept(table, pairs, verification, decided, demo_params("accept"))
     rows = {r["pair_id"]: r for r in accepted.to_pylist()}
     assert sorted(rows) == ["p1", "p2"]
     assert rows["p2"]["verification"] == "adjudicated" and rows["p2"]["verifier_answers_b"] == ["unanswerable"]
@@ -167,13 +167,13 @@ def test_accept_verifies_queues_mismatches_and_applies_decisions() -> None:
     by_q = {r["question_id"]: r for r in outcomes.to_pylist()}
     assert by_q[qid["p6"]]["reason"] == "same_answer"
     # two verifiers wanted: one answer is no longer enough
-    _, _, _, two = accept.accept(table, pairs, verification, decided, AcceptParams(verifiers=2))
+    _, _, _, two = accept.accept(table, pairs, verification, decided, demo_params("accept", verifiers=2))
     assert two["accepted"] == 0
 
 
 def test_verification_tasks_never_carry_the_writers_answers() -> None:
     table = validate.validate(writing_snapshot({"p": GOOD, "q": REASON_CASES["same_answer"]}), _pairs("p", "q"),
-                              ValidateParams())
+                              demo_params("validate"))
     tasks = verify.verification_tasks(table)
     assert [t["data"]["pair_id"] for t in tasks] == ["p"]
     assert set(tasks[0]["data"]) == {"question_id", "pair_id", "question", "option_a", "option_b", "image_a", "image_b"}
@@ -184,7 +184,7 @@ def test_injection_payloads_survive_exactly_in_tables_and_are_inert_in_the_csv(t
                            "statement_a": payload}
              for i, payload in enumerate(PAYLOADS)}
     pairs = _pairs(*cases)
-    table = validate.validate(writing_snapshot(cases), pairs, ValidateParams())
+    table = validate.validate(writing_snapshot(cases), pairs, demo_params("validate"))
     formulas = [adjudication.formula_like(p.strip()) for p in PAYLOADS]
     assert 0 < sum(formulas) < len(PAYLOADS)
     # text a spreadsheet would evaluate goes back to the writer; the rest is kept
@@ -194,7 +194,7 @@ def test_injection_payloads_survive_exactly_in_tables_and_are_inert_in_the_csv(t
     assert back.column("question").to_pylist() == [p.strip() for p in PAYLOADS]  # never silently changed (but stripped)
     qids = back.column("question_id").to_pylist()
     verification = verification_snapshot({q: [("v@example.org", "(b)", "(b)")] for q in qids})
-    _, _, queue, _ = accept.accept(back, pairs, verification, {}, AcceptParams())
+    _, _, queue, _ = accept.accept(back, pairs, verification, {}, demo_params("accept"))
     kept = [p.strip() for p, f in zip(PAYLOADS, formulas) if not f]
     assert sorted(r["question"] for r in queue) == sorted(kept)
     # the adjudication file is for spreadsheets: any cell (a writer's name, a note) is guarded
@@ -214,7 +214,7 @@ def test_injection_payloads_survive_exactly_in_tables_and_are_inert_in_the_csv(t
     path.write_bytes(adjudication.encode(rows))
     decided, problems = adjudication.decisions(adjudication.read(path))
     assert problems == [] and len(decided) == len(queue)
-    accepted, _, _, _ = accept.accept(back, pairs, verification, decided, AcceptParams())
+    accepted, _, _, _ = accept.accept(back, pairs, verification, decided, demo_params("accept"))
     assert sorted(accepted.column("question").to_pylist()) == sorted(kept)
 
 
@@ -239,7 +239,7 @@ def _lead_world(good: dict[str, Any] = GOOD) -> tuple[pa.Table, pa.Table, dict[s
     """Four valid questions: p1 verified, p2 disputed (verifier swapped the answers), p3 verified, p4 never verified."""
     cases = {p: good for p in ("p1", "p2", "p3", "p4")} | {"p5": REASON_CASES["same_answer"]}
     pairs = _pairs(*cases)
-    table = validate.validate(writing_snapshot(cases), pairs, ValidateParams())
+    table = validate.validate(writing_snapshot(cases), pairs, demo_params("validate"))
     qid = {r["pair_id"]: r["question_id"] for r in table.to_pylist()}
     verification = verification_snapshot({
         qid["p1"]: [("v@example.org", "(a)", "(b)")],
@@ -253,7 +253,7 @@ def test_the_lead_corrects_the_answers_of_a_disputed_and_of_a_verified_question(
     table, pairs, verification, qid = _lead_world()
     swapped = adjudication.Decision(adjudication.CORRECT, ("(b)", "(a)"))
     decided = {qid["p1"]: swapped, qid["p2"]: swapped, qid["p4"]: swapped}
-    accepted, outcomes, queue, metrics = accept.accept(table, pairs, verification, decided, AcceptParams())
+    accepted, outcomes, queue, metrics = accept.accept(table, pairs, verification, decided, demo_params("accept"))
     rows = {r["pair_id"]: r for r in accepted.to_pylist()}
     assert sorted(rows) == ["p1", "p2", "p3"]  # p4 was never verified: the correction waits with it
     for pair in ("p1", "p2"):
@@ -275,7 +275,7 @@ def test_the_lead_corrects_the_answers_of_a_disputed_and_of_a_verified_question(
     assert {r["question_id"]: (r["status"], r["reason"]) for r in outcomes.to_pylist()}[qid["p4"]] == \
         ("pending", "awaiting_verification")
     # reject applies to a verified question too: a question found wrong after release can be withdrawn
-    _, _, _, rejected = accept.accept(table, pairs, verification, {qid["p1"]: REJECT}, AcceptParams())
+    _, _, _, rejected = accept.accept(table, pairs, verification, {qid["p1"]: REJECT}, demo_params("accept"))
     assert (rejected["accepted"], rejected["rejected_by_reason"]["adjudicated_reject"]) == (1, 1)
 
 
@@ -468,7 +468,7 @@ NOT_FORMULA = ["How many dots?", "Is it 5 - 3?", "e-mail or letter?", "x = y", "
 def test_formula_like_text_is_rejected_so_that_the_writer_rephrases(field: str) -> None:
     cases = {f"p{i}": {**GOOD, "statement_a": "One dot.", "statement_b": "Two dots.", field: text}
              for i, text in enumerate(FORMULA_LIKE + NOT_FORMULA)}
-    table = validate.validate(writing_snapshot(cases), _pairs(*cases), ValidateParams())
+    table = validate.validate(writing_snapshot(cases), _pairs(*cases), demo_params("validate"))
     rows = {r["pair_id"]: r for r in table.to_pylist()}
     for i, text in enumerate(FORMULA_LIKE):
         row = rows[f"p{i}"]
@@ -481,7 +481,7 @@ def test_formula_like_text_is_rejected_so_that_the_writer_rephrases(field: str) 
 
 def test_validate_and_the_adjudication_guard_share_one_formula_rule() -> None:
     for text in FORMULA_LIKE + NOT_FORMULA + PAYLOADS:
-        reason, _ = validate.check(label_studio_fields({**GOOD, "question": text}), True, ValidateParams())
+        reason, _ = validate.check(label_studio_fields({**GOOD, "question": text}), True, demo_params("validate"))
         rejected = reason == "formula_like" and bool(text.strip())
         guarded = adjudication.guard(text.strip()) != text.strip() and not text.strip().startswith("'")
         assert rejected == guarded, text

@@ -15,11 +15,11 @@ import pytest
 from pipeline.commands import bench
 from pipeline.commands.benchmarks import gpu
 from pipeline.mining import tiles
-from pipeline.params import EncoderParams
 from tests.conftest import REPO, TINY_CLIP_CONFIG, TINY_DINO_CONFIG
+from tests.helpers.params import demo_params
 
-TINY_CLIP = EncoderParams(kind="open_clip", model="tiny-clip", weights="random", image_size=32, config=TINY_CLIP_CONFIG)
-TINY_DINO = EncoderParams(kind="dinov2", model="tiny-dino", weights="random", image_size=32, config=TINY_DINO_CONFIG)
+TINY_CLIP = demo_params("embed.clip", model="tiny-clip", weights="random", image_size=32, config=TINY_CLIP_CONFIG)
+TINY_DINO = demo_params("embed.dino", model="tiny-dino", weights="random", image_size=32, config=TINY_DINO_CONFIG)
 
 
 def test_without_cuda_the_command_says_so_and_exits_3(monkeypatch, capsys):

@@ -13,10 +13,10 @@ from annotation import accept, validate
 from pipeline.commands import status
 from pipeline.core import schemas
 from pipeline.core.report import write_metrics
-from pipeline.params import AcceptParams, ValidateParams
 from pipeline.release import folder as release
 from tests.annotation.test_annotation_validate_accept import GOOD, _pairs, verification_snapshot, writing_snapshot
 from tests.conftest import REPO
+from tests.helpers.params import demo_params
 from tests.helpers.release_world import build_inputs, package_args
 
 
@@ -35,10 +35,10 @@ def run_accept(root: Path, verifications: dict[str, list[tuple[str, str, str]]] 
     """validate and accept on `pairs` written questions; verifications by pair id (None: nothing written)."""
     cases = {f"p{k}": GOOD for k in range(pairs)} if verifications is not None else {}
     pair_table = _pairs(*cases)
-    table = validate.validate(writing_snapshot(cases), pair_table, ValidateParams())
+    table = validate.validate(writing_snapshot(cases), pair_table, demo_params("validate"))
     qid = {r["pair_id"]: r["question_id"] for r in table.to_pylist()}
     snapshot = verification_snapshot({qid[p]: given for p, given in (verifications or {}).items()})
-    *_, metrics = accept.accept(table, pair_table, snapshot, {}, AcceptParams())
+    *_, metrics = accept.accept(table, pair_table, snapshot, {}, demo_params("accept"))
     write_metrics(root / "metrics" / "accept.json", metrics)
     return metrics
 

@@ -13,6 +13,7 @@ from pipeline.core import schemas
 from pipeline.embedding import engine
 from pipeline.embedding import store as embeddings
 from tests.conftest import tiny_params
+from tests.helpers.params import merged, section
 from tests.test_embed import _ingest
 
 PREFIX = "/data/corpus-on-another-machine"
@@ -32,9 +33,9 @@ def _clip_retrieval_output(folder, locations, vectors, extra_paths=()):
 
 def test_clip_retrieval_output_is_imported_and_mined(sample_corpus, tmp_path):
     params = tiny_params()
-    params["embed"]["clip"] = {"kind": "clip_retrieval", "model": "ViT-L-14", "weights": "openai",
+    params["embed"]["clip"] = {**section("embed.clip"), "kind": "clip_retrieval", "model": "ViT-L-14", "weights": "openai",
                                "config": {"strip_prefix": PREFIX}}
-    params["mine"] = {"clip_threshold": 0.95, "dino_threshold": 1.0}  # every CLIP candidate of two distinct images becomes a pair
+    params["mine"] = merged(params["mine"], {"clip_threshold": 0.95, "dino_threshold": 1.0})  # every CLIP candidate of two distinct images becomes a pair
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
     images = _ingest(params_file, sample_corpus, tmp_path / "data")
@@ -80,7 +81,7 @@ def test_clip_retrieval_output_is_imported_and_mined(sample_corpus, tmp_path):
 
 def test_images_missing_from_the_import_are_named(sample_corpus, tmp_path):
     params = tiny_params()
-    params["embed"]["clip"] = {"kind": "clip_retrieval", "model": "ViT-L-14", "weights": "openai",
+    params["embed"]["clip"] = {**section("embed.clip"), "kind": "clip_retrieval", "model": "ViT-L-14", "weights": "openai",
                                "config": {"strip_prefix": PREFIX}}
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))

@@ -24,6 +24,7 @@ from PIL import Image
 
 from pipeline.embedding.encoders import WeightsUnavailable, load_encoder, load_encoders
 from pipeline.params import EncoderParams
+from tests.helpers.params import demo_params
 
 FP32_ATOL = 1e-5
 BF16_MIN_COSINE = 0.999
@@ -148,7 +149,7 @@ def test_parity_openai_tag_from_a_planted_cache_is_quickgelu(model, hf_cache, tm
     images = _images()
     # OpenAI's CLIP is the QuickGELU build of the architecture, on the tag's own preprocessing
     reference = _open_clip_reference(f"{model}-quickgelu", "openai", images)
-    ours32, ours16, description = _ours(EncoderParams(kind="open_clip", model=model, weights="openai"), images)
+    ours32, ours16, description = _ours(demo_params("embed.clip", model=model, weights="openai"), images)
     _report(f"open_clip {model} tag openai (planted cache)", ours32, ours16, reference)
     assert description["quick_gelu"] is True
     assert description["weights_file"] == {"name": f"{repo_id}/{filename}", "sha256": _sha256(snapshot / filename)}
@@ -170,7 +171,7 @@ def test_parity_hf_hub_model_from_a_planted_cache(hf_cache, tmp_path):
     images = _images()
     reference = _open_clip_reference(f"hf-hub:{repo_id}", None, images)
     ours32, ours16, description = _ours(
-        EncoderParams(kind="open_clip", model=f"hf-hub:{repo_id}", weights="pretrained"), images)
+        demo_params("embed.clip", model=f"hf-hub:{repo_id}", weights="pretrained"), images)
     _report("open_clip hf-hub ViT-B-32 (planted cache)", ours32, ours16, reference)
     assert description["preprocessing"]["resize_mode"] == "squash"
     assert description["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
@@ -183,7 +184,7 @@ def test_parity_local_state_dict_file_follows_the_stated_model(model, tmp_path):
     weights = _save_open_clip(model, tmp_path / "ckpt.safetensors", seed=5)
     images = _images()
     reference = _open_clip_reference(model, str(weights), images)
-    ours32, ours16, description = _ours(EncoderParams(kind="open_clip", model=model, weights=str(weights)), images)
+    ours32, ours16, description = _ours(demo_params("embed.clip", model=model, weights=str(weights)), images)
     _report(f"open_clip {model} local state dict", ours32, ours16, reference)
     assert description["quick_gelu"] is model.endswith("quickgelu")
     assert description["architecture_from"] == "model param"
@@ -225,7 +226,7 @@ def test_parity_openai_checkpoint_file_is_detected_as_quickgelu(kind, tmp_path):
         torch.manual_seed(6)
         reference = _open_clip_reference("ViT-B-32-quickgelu", None, images)
     # the user names the plain architecture; the file says it is OpenAI's (QuickGELU)
-    ours32, ours16, description = _ours(EncoderParams(kind="open_clip", model="ViT-B-32", weights=str(weights)), images)
+    ours32, ours16, description = _ours(demo_params("embed.clip", model="ViT-B-32", weights=str(weights)), images)
     _report(f"open_clip ViT-B-32 OpenAI {kind} file", ours32, ours16, reference)
     assert description["quick_gelu"] is True
     assert description["architecture_from"].startswith("detected: OpenAI")
@@ -289,7 +290,7 @@ def test_parity_dinov2_local_directory(size, arch, registers, pooling, tmp_path)
     folder = _save_dinov2(tmp_path / "dino", arch, registers, seed=8)
     images = _images()
     reference = _dinov2_reference(folder, images, pooling)
-    params = EncoderParams(kind="dinov2", model=str(folder), weights="pretrained", pooling=pooling)
+    params = demo_params("embed.dino", model=str(folder), weights="pretrained", pooling=pooling)
     ours32, ours16, description = _ours(params, images)
     name = f"dinov2{'-with-registers' if registers else ''}-{size} {pooling} local dir"
     _report(name, ours32, ours16, reference)
@@ -306,7 +307,7 @@ def test_parity_dinov2_hub_id_from_a_planted_cache(hf_cache, tmp_path):
     snapshot = plant(hf_cache, "facebook/dinov2-with-registers-small", files)
     images = _images()
     reference = _dinov2_reference(snapshot, images, "cls")
-    params = EncoderParams(kind="dinov2", model="facebook/dinov2-with-registers-small", weights="pretrained")
+    params = demo_params("embed.dino", model="facebook/dinov2-with-registers-small", weights="pretrained")
     ours32, ours16, description = _ours(params, images)
     _report("dinov2-with-registers-small cls hub id (planted cache)", ours32, ours16, reference)
     assert description["weights"] == "facebook/dinov2-with-registers-small"
@@ -320,7 +321,7 @@ def test_dinov2_directory_without_processor_config_uses_the_documented_defaults(
 
     torch.manual_seed(1)
     Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2)).save_pretrained(tmp_path / "d")
-    encoder = load_encoder("d", EncoderParams(kind="dinov2", model=str(tmp_path / "d"), weights="pretrained"))
+    encoder = load_encoder("d", demo_params("embed.dino", model=str(tmp_path / "d"), weights="pretrained"))
     pre = encoder.describe()["preprocessing"]
     assert pre["source"] == "documented defaults"
     assert pre["size"] == {"shortest_edge": 256} and pre["crop_size"] == {"height": 224, "width": 224}
@@ -333,9 +334,9 @@ def test_dinov2_directory_without_processor_config_uses_the_documented_defaults(
 
 def test_offline_error_names_every_encoder_that_cannot_be_loaded(hf_cache):
     specs = {
-        "clip": EncoderParams(kind="open_clip", model="ViT-L-14", weights="openai"),
-        "dino": EncoderParams(kind="dinov2", model="facebook/dinov2-large", weights="pretrained"),
-        "fine": EncoderParams(kind="dinov2", model="tiny", weights="random", config=SMALL | {"num_hidden_layers": 1}),
+        "clip": demo_params("embed.clip", model="ViT-L-14", weights="openai"),
+        "dino": demo_params("embed.dino", model="facebook/dinov2-large", weights="pretrained"),
+        "fine": demo_params("embed.dino", model="tiny", weights="random", config=SMALL | {"num_hidden_layers": 1}),
     }
     with pytest.raises(WeightsUnavailable) as err:
         load_encoders(specs)
@@ -349,8 +350,8 @@ def test_offline_error_names_every_encoder_that_cannot_be_loaded(hf_cache):
 def test_evaluate_names_every_clip_entry_that_cannot_be_loaded(hf_cache):
     from pipeline.evaluate import load_clip_scorers
 
-    specs = [EncoderParams(kind="open_clip", model="ViT-L-14", weights="openai"),
-             EncoderParams(kind="open_clip", model="ViT-B-16", weights="openai")]
+    specs = [demo_params("embed.clip", model="ViT-L-14", weights="openai"),
+             demo_params("embed.clip", model="ViT-B-16", weights="openai")]
     with pytest.raises(WeightsUnavailable) as err:
         load_clip_scorers(specs)
     message = str(err.value)
@@ -360,7 +361,7 @@ def test_evaluate_names_every_clip_entry_that_cannot_be_loaded(hf_cache):
 def test_attention_records_what_transformers_actually_runs(monkeypatch):
     from transformers import Dinov2Model
 
-    params = EncoderParams(kind="dinov2", model="tiny", weights="random", image_size=32,
+    params = demo_params("embed.dino", model="tiny", weights="random", image_size=32,
                            config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "patch_size": 8})
     encoder = load_encoder("d", params)
     assert encoder.describe()["attention"] == encoder.model.config._attn_implementation == "sdpa"
@@ -372,7 +373,7 @@ def test_attention_records_what_transformers_actually_runs(monkeypatch):
 
 def test_openai_tag_without_weights_in_the_cache_names_the_file_and_both_fixes(hf_cache):
     with pytest.raises(WeightsUnavailable) as err:
-        load_encoder("clip", EncoderParams(kind="open_clip", model="ViT-B-32", weights="openai"))
+        load_encoder("clip", demo_params("embed.clip", model="ViT-B-32", weights="openai"))
     message = str(err.value)
     assert "timm/vit_base_patch32_clip_224.openai" in message and "connect" in message and "checkpoint file" in message
 

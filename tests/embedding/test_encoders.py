@@ -5,11 +5,11 @@ import pytest
 from PIL import Image
 
 from pipeline.embedding.encoders import WeightsUnavailable, load_encoder
-from pipeline.params import EncoderParams
 from tests.conftest import TINY_CLIP_CONFIG, TINY_DINO_CONFIG
+from tests.helpers.params import demo_params
 
-TINY_CLIP = EncoderParams(kind="open_clip", model="tiny-clip", weights="random", image_size=32, config=TINY_CLIP_CONFIG)
-TINY_DINO = EncoderParams(kind="dinov2", model="tiny-dino", weights="random", image_size=32, config=TINY_DINO_CONFIG)
+TINY_CLIP = demo_params("embed.clip", model="tiny-clip", weights="random", image_size=32, config=TINY_CLIP_CONFIG)
+TINY_DINO = demo_params("embed.dino", model="tiny-dino", weights="random", image_size=32, config=TINY_DINO_CONFIG)
 
 
 def _images(n=3):
@@ -58,7 +58,7 @@ def test_dino_local_directory_loads_saved_weights(tmp_path):
 
     torch.manual_seed(5)
     Dinov2Model(Dinov2Config(image_size=32, **TINY_DINO_CONFIG)).save_pretrained(tmp_path / "dino")
-    params = EncoderParams(kind="dinov2", model=str(tmp_path / "dino"), weights="pretrained", image_size=32)
+    params = demo_params("embed.dino", model=str(tmp_path / "dino"), weights="pretrained", image_size=32)
     encoder = load_encoder("d", params)
     assert encoder.random_init is False
     assert encoder.describe()["weights"] == str((tmp_path / "dino").resolve())
@@ -71,7 +71,7 @@ def test_open_clip_local_checkpoint_file(tmp_path):
     load_encoder("warm", TINY_CLIP)  # registers the tiny config
     model = open_clip.create_model("tiny-clip", pretrained=None)
     torch.save(model.state_dict(), tmp_path / "ckpt.pt")
-    params = EncoderParams(kind="open_clip", model="tiny-clip", weights=str(tmp_path / "ckpt.pt"), image_size=32, config=TINY_CLIP_CONFIG)
+    params = demo_params("embed.clip", model="tiny-clip", weights=str(tmp_path / "ckpt.pt"), image_size=32, config=TINY_CLIP_CONFIG)
     encoder = load_encoder("c", params)
     assert encoder.random_init is False
     batch = torch.stack([encoder.preprocess(im) for im in _images(1)])
@@ -81,7 +81,7 @@ def test_open_clip_local_checkpoint_file(tmp_path):
 
 
 def test_missing_checkpoint_file_is_named(tmp_path):
-    params = EncoderParams(kind="open_clip", model="ViT-B-32", weights=str(tmp_path / "nope.pt"))
+    params = demo_params("embed.clip", model="ViT-B-32", weights=str(tmp_path / "nope.pt"))
     with pytest.raises(WeightsUnavailable, match="nope.pt"):
         load_encoder("c", params)
 
@@ -89,8 +89,8 @@ def test_missing_checkpoint_file_is_named(tmp_path):
 @pytest.mark.parametrize(
     "params",
     [
-        EncoderParams(kind="dinov2", model="facebook/dinov2-large", weights="pretrained"),
-        EncoderParams(kind="open_clip", model="ViT-L-14", weights="openai"),
+        demo_params("embed.dino", model="facebook/dinov2-large", weights="pretrained"),
+        demo_params("embed.clip", model="ViT-L-14", weights="openai"),
     ],
     ids=["dinov2-hub", "open_clip-hub"],
 )
@@ -148,7 +148,7 @@ def test_dino_with_registers_hub_id_builds_registers_and_mean_skips_them():
 
     import torch
 
-    params = EncoderParams(kind="dinov2", model="facebook/dinov2-with-registers-small", weights="random",
+    params = demo_params("embed.dino", model="facebook/dinov2-with-registers-small", weights="random",
                            image_size=28, pooling="mean", config={"num_hidden_layers": 1})
     encoder = load_encoder("r", params)
     assert type(encoder.model).__name__ == "Dinov2WithRegistersModel"

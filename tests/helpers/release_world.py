@@ -13,6 +13,7 @@ import yaml
 from pipeline import ingest
 from pipeline.core import patterns, schemas
 from tests.conftest import tiny_params
+from tests.helpers.params import KIND_KEYS
 
 CHANGELOG = """# Changelog
 
@@ -82,7 +83,8 @@ def build_inputs(corpus: Path, root: Path) -> dict[str, Path]:
         for k, f in enumerate(files):
             writer.writerow([f"corpus/{f}", WITHHELD_LICENSE if k == 0 else "CC0-1.0"])
     params = tiny_params(
-        ingest={"source": {"kind": "manifest", "name": "generated", "license": "CC0-1.0", "license_column": "license"},
+        ingest={"source": {"kind": "manifest", "name": "generated", "license": "CC0-1.0", "license_column": "license",
+                           **KIND_KEYS["manifest"]},
                 "max_pixels": 10_000_000},
         package={"version": "1.0.0", "name": "clipblind-test", "pretty_name": "clipblind test release",
                  "shard_size": 3},

@@ -15,7 +15,7 @@ from PIL import Image
 from pipeline import ingest
 from pipeline.images.corpus import Corpus, SourceUnavailable
 from pipeline.images.decode import DecodeError, RejectReason
-from pipeline.params import IngestParams, SourceParams
+from tests.helpers.params import demo_params, source_params
 
 
 def _png(shade: int) -> bytes:
@@ -37,7 +37,7 @@ def _shard(samples: dict[str, dict[str, bytes]]) -> bytes:
 
 def _roundtrip(corpus: Corpus) -> list[str]:
     """Ingest `corpus`, check every location reads back to its image's bytes; return the locations."""
-    result = ingest.ingest(corpus, IngestParams(source=corpus.params))
+    result = ingest.ingest(corpus, demo_params("ingest", source=corpus.params))
     assert result.metrics["rejected"] == 0
     locations = []
     for row in result.images.to_pylist():
@@ -52,10 +52,10 @@ def test_parquet_manifest_rows_keep_their_licence(tmp_path):
         (tmp_path / f"{k}.png").write_bytes(_png(k * 40))
     table = pa.table({"file": [f"{k}.png" for k in range(5)], "lic": ["CC-BY-4.0", None, "CC0-1.0", "", "MIT"]})
     pq.write_table(table, tmp_path / "list.parquet")
-    source = SourceParams(kind="manifest", license="unknown", path_column="file", license_column="lic", part_size=2)
+    source = source_params("manifest", license="unknown", path_column="file", license_column="lic", part_size=2)
     corpus = Corpus(source, tmp_path / "list.parquet")
     assert [p.id for p in corpus.parts()] == ["rows 0-1", "rows 2-3", "rows 4-4"]
-    result = ingest.ingest(corpus, IngestParams(source=source))
+    result = ingest.ingest(corpus, demo_params("ingest", source=source))
     licences = dict(zip(result.images.column("source_path").to_pylist(), result.images.column("source_license").to_pylist()))
     assert licences == {"0.png": "CC-BY-4.0", "1.png": "unknown", "2.png": "CC0-1.0", "3.png": "unknown", "4.png": "MIT"}
 
@@ -63,7 +63,7 @@ def test_parquet_manifest_rows_keep_their_licence(tmp_path):
 def test_folder_read_refuses_paths_outside_the_root(tmp_path):
     (tmp_path / "root").mkdir()
     (tmp_path / "secret.png").write_bytes(_png(1))
-    corpus = Corpus(SourceParams(kind="folder"), tmp_path / "root")
+    corpus = Corpus(source_params("folder"), tmp_path / "root")
     for location in ("../secret.png", str(tmp_path / "secret.png"), "a/../../secret.png"):
         with pytest.raises(DecodeError) as err:
             corpus.read(location)
@@ -82,11 +82,11 @@ def test_webdataset_shards_by_directory_pattern_gzip_and_fsspec_url(tmp_path):
         archive.addfile(info, io.BytesIO(data))
     (shards / "part-1.tar.gz").write_bytes(gz.getvalue())
     expected = ["part-0.tar#a.png", "part-0.tar#b.png", "part-1.tar.gz#c.png"]
-    assert _roundtrip(Corpus(SourceParams(kind="webdataset"), shards)) == expected
+    assert _roundtrip(Corpus(source_params("webdataset"), shards)) == expected
     pattern = f"{shards}/part-{{0..0}}.tar"
-    assert _roundtrip(Corpus(SourceParams(kind="webdataset"), pattern)) == [f"{shards}/part-0.tar#a.png", f"{shards}/part-0.tar#b.png"]
+    assert _roundtrip(Corpus(source_params("webdataset"), pattern)) == [f"{shards}/part-0.tar#a.png", f"{shards}/part-0.tar#b.png"]
     url = f"file://{shards}/part-0.tar"
-    assert _roundtrip(Corpus(SourceParams(kind="webdataset"), url)) == [f"{url}#a.png", f"{url}#b.png"]
+    assert _roundtrip(Corpus(source_params("webdataset"), url)) == [f"{url}#a.png", f"{url}#b.png"]
 
 
 def test_webdataset_from_a_non_local_fsspec_filesystem(tmp_path):
@@ -95,7 +95,7 @@ def test_webdataset_from_a_non_local_fsspec_filesystem(tmp_path):
     fs = fsspec.filesystem("memory")
     fs.pipe("/clipblind-test/shard-0.tar", _shard({"x": {"jpg": _png(9)}, "y": {"png": _png(10)}}))
     try:
-        assert _roundtrip(Corpus(SourceParams(kind="webdataset"), "memory://clipblind-test/shard-*.tar")) == [
+        assert _roundtrip(Corpus(source_params("webdataset"), "memory://clipblind-test/shard-*.tar")) == [
             "memory:///clipblind-test/shard-0.tar#x.jpg", "memory:///clipblind-test/shard-0.tar#y.png"]
     finally:
         fs.rm("/clipblind-test", recursive=True)
@@ -105,8 +105,8 @@ def test_pipe_urls_run_only_when_allowed(tmp_path):
     (tmp_path / "s.tar").write_bytes(_shard({"a": {"png": _png(4)}}))
     url = f"pipe:cat {tmp_path / 's.tar'}"
     with pytest.raises(SourceUnavailable, match="allow_pipe"):
-        Corpus(SourceParams(kind="webdataset"), url)
-    assert _roundtrip(Corpus(SourceParams(kind="webdataset", allow_pipe=True), url)) == [f"{url}#a.png"]
+        Corpus(source_params("webdataset"), url)
+    assert _roundtrip(Corpus(source_params("webdataset", allow_pipe=True), url)) == [f"{url}#a.png"]
 
 
 def test_hf_dataset_on_disk_with_image_and_licence_columns(tmp_path):
@@ -117,9 +117,9 @@ def test_hf_dataset_on_disk_with_image_and_licence_columns(tmp_path):
         features=datasets.Features({"image": datasets.Image(), "lic": datasets.Value("string")}),
     )
     ds.save_to_disk(str(tmp_path / "ds"))
-    source = SourceParams(kind="hf", license="unknown", license_column="lic", part_size=3)
+    source = source_params("hf", license="unknown", license_column="lic", part_size=3)
     corpus = Corpus(source, tmp_path / "ds")
-    result = ingest.ingest(corpus, IngestParams(source=source))
+    result = ingest.ingest(corpus, demo_params("ingest", source=source))
     assert result.metrics["inputs"] == 5 and result.metrics["accepted"] == 4
     assert result.metrics["rejected_by_reason"] == {"no_image": 1}
     rows = {r["source_path"]: r["source_license"] for r in result.images.to_pylist()}
@@ -133,7 +133,7 @@ def test_hf_hub_id_offline_fails_fast_with_the_fix(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     started = time.monotonic()
     with pytest.raises(SourceUnavailable, match="huggingface-cli download --repo-type dataset someone/some-images"):
-        Corpus(SourceParams(kind="hf"), "someone/some-images")
+        Corpus(source_params("hf"), "someone/some-images")
     assert time.monotonic() - started < 10
 
 
@@ -141,13 +141,13 @@ def test_missing_image_column_names_the_columns(tmp_path):
     datasets = pytest.importorskip("datasets")
     datasets.Dataset.from_dict({"picture": [b"x"]}).save_to_disk(str(tmp_path / "ds"))
     with pytest.raises(SourceUnavailable, match=r"no column 'image' \(columns: \['picture'\]\)"):
-        Corpus(SourceParams(kind="hf"), tmp_path / "ds")
+        Corpus(source_params("hf"), tmp_path / "ds")
 
 
 def test_missing_sources_are_clear_errors(tmp_path):
     with pytest.raises(SourceUnavailable, match="no folder"):
-        Corpus(SourceParams(kind="folder", name="photos"), tmp_path / "nope")
+        Corpus(source_params("folder", name="photos"), tmp_path / "nope")
     with pytest.raises(SourceUnavailable, match="no .tar shards"):
-        Corpus(SourceParams(kind="webdataset"), tmp_path)
+        Corpus(source_params("webdataset"), tmp_path)
     with pytest.raises(SourceUnavailable, match="no manifest"):
-        Corpus(SourceParams(kind="manifest"), tmp_path / "list.csv")
+        Corpus(source_params("manifest"), tmp_path / "list.csv")

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from pipeline.commands.benchmarks.mine import SHAPES, measure_partitioned, partitioned_verdicts
 from pipeline.mining.candidates import read_candidates
@@ -23,7 +24,8 @@ from pipeline.mining.partitions import (
     wilson_interval,
 )
 from pipeline.mining.tiles import PairChunk, SearchCounts, exact_pairs
-from pipeline.params import PartitionParams, SearchParams
+from pipeline.params import SearchParams
+from tests.helpers.params import demo_params, merged, section
 from tests.test_mine import planted, world  # noqa: F401  (world is a fixture)
 from tests.test_search import clustered
 
@@ -44,8 +46,8 @@ def test_finds_99_percent_of_exact_pairs_with_a_quarter_of_the_products_in_balan
 
 
 def _params(**kw):
-    return SearchParams(recall_clip_threshold=0.9, mode="partitioned", block_size=32, seed=0,
-                        partition=PartitionParams(partitions=6, probes=2, train_size=1000, iterations=10), **kw)
+    return demo_params("search", recall_clip_threshold=0.9, mode="partitioned", block_size=32, seed=0,
+                       partition=demo_params("search.partition", partitions=6, probes=2, train_size=1000, iterations=10), **kw)
 
 
 def test_partitioned_pairs_are_exact_unique_and_a_subset_of_exact_mode():
@@ -73,10 +75,10 @@ def test_partition_params_are_checked_at_load(tmp_path):
     from pipeline.core.config import ParamsError, load_section
 
     path = tmp_path / "params.yaml"
-    path.write_text("search: {partition: {balance: 0.5}}\n")
+    path.write_text(yaml.safe_dump({"search": merged(section("search"), {"partition": {"balance": 0.5}})}))
     with pytest.raises(ParamsError, match=r"search.partition.balance' is 0.5, but it must be ≥ 1"):
         load_section(path, "search", SearchParams)
-    path.write_text("search: {partition: {recall_sample_rows: 500, recall_max_rows: 100}}\n")
+    path.write_text(yaml.safe_dump({"search": merged(section("search"), {"partition": {"recall_sample_rows": 500, "recall_max_rows": 100}})}))
     with pytest.raises(ParamsError, match=r"recall_sample_rows is 500, but it must be ≤ recall_max_rows \(100\)"):
         load_section(path, "search", SearchParams)
 
@@ -90,7 +92,7 @@ def _hub_prone(n: int, dim: int, seed: int) -> np.ndarray:
 
 def test_partitions_are_balanced_and_no_partition_is_a_hub():
     x = _hub_prone(6000, 32, seed=4)
-    params = PartitionParams(partitions=16, probes=3, train_size=6000, iterations=10, balance=1.25)
+    params = demo_params("search.partition", partitions=16, probes=3, train_size=6000, iterations=10, balance=1.25)
     plan = plan_partitions(x, params, seed=0)
     core, visitors = task_rows(plan)
     assert core.sum() == 6000 and visitors.sum() == 3 * 6000
@@ -104,7 +106,7 @@ def test_partitions_are_balanced_and_no_partition_is_a_hub():
 def test_with_no_room_to_spare_every_vector_still_gets_a_partition_and_its_visits():
     x = _hub_prone(4000, 16, seed=3)
     # balance 1: the cores fill exactly, so rows turned away rank deeper than the first 18 partitions
-    plan = plan_partitions(x, PartitionParams(partitions=40, probes=2, train_size=4000, iterations=10, balance=1.0), seed=0)
+    plan = plan_partitions(x, demo_params("search.partition", partitions=40, probes=2, train_size=4000, iterations=10, balance=1.0), seed=0)
     core, visitors = task_rows(plan)
     assert (core == 100).all() and (plan.probes >= 0).all() and not (plan.probes == plan.label[:, None]).any()
     assert (plan.probes[:, 0] != plan.probes[:, 1]).all()
@@ -114,7 +116,7 @@ def test_with_no_room_to_spare_every_vector_still_gets_a_partition_and_its_visit
 
 def test_with_room_to_spare_each_vector_takes_its_most_similar_partitions():
     x = _hub_prone(3000, 32, seed=5)
-    plan = plan_partitions(x, PartitionParams(partitions=8, probes=2, train_size=3000, iterations=10, balance=100.0), seed=0)
+    plan = plan_partitions(x, demo_params("search.partition", partitions=8, probes=2, train_size=3000, iterations=10, balance=100.0), seed=0)
     order = np.argsort(-(x.astype(np.float32) @ plan.centroids.T), axis=1, kind="stable")
     assert (plan.label == order[:, 0]).mean() > 0.999  # inner product on unit centroids (ties aside)
     assert (plan.probes == order[:, 1:3]).all(axis=1).mean() > 0.999

@@ -5,7 +5,7 @@ import pytest
 
 from pipeline.core import schemas
 from pipeline.mining.selection import select_pairs
-from pipeline.params import SelectParams
+from tests.helpers.params import demo_params
 
 
 def _pairs(rows):
@@ -25,7 +25,7 @@ def hub_corpus(n=300):
 
 @pytest.mark.parametrize("k", [1, 3, 7])
 def test_no_image_exceeds_the_cap_when_one_image_matches_hundreds(k):
-    table, counts = select_pairs(hub_corpus(), SelectParams(max_per_image=k))
+    table, counts = select_pairs(hub_corpus(), demo_params("mine.select", max_per_image=k))
     rows = table.to_pylist()
     per_image = {}
     for r in rows:
@@ -40,7 +40,7 @@ def test_no_image_exceeds_the_cap_when_one_image_matches_hundreds(k):
 
 
 def test_ranked_by_clip_minus_dino_gap():
-    table, _ = select_pairs(hub_corpus(20), SelectParams())
+    table, _ = select_pairs(hub_corpus(20), demo_params("mine.select", max_per_image=0))
     gaps = [r["clip_sim"] - r["dino_sim"] for r in table.to_pylist()]
     assert gaps == sorted(gaps, reverse=True) and len(gaps) == 25
 
@@ -48,7 +48,7 @@ def test_ranked_by_clip_minus_dino_gap():
 def test_pairs_of_near_duplicate_images_keep_one():
     rows = [("a1", "b1", 0.97, 0.2), ("a2", "b2", 0.98, 0.2), ("a1", "b2", 0.96, 0.3), ("a1", "c", 0.97, 0.1)]
     group = {"a1": 0, "a2": 0, "b1": 1, "b2": 1}
-    table, counts = select_pairs(_pairs(rows), SelectParams(), duplicate_group=group)
+    table, counts = select_pairs(_pairs(rows), demo_params("mine.select", max_per_image=0), duplicate_group=group)
     kept = {(r["image_a"], r["image_b"]) for r in table.to_pylist()}
     assert kept == {("a2", "b2"), ("a1", "c")}  # the largest gap of the a*/b* group, and the unrelated pair
     assert counts["select_dropped_near_duplicate_pairs"] == 2
@@ -57,7 +57,7 @@ def test_pairs_of_near_duplicate_images_keep_one():
 def test_target_takes_pairs_round_robin_across_clusters():
     rows = [(f"d{k}", f"e{k}", 0.99, 0.1) for k in range(50)] + [(f"s{k}", f"t{k}", 0.96, 0.5) for k in range(5)]
     cluster = {**{f"d{k}": 0 for k in range(50)}, **{f"s{k}": 1 for k in range(5)}}
-    table, counts = select_pairs(_pairs(rows), SelectParams(target=10), cluster=cluster)
+    table, counts = select_pairs(_pairs(rows), demo_params("mine.select", max_per_image=0, target=10), cluster=cluster)
     images = [r["image_a"] for r in table.to_pylist()]
     assert len(images) == 10 and sum(i.startswith("s") for i in images) == 5  # the sparse cluster is not crowded out
     assert counts["select_dropped_over_target"] == 45

@@ -34,10 +34,12 @@ from typing import Any
 import numpy as np
 
 from pipeline.embedding.encoders import Encoder, load_encoder
-from pipeline.params import EncoderParams
+from pipeline.params import REPOSITORY_PARAMS, EncoderParams
 
-CLIP_L14 = EncoderParams(kind="open_clip", model="ViT-L-14", weights="random", dtype="bf16")
-DINO_L14 = EncoderParams(kind="dinov2", model="facebook/dinov2-large", weights="random", dtype="bf16")
+CLIP_L14 = EncoderParams(kind="open_clip", model="ViT-L-14", weights="random", dtype="bf16", device="cpu", image_size=224,
+                         seed=0, config={})
+DINO_L14 = EncoderParams(kind="dinov2", model="facebook/dinov2-large", weights="random", dtype="bf16", device="cpu",
+                         image_size=224, seed=0, config={}, pooling="cls")
 MATMUL_TARGET = 0.60
 STAGE_TARGET = 0.90
 COSINE_LIMIT = 0.003
@@ -166,16 +168,18 @@ def stage_vs_model(
     from pipeline.embedding.engine import embed_corpus
     from pipeline.images.corpus import Corpus
     from pipeline.ingest import ingest
-    from pipeline.params import EmbedParams, IngestParams, SourceParams
+    from pipeline.params import EmbedParams, IngestParams, repository_params
 
-    params = EmbedParams(clip=CLIP_L14, dino=DINO_L14, batch_size=batch_size, shard_size=per_round)
+    params = replace(repository_params("embed", EmbedParams), clip=CLIP_L14, dino=DINO_L14, batch_size=batch_size,
+                     shard_size=per_round)
+    ingest_params = repository_params("ingest", IngestParams)
     batch = torch.randn(batch_size, 3, 224, 224)
     stage_s = model_s = 0.0
     ratios = []
     for r in range(rounds):
         generated_jpegs(workdir / f"corpus-{r}", per_round, seed=r)
-        corpus = Corpus(SourceParams(kind="folder", name="bench"), workdir / f"corpus-{r}")
-        table = ingest(corpus, IngestParams(source=corpus.params)).images
+        corpus = Corpus(replace(ingest_params.sources[0], kind="folder", name="bench", license=None), workdir / f"corpus-{r}")
+        table = ingest(corpus, replace(ingest_params, source=corpus.params)).images
 
         def models_alone() -> None:
             for _ in range(0, per_round, batch_size):
@@ -275,11 +279,16 @@ def tiny_world(workdir: Path, scenes: int, shard_size: int) -> tuple[Callable[[P
         "text_cfg": {"context_length": 16, "vocab_size": 1000, "width": 64, "heads": 2, "layers": 1},
     }
     tiny_dino = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "patch_size": 8, "mlp_ratio": 2}
+    base = yaml.safe_load(REPOSITORY_PARAMS.read_text())  # the repository's values, tiny models and sizes laid over them
     params = {
-        "ingest": {"source": {"kind": "folder", "name": "bench"}, "max_pixels": 10_000_000},
+        "ingest": {**base["ingest"], "source": {**base["ingest"]["source"], "kind": "folder", "name": "bench", "license": None},
+                   "max_pixels": 10_000_000},
         "embed": {
-            "clip": {"kind": "open_clip", "model": "tiny-clip", "weights": "random", "image_size": 32, "config": tiny_clip},
-            "dino": {"kind": "dinov2", "model": "tiny-dino", "weights": "random", "image_size": 32, "config": tiny_dino},
+            **base["embed"],
+            "clip": {**base["embed"]["clip"], "kind": "open_clip", "model": "tiny-clip", "weights": "random", "image_size": 32,
+                     "config": tiny_clip},
+            "dino": {**base["embed"]["dino"], "kind": "dinov2", "model": "tiny-dino", "weights": "random", "image_size": 32,
+                     "config": tiny_dino},
             "batch_size": max(1, shard_size // 2),
             "shard_size": shard_size,
         },

@@ -142,11 +142,12 @@ def prepare_corpus(folder: Path, images: int, seed: int = 0) -> tuple[Corpus, li
     """
     from pipeline.images.corpus import Corpus
     from pipeline.ingest import ingest
-    from pipeline.params import IngestParams, SourceParams
+    from pipeline.params import IngestParams, repository_params
 
     generate_images(folder, images, seed=seed)
-    corpus = Corpus(SourceParams(kind="folder", name="bench-gpu"), folder)
-    table = ingest(corpus, IngestParams(source=corpus.params, workers=min(16, os.cpu_count() or 1))).images
+    ingest_params = repository_params("ingest", IngestParams)
+    corpus = Corpus(replace(ingest_params.sources[0], kind="folder", name="bench-gpu", license=None), folder)
+    table = ingest(corpus, replace(ingest_params, source=corpus.params, workers=min(16, os.cpu_count() or 1))).images
     return corpus, table.column("image_id").to_pylist(), table.column("source_path").to_pylist()
 
 
@@ -161,12 +162,13 @@ def embed_check(
     from pipeline.embedding import store as embeddings
     from pipeline.embedding.engine import embed_corpus, load_encoders
     from pipeline.images.decode import decode
-    from pipeline.params import EmbedParams, EngineParams
+    from pipeline.params import EmbedParams, repository_params
 
     threads = min(16, os.cpu_count() or 1)
     # Each loader thread prepares a whole batch: as many threads as batches in flight.
-    params = EmbedParams(clip=clip, dino=dino, batch_size=batch_size, shard_size=16 * batch_size,
-                         engine=EngineParams(loader_threads=threads, prefetch_batches=threads))
+    base = repository_params("embed", EmbedParams)
+    params = replace(base, clip=clip, dino=dino, batch_size=batch_size, shard_size=16 * batch_size,
+                     engine=replace(base.engine, kind="local", loader_threads=threads, prefetch_batches=threads))
     encoders = load_encoders(params)
     size = clip.image_size
     flops = {name: forward_flops(encoder, size) for name, encoder in encoders.items()}

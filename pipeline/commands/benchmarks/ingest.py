@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from PIL import Image
 from pipeline.core.atomic import write_json
 from pipeline.images.corpus import Corpus
 from pipeline.ingest import ingest
-from pipeline.params import IngestParams, SourceParams
+from pipeline.params import IngestParams, repository_params
 
 TARGET_RATIO = 0.8
 
@@ -61,7 +62,8 @@ def bare_loop(paths: Sequence[Path]) -> int:
 
 def run(folder: Path, paths: Sequence[Path], workers: Sequence[int], repeats: int, state_root: Path) -> dict[str, Any]:
     """Time the bare loop and ingest folder by folder, alternating their order; best and median totals."""
-    source = SourceParams(kind="folder", name="bench")
+    ingest_params = repository_params("ingest", IngestParams)
+    source = replace(ingest_params.sources[0], kind="folder", name="bench", license=None)
     chunks = sorted({p.parent for p in paths})
     by_chunk = {c: [p for p in paths if p.parent == c] for c in chunks}
     bare_loop(paths)  # page cache and PIL plugins warm for both contenders
@@ -70,7 +72,7 @@ def run(folder: Path, paths: Sequence[Path], workers: Sequence[int], repeats: in
     def ingest_with(w: int, state: bool) -> Callable[[Path, str], int]:
         def go(chunk: Path, tag: str) -> int:
             state_dir = state_root / f"{tag}-{chunk.name}" if state else None  # fresh: every part is done
-            result = ingest(Corpus(source, chunk), IngestParams(source=source, workers=w), state_dir=state_dir)
+            result = ingest(Corpus(source, chunk), replace(ingest_params, source=source, workers=w), state_dir=state_dir)
             assert result.metrics["accepted"] == len(by_chunk[chunk]), result.metrics
             return result.metrics["accepted"]
         return go

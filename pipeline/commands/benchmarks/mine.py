@@ -24,7 +24,7 @@ import argparse
 import gc
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -32,7 +32,7 @@ import numpy as np
 
 from pipeline.core.atomic import write_json
 from pipeline.mining.tiles import PairChunk, SearchCounts, exact_pairs, faiss_range_pairs
-from pipeline.params import PartitionParams, SearchParams
+from pipeline.params import SearchParams, repository_params
 
 TARGET_SPEEDUP_VS_FAISS = 5.0
 TARGET_MATMUL_RATIO = 1.5
@@ -265,8 +265,10 @@ def measure_partitioned(shape_name: Shape, n: int, dim: int, threshold: float, b
 
     shape = vector_shape(shape_name, dim, seed)
     x = shaped_vectors(shape, n, seed)
-    part = PartitionParams(partitions, probes, train_size=max(partitions * 40, n // 4), iterations=20, balance=balance)
-    params = SearchParams(recall_clip_threshold=threshold, mode="partitioned", block_size=block_size, seed=seed, partition=part)
+    base = repository_params("search", SearchParams)
+    part = replace(base.partition, partitions=partitions, probes=probes, train_size=max(partitions * 40, n // 4), iterations=20,
+                   balance=balance)
+    params = replace(base, recall_clip_threshold=threshold, mode="partitioned", block_size=block_size, seed=seed, partition=part)
     centroids = train_centroids(x, partitions, seed, part.train_size, part.iterations)
     # k-means trains on a seeded sample of rows: plant only outside it, so the centroids stay the same.
     trained = np.zeros(n, dtype=bool)

@@ -16,6 +16,7 @@ import argparse
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from pipeline.core import patterns, schemas
 from pipeline.images.corpus import Corpus
 from pipeline.ingest import ingest
 from pipeline.package import package
-from pipeline.params import ExportParams, IngestParams, PackageParams, SourceParams
+from pipeline.params import ExportParams, IngestParams, PackageParams, repository_params
 from pipeline.release import card
 from pipeline.release import folder as release
 from pipeline.sample_corpus import generate
@@ -57,11 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="clipblind-bench-package-") as tmp:
         root = Path(tmp)
         generate(root / "corpus", scenes=args.scenes, seed=0)
-        source = SourceParams(kind="folder", name="sample", license="CC0-1.0")
+        ingest_params = repository_params("ingest", IngestParams)
+        source = replace(ingest_params.sources[0], kind="folder", name="sample", license="CC0-1.0")
         corpus = Corpus(source, root / "corpus")
-        images = ingest(corpus, IngestParams(source=source)).images
+        images = ingest(corpus, replace(ingest_params, source=source)).images
         accepted = accepted_over(images.column("image_id").to_pylist())
-        export_params = ExportParams()
+        export_params = repository_params("export", ExportParams)
         encode = image_encoder(export_params, MAX_PIXELS)
         location = dict(zip(images.column("image_id").to_pylist(), images.column("source_path").to_pylist()))
         needed = accepted.column("image_a").to_pylist() + accepted.column("image_b").to_pylist()
@@ -71,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             encode(corpus.read(location[image_id]))
         baseline = time.perf_counter() - start
 
-        params = PackageParams(version="1.0.0", shard_size=100)
+        params = replace(repository_params("package", PackageParams), version="1.0.0", shard_size=100)
         render = card.renderer()
         release.features()  # import `datasets` outside the timings (≈ 2 s, once per process)
         provenance: dict[str, Any] = {"encoders": {}, "random_init_encoders": [], "search": "exhaustive", "funnel": {},
