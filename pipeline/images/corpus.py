@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, cast
+from typing import IO, Any, TypeVar, cast
 
 from pipeline.core.config import ParamsError
 from pipeline.core.errors import ClipblindError
@@ -55,6 +55,15 @@ from pipeline.params import SourceParams
 IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 SHARD_SUFFIXES: tuple[str, ...] = (".tar", ".tar.gz", ".tgz")
 
+
+
+T = TypeVar("T")
+
+def given(value: T | None, key: str, params: SourceParams) -> T:
+    """A key the source's kind needs (the params loader requires it; params built in Python may lack it)."""
+    if value is None:
+        raise ParamsError(f"corpus source '{params.name}' (kind {params.kind}) needs '{key}': set it in the params file")
+    return value
 
 @dataclass(frozen=True)
 class Item:
@@ -296,8 +305,9 @@ class _Manifest(_LocalFiles):
             yield Entry(Item(loc, lic), stamp, partial(self.read, loc))
 
     def _row_blocks(self) -> Iterator[list[tuple[str, str | None]]]:
-        columns = [self.params.path_column] + ([self.params.license_column] if self.params.license_column else [])
-        size = self.params.part_size
+        path_column = given(self.params.path_column, "path_column", self.params)
+        columns = [path_column] + ([self.params.license_column] if self.params.license_column else [])
+        size = given(self.params.part_size, "part_size", self.params)
         if self.manifest.suffix.lower() == ".parquet":
             import pyarrow.parquet as pq
 
@@ -320,7 +330,8 @@ class _Manifest(_LocalFiles):
 
     def _row(self, row: dict[str, Any]) -> tuple[str, str | None]:
         value = row.get(self.params.license_column) if self.params.license_column else None
-        return str(row[self.params.path_column] or ""), (str(value) if value else None) or self.params.license
+        path = row[given(self.params.path_column, "path_column", self.params)]
+        return str(path or ""), (str(value) if value else None) or self.params.license
 
     def _check_columns(self, found: Sequence[str], wanted: list[str]) -> None:
         for column, key in zip(wanted, ("path_column", "license_column")):
@@ -627,7 +638,7 @@ class _HFDataset(_Backend):
         self.root = Path(path).resolve() if Path(path).is_dir() else None
 
     def parts(self) -> Iterator[Part]:
-        size = self.params.part_size
+        size = given(self.params.part_size, "part_size", self.params)
         for start in range(0, len(self.table), size):
             end = min(start + size, len(self.table))
             fingerprint = _digest([self.fingerprint, start, end]) if self.fingerprint else None
@@ -641,7 +652,7 @@ class _HFDataset(_Backend):
             yield Entry(Item(location, license_value), None, _returner(self._bytes(location, row)))
 
     def _bytes(self, location: str, row: dict[str, Any]) -> bytes | DecodeError:
-        cell = row[self.params.image_column]
+        cell = row[given(self.params.image_column, "image_column", self.params)]
         data = cell if isinstance(cell, (bytes, bytearray)) else cell.get("bytes") if isinstance(cell, dict) else None
         if data and len(data) > self.params.max_bytes:
             return DecodeError(RejectReason.TOO_LARGE, f"row {location}: {len(data)} bytes exceeds the cap of {self.params.max_bytes}")

@@ -115,7 +115,7 @@ class OpenAIBackend:
             "max_tokens": self.params.max_new_tokens,
         }
         headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.params.api_key_env)
+        key = os.environ.get(self.params.api_key_env) if self.params.api_key_env else None
         if key:
             headers["Authorization"] = f"Bearer {key}"
         request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
