@@ -13,7 +13,7 @@ endif
 export DVC_NO_ANALYTICS := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: env demo test clean-data labelstudio
+.PHONY: env demo test lint clean-data labelstudio
 
 # pip here prints a warning per package for this machine's local index; show the log only on failure.
 PIP_QUIET = > $(VENV)/pip.log 2>&1 || { grep -v "WARNING: Location" $(VENV)/pip.log; exit 1; }
@@ -43,8 +43,12 @@ $(LS_VENV)/.installed: annotation/labelstudio-requirements.txt
 
 labelstudio: $(LS_VENV)/.installed  ## build Label Studio's own virtualenv (.venv-labelstudio/)
 
-test: env labelstudio  ## install what the tests need and run the whole suite
+test: env labelstudio lint  ## install what the tests need, lint, and run the whole suite
 	$(PY) -m pytest -q
+
+lint: env  ## ruff and mypy (configured in pyproject.toml)
+	$(VENV)/bin/ruff check pipeline annotation tests
+	$(VENV)/bin/mypy
 
 clean-data:  ## remove pipeline outputs (DVC cache stays)
 	rm -rf data metrics

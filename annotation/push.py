@@ -26,10 +26,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from annotation.labelstudio.client import Client
-from annotation.labelstudio.server import LabelStudioParams, load_params
+from annotation.labelstudio.server import load_params
 from pipeline.core import patterns
 from pipeline.core.errors import ClipblindError
 from pipeline.core.report import summary, write_metrics
+from pipeline.params import LabelStudioParams
 
 STAGE = "push"
 HERE = Path(__file__).parent

@@ -20,11 +20,11 @@ import pyarrow as pa
 
 from annotation import push
 from annotation.labelstudio.client import Client
-from annotation.labelstudio.server import LabelStudioParams, load_params
+from annotation.labelstudio.server import load_params
 from pipeline.core import schemas
 from pipeline.core.config import command_params
 from pipeline.core.report import summary, write_metrics
-from pipeline.params import AcceptParams
+from pipeline.params import AcceptParams, LabelStudioParams
 
 STAGE = "push-verification"
 VERIFICATION_CONFIG = Path(__file__).with_name("verification.xml")

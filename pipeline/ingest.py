@@ -173,7 +173,7 @@ def ingest(
     """Read, hash and decode every item of `corpus`; exclude blocked hashes; collapse exact duplicates."""
     state = _State(Path(state_dir) if state_dir is not None else None, _settings(params))
     outcomes: dict[str, tuple[str, str, str | None, int | None, int | None, int | None]] = {}
-    counts = Counter()
+    counts: Counter[str] = Counter()
     # Each part's records are kept as an Arrow table (a few hundred bytes per input), not as dicts.
     parts_records: list[tuple[str, pa.Table]] = []
     executor: Executor | None = None
@@ -244,7 +244,7 @@ def _examine_batch(
             counts["reused_items"] += 1
             records.append({**old, "license": item.license})
             continue
-        record = {"location": item.location, "license": item.license, "stamp": entry.stamp, "image_id": None,
+        record: dict[str, Any] = {"location": item.location, "license": item.license, "stamp": entry.stamp, "image_id": None,
                   "n_bytes": None, "status": OK, "detail": "", "format": None, "width": None, "height": None,
                   "frame_count": None}
         try:

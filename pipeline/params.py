@@ -16,6 +16,7 @@ from pipeline.core.config import (
     Count,
     JpegQuality,
     ParamsError,
+    Port,
     Positive,
     Quantile,
     Range,
@@ -25,6 +26,7 @@ from pipeline.core.config import (
     load_section,
     require_by_kind,
 )
+from pipeline.core.net import LOOPBACK
 
 T = TypeVar("T")
 
@@ -325,3 +327,21 @@ class AcceptParams:
     """Params of the accept stage (section `accept`)."""
 
     verifiers: AtLeastOne  # answers from people other than the writer needed per question
+
+
+@dataclass(frozen=True)
+class LabelStudioParams:
+    """Params of the annotation server (section `labelstudio`)."""
+
+    port: Port
+    data_dir: str  # database, secret key, PID file, log, admin secret
+    venv: str  # overridden by the CLIPBLIND_LABELSTUDIO_VENV environment variable
+    database: Literal["sqlite", "postgresql"]
+    writing_project: str
+    verification_project: str
+    start_timeout_s: Positive
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server."""
+        return f"http://{LOOPBACK}:{self.port}"

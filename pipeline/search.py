@@ -38,13 +38,7 @@ from pipeline.core.config import command_params
 from pipeline.core.report import summary, warn, write_headline, write_metrics
 from pipeline.core.schemas import CANDIDATES, IMAGE_GROUPS
 from pipeline.embedding import store as embeddings
-from pipeline.mining.candidates import (
-    ROW_GROUP_ROWS,
-    SEARCH_FIELDS,
-    CandidatesMeta,
-    SimilaritySample,
-    ids_digest,
-)
+from pipeline.mining.candidates import ROW_GROUP_ROWS, SEARCH_FIELDS, CandidatesMeta, SimilaritySample, ids_digest
 from pipeline.mining.partitions import RECALL_FIELDS, partitioned_pairs, recall_against_exact, recall_rows
 from pipeline.mining.tiles import PairChunk, SearchCounts, exact_pairs, pair_similarity
 from pipeline.params import SearchParams
@@ -80,7 +74,7 @@ class NearDuplicateGroups:
     """
 
     def __init__(self, n: int) -> None:
-        self.label = np.arange(n, dtype=np.int64)
+        self.label: np.ndarray = np.arange(n, dtype=np.int64)
 
     def merge(self, i: np.ndarray, j: np.ndarray) -> None:
         """Link rows i[k] and j[k]."""
@@ -115,6 +109,7 @@ def kmeans_labels(vectors: np.ndarray, k: int, seed: int, train_size: int = 100_
     for start in range(0, n, step):
         _, assigned = kmeans.index.search(vectors[start : start + step].astype(np.float32), 1)
         labels[start : start + step] = assigned[:, 0]
+    assert kmeans.centroids is not None  # set by train()
     return kmeans.centroids.copy(), labels
 
 
@@ -232,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             writer.write(pa.concat_tables(pending) if pending else CANDIDATES.empty_table())
         seconds = time.perf_counter() - started
         metrics = search_metrics(n, params, counts, written)
-        if partitioned:
+        if partitioned and watch_rows is not None:
             metrics.update(recall_against_exact(clip, PairChunk.concat(watched), watch_rows, params.recall_clip_threshold,
                                                 params.block_size, params.device, params.partition.recall_sample_rows))
         clip_sample, dino_sample = sample_similarities(clip, dino, params.sample_pairs, params.seed)

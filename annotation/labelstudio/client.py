@@ -21,8 +21,9 @@ from label_studio_sdk._legacy.exceptions import (  # where LabelInterface's own 
 from label_studio_sdk.core.api_error import ApiError
 from label_studio_sdk.label_interface import LabelInterface
 
-from annotation.labelstudio.server import LabelStudioParams, admin
+from annotation.labelstudio.server import admin
 from pipeline.core.errors import ClipblindError
+from pipeline.params import LabelStudioParams
 
 PAGE_SIZE = 100
 

@@ -28,13 +28,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from pipeline.core.atomic import write_bytes
-from pipeline.core.config import Port, Positive, command_params, load_section
+from pipeline.core.config import command_params, load_section
 from pipeline.core.errors import ClipblindError
+from pipeline.core.net import LOOPBACK
+from pipeline.params import LabelStudioParams
 
-HOST = "127.0.0.1"  # never another interface: annotators reach it through an SSH tunnel if remote
+HOST = LOOPBACK
 VENV_ENV = "CLIPBLIND_LABELSTUDIO_VENV"
 SECRET_ENV = {"email": "CLIPBLIND_LS_EMAIL", "password": "CLIPBLIND_LS_PASSWORD", "token": "CLIPBLIND_LS_TOKEN"}
 POSTGRES_ENV = ("POSTGRE_NAME", "POSTGRE_USER", "POSTGRE_PASSWORD", "POSTGRE_HOST", "POSTGRE_PORT")
@@ -42,24 +43,6 @@ POSTGRES_ENV = ("POSTGRE_NAME", "POSTGRE_USER", "POSTGRE_PASSWORD", "POSTGRE_HOS
 
 class ServerError(ClipblindError, RuntimeError):
     """The Label Studio server cannot be started, reached or stopped as asked."""
-
-
-@dataclass(frozen=True)
-class LabelStudioParams:
-    """Params of the annotation server (section `labelstudio`)."""
-
-    port: Port = 8091
-    data_dir: str = ".labelstudio"  # database, secret key, PID file, log, admin secret
-    venv: str = ".venv-labelstudio"  # overridden by the CLIPBLIND_LABELSTUDIO_VENV environment variable
-    database: Literal["sqlite", "postgresql"] = "sqlite"
-    writing_project: str = "clipblind: write questions"
-    verification_project: str = "clipblind: verify questions"
-    start_timeout_s: Positive = 240.0
-
-    @property
-    def url(self) -> str:
-        """Base URL of the server."""
-        return f"http://{HOST}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -309,11 +292,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[labelstudio] {state}: {params.url} (pid {pid}); admin credentials in "
               f"{Path(params.data_dir) / 'admin.json'} unless set in {list(SECRET_ENV.values())}")
     elif args.action == "stop":
-        pid = stop(params)
-        print(f"[labelstudio] stopped pid {pid}" if pid else "[labelstudio] not running")
+        stopped = stop(params)
+        print(f"[labelstudio] stopped pid {stopped}" if stopped else "[labelstudio] not running")
     elif args.action == "status":
-        pid = running_pid(params)
-        state = f"running (pid {pid}), {'healthy' if healthy(params) else 'not answering'}" if pid else "not running"
+        running = running_pid(params)
+        state = f"running (pid {running}), {'healthy' if healthy(params) else 'not answering'}" if running else "not running"
         print(f"[labelstudio] {params.url}: {state}")
     else:
         password = add_user(params, args.email, args.password)

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pipeline
+from pipeline.core.net import LOOPBACK
 from pipeline.embedding.encoders import Encoder, load_encoder
 from pipeline.embedding.engine import PreparedBatch, ShardJob, ShardResult, add_batch, prepare_batch
 from pipeline.images.corpus import Corpus
 from pipeline.params import EmbedParams, EncoderParams
 
-LOOPBACK = "127.0.0.1"
 INSTALL_HINT = "the Ray engine needs Ray Data: pip install 'clipblind[ray]' (ray[data])"
 
 

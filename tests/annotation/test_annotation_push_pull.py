@@ -11,6 +11,7 @@ import pytest
 
 from annotation import pull, push, results, snapshot
 from annotation.labelstudio import server
+from tests.helpers.params import demo_params
 
 SAMPLE = Path("/work/shared/reference/labelstudio_export_sample.json")
 
@@ -97,8 +98,8 @@ def test_check_tasks_rejects_urls_outside_the_display_folder(tmp_path: Path) -> 
 def test_admin_secret_is_generated_private_and_never_a_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for var in server.SECRET_ENV.values():
         monkeypatch.delenv(var, raising=False)
-    params = server.LabelStudioParams(data_dir=str(tmp_path / "a"))
-    other = server.LabelStudioParams(data_dir=str(tmp_path / "b"))
+    params = demo_params("labelstudio", data_dir=str(tmp_path / "a"))
+    other = demo_params("labelstudio", data_dir=str(tmp_path / "b"))
     first = server.admin(params)
     assert server.admin(params) == first  # stable once generated
     assert server.admin(other).password != first.password and len(first.password) >= 20
@@ -111,17 +112,17 @@ def test_admin_secret_is_generated_private_and_never_a_default(tmp_path: Path, m
 def test_missing_labelstudio_venv_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(server.VENV_ENV, raising=False)
     with pytest.raises(server.ServerError, match="make labelstudio"):
-        server.executable(server.LabelStudioParams(venv=str(tmp_path / "nope")))
+        server.executable(demo_params("labelstudio", venv=str(tmp_path / "nope")))
 
 
 def test_postgresql_needs_its_connection_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in server.POSTGRES_ENV:
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(server.ServerError, match="POSTGRE_NAME"):
-        server.database_env(server.LabelStudioParams(database="postgresql"))
+        server.database_env(demo_params("labelstudio", database="postgresql"))
     for var in server.POSTGRES_ENV:
         monkeypatch.setenv(var, "x")
-    assert server.database_env(server.LabelStudioParams(database="postgresql"))["DJANGO_DB"] == "postgresql"
+    assert server.database_env(demo_params("labelstudio", database="postgresql"))["DJANGO_DB"] == "postgresql"
 
 
 def test_suggestions_become_pre_annotations_in_the_writing_config_fields() -> None:

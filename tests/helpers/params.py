@@ -23,7 +23,6 @@ REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
 def sections() -> dict[str, type]:
     """Every params.yaml section and the dataclass its stage or command loads it into."""
-    from annotation.labelstudio.server import LabelStudioParams
     from pipeline.params import (
         AcceptParams,
         CalibrateParams,
@@ -33,6 +32,7 @@ def sections() -> dict[str, type]:
         GalleryParams,
         GateParams,
         IngestParams,
+        LabelStudioParams,
         MineParams,
         PackageParams,
         SearchParams,

@@ -5,12 +5,7 @@ import json
 import pytest
 
 from pipeline.core import schemas
-from pipeline.mining.candidates import (
-    CandidatesMeta,
-    SimilaritySample,
-    ids_digest,
-    read_candidates,
-)
+from pipeline.mining.candidates import CandidatesMeta, SimilaritySample, ids_digest, read_candidates
 from pipeline.params import NearDuplicateGuard
 
 IDS = ["a", "b", "c"]
