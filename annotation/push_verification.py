@@ -1,4 +1,4 @@
-"""verify: valid questions → tasks of the verification project, without the writer's answers.
+"""push-verification: valid questions → tasks of the verification project, without the writer's answers.
 
 Inputs: the annotations table (validate), the display folder; params section `labelstudio`
 (server, project title) and `accept.verifiers` (answers wanted per question).

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 from collections.abc import Sequence
 
 from pipeline import __version__
-from pipeline.core.errors import run_command
+from pipeline.core.errors import Main, quiet_broken_pipe, run_command
 
 # (subcommand, module, one-line help), in pipeline order; modules load lazily so `--help` stays fast.
 _COMMANDS: list[tuple[str, str, str]] = [
@@ -52,7 +53,15 @@ def usage() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch `clipblind <command> ...` to the command's module; its errors read `clipblind <command>: ...`."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = _dispatch(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()  # here, so a reader that went away is seen inside the try
+        return code
+    except BrokenPipeError:  # `clipblind --help | head -1`
+        return quiet_broken_pipe()
+
+
+def _dispatch(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(usage())
         return 0
@@ -60,10 +69,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"clipblind {__version__}")
         return 0
     if args[0] not in COMMANDS:
-        print(f"clipblind: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
+        close = difflib.get_close_matches(args[0].replace("_", "-"), list(COMMANDS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"clipblind: unknown command {args[0]!r}{hint}; `clipblind --help` lists the commands", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[args[0]][0])
-    return run_command(module.main, args[0], args[1:])
+    return run_command(_imported(COMMANDS[args[0]][0]), args[0], args[1:])
+
+
+def _imported(module: str) -> Main:
+    """The `main` of `module`, imported when called: a missing extra is then reported like any error."""
+
+    def main(argv: Sequence[str] | None) -> int | None:
+        return importlib.import_module(module).main(argv)
+
+    return main
 
 
 if __name__ == "__main__":

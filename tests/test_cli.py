@@ -25,6 +25,12 @@ def test_unknown_command_is_an_error(capsys):
     assert "unknown command" in capsys.readouterr().err
 
 
+def test_an_unknown_command_near_a_known_one_is_named_in_one_line(capsys):
+    assert cli.main(["sample_corpus"]) == 2  # the dvc.yaml stage name, spelled with its underscore
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "did you mean 'sample-corpus'?" in err
+
+
 def test_stage_runs_as_a_module():
     result = subprocess.run([sys.executable, "-m", "pipeline.mine", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--pairs" in result.stdout

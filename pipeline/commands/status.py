@@ -96,6 +96,9 @@ def next_steps(dvc_yaml: Path) -> list[str]:
     package = _stage_metrics(root, stages.get("package"))
     if package is None:
         return ["`dvc repro`: the pipeline has not packaged anything yet (README: 'Run it')"]
+    if not all((root / o).exists() for o in stage_outputs(stages.get("package") or {})[0]):
+        # a fresh clone: the committed metrics describe a release this checkout does not hold yet
+        return ["`dvc repro` (the demo: `make demo`): the pipeline's outputs are not in this checkout yet"]
     accept = _stage_metrics(root, stages.get("accept")) or {}
     pending = accept.get("pending_by_reason") or {}
     annotate = ("review the pairs in data/gallery/index.html, `clipblind push` them to Label Studio and write "
@@ -123,7 +126,8 @@ def next_steps(dvc_yaml: Path) -> list[str]:
             steps.append(str(err))
             return steps
         if not recorded:
-            steps.append(f"{version} is releasable: `clipblind tag {folder}` (or `clipblind publish {folder} --repo-id org/name`)")
+            steps.append(f"{version} is releasable: commit what the run changed (`git add dvc.lock metrics labels data_cards && "
+                         f"git commit`), then `clipblind tag {folder}` (or `clipblind publish {folder} --repo-id org/name`)")
         elif not steps:
             steps.append(f"{version} is released; for the next version annotate more pairs (" + annotate + ")")
     return steps

@@ -273,5 +273,7 @@ def _shape(hint: Any) -> str:
         return f"a mapping with keys {[f.name for f in dataclasses.fields(hint)]}"
     if origin is typing.Literal:
         return f"one of {list(typing.get_args(hint))}"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_shape(arg) for arg in typing.get_args(hint))
     names = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}
     return names.get(hint, "a list" if origin in (tuple, list) else str(hint))

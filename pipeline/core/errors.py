@@ -59,13 +59,51 @@ def message(err: BaseException) -> str:
     return str(err)
 
 
+# The import name of each optional dependency and the extra of pyproject.toml that installs it
+# (tests/core/test_errors.py checks this table against pyproject.toml's extras).
+EXTRA_OF_MODULE: dict[str, str] = {
+    "torch": "pipeline", "torchvision": "pipeline", "open_clip": "pipeline", "transformers": "pipeline",
+    "faiss": "pipeline", "braceexpand": "pipeline", "fsspec": "pipeline", "matplotlib": "pipeline",
+    "label_studio_sdk": "annotation", "httpx": "annotation", "requests": "annotation", "ray": "ray",
+}
+
+
+def missing_extra(err: ImportError) -> str | None:
+    """What to install when `err` is an optional dependency that is not installed; None otherwise."""
+    top = (err.name or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(top) if isinstance(err, ModuleNotFoundError) else None
+    if extra is None:
+        return None
+    return f"needs the '{extra}' extra ({top} is not installed): pip install 'clipblind[{extra}]'"
+
+
+def quiet_broken_pipe() -> int:
+    """The reader of stdout went away (`clipblind status | head -1`): stop quietly, as Python's docs advise."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return USER_ERROR_EXIT
+
+
 def run_command(main: Main, command: str, argv: Sequence[str] | None = None) -> int:
     """Call `main(argv)` for `clipblind <command>` and return its exit code; a user mistake
-    (`USER_ERRORS`) is reported as one line on stderr and returns 1."""
+    (`USER_ERRORS`, or an optional dependency that is not installed) is reported as one line on
+    stderr and returns 1; a closed stdout ends the command quietly."""
     try:
-        return int(main(argv) or 0)
+        code = int(main(argv) or 0)
+        sys.stdout.flush()  # here, so a reader that went away is seen inside the try
+        return code
     except USER_ERRORS as err:
         if debugging():
             traceback.print_exc()
         report(command, message(err))
         return USER_ERROR_EXIT
+    except ModuleNotFoundError as err:
+        hint = missing_extra(err)
+        if hint is None:
+            raise
+        if debugging():
+            traceback.print_exc()
+        report(command, hint)
+        return USER_ERROR_EXIT
+    except BrokenPipeError:
+        return quiet_broken_pipe()

@@ -185,6 +185,7 @@ def test_status_says_what_makes_an_unreleased_build_releasable(tmp_path):
                                        "    outs: [data/release, {metrics/package.json: {cache: false}}]\n"
                                        "    metrics: [{metrics/headline/package.json: {cache: false}}]\n")
     (tmp_path / "metrics/headline").mkdir(parents=True)
+    (tmp_path / "data/release").mkdir(parents=True)  # the stage's output is here (status sends a fresh clone to dvc repro)
     step = "set package.version in params.yaml to 1.1.0 (or any version above the released 1.0.0)"
     (tmp_path / "metrics/package.json").write_text(json.dumps({"status": "unreleased", "version": "1.1.0-dev",
                                                                "todo": [step]}))

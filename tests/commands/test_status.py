@@ -79,6 +79,17 @@ def test_awaiting_annotations_next_is_push_and_annotate(tmp_path, inputs, capsys
     assert "push-verification" not in text and "clipblind tag" not in text
 
 
+def test_a_fresh_clone_next_is_dvc_repro_not_what_the_committed_metrics_say(tmp_path, inputs, capsys):
+    dvc_yaml = workspace(tmp_path)
+    run_accept(tmp_path, None)
+    empty = tmp_path / "accepted.parquet"
+    schemas.write_table(schemas.empty("accepted"), empty, "accepted")
+    run_package(tmp_path, inputs, empty)
+    shutil.rmtree(tmp_path / "data" / "release")  # a clone holds the committed metrics, not the DVC outputs
+    text = next_lines(dvc_yaml, capsys)
+    assert "`dvc repro`" in text and "`clipblind push`" not in text
+
+
 def test_questions_awaiting_verification_next_is_push_verification(tmp_path, inputs, capsys):
     dvc_yaml = workspace(tmp_path)
     metrics = run_accept(tmp_path, {"p0": AGREE})
@@ -107,7 +118,7 @@ def test_releasable_then_tagged_then_unreleased(tmp_path, inputs, capsys):
     folder = tmp_path / "data" / "release"
     assert release.read_manifest(folder)["version"] == "1.0.0"
     text = next_lines(dvc_yaml, capsys)
-    assert "1.0.0 is releasable: `clipblind tag data/release`" in text
+    assert "1.0.0 is releasable: commit what the run changed" in text and "then `clipblind tag data/release`" in text
     assert "Annotate" not in text and "unreleased" not in text
 
     release.record_release(tmp_path / release.RELEASED_RECORD, folder)  # what `clipblind tag` records

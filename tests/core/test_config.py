@@ -300,3 +300,18 @@ def test_annotation_commands_report_bad_server_params(tmp_path, capsys, command)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith(f"clipblind {command}: bad params in {path}:")
     assert "'labelstudio.port' is 70000, but it must be in [1, 65535]" in err
+
+
+def test_a_missing_union_key_says_what_it_must_be_in_words(tmp_path):
+    """A typo'd `mine.clip_threshold` leaves that key missing: the line says the shapes it takes, not Python's type."""
+    from pipeline.params import MineParams
+
+    params = repo_params()
+    params["mine"]["clip_treshold"] = params["mine"].pop("clip_threshold")
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError) as err:
+        load_section(path, "mine", MineParams)
+    missing = next(line for line in str(err.value).splitlines() if "missing key 'mine.clip_threshold'" in line)
+    assert "a number in [-1, 1) or a mapping with keys ['value', 'quantile']" in missing
+    assert "typing." not in str(err.value) and "Annotated" not in str(err.value)

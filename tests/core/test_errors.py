@@ -213,3 +213,48 @@ def test_the_walk_finds_an_exception_that_is_not_one(tmp_path, monkeypatch):
     classes = exception_classes(["strayproject.mod"])
     assert set(classes) == {"strayproject.mod.Stray", "strayproject.mod.Fine"}
     assert not any(issubclass(cls, ClipblindError) for cls in classes.values())
+
+
+@pytest.mark.parametrize("module, extra", [("torch", "pipeline"), ("open_clip.model", "pipeline"), ("httpx", "annotation")])
+def test_a_missing_extra_says_which_to_install(capsys, module, extra):
+    def main(argv):
+        raise ModuleNotFoundError(f"No module named '{module}'", name=module)
+
+    assert run_command(main, "evaluate", []) == 1
+    err = capsys.readouterr().err
+    assert err == f"clipblind evaluate: needs the '{extra}' extra ({module.split('.')[0]} is not installed): pip install 'clipblind[{extra}]'\n"
+
+
+def test_a_missing_module_that_is_no_extra_is_a_bug_with_its_traceback():
+    def main(argv):
+        raise ModuleNotFoundError("No module named 'pipeline.nothing'", name="pipeline.nothing")
+
+    with pytest.raises(ModuleNotFoundError):
+        run_command(main, "evaluate", [])
+
+
+def test_the_extras_table_matches_pyproject():
+    """Every optional dependency pyproject.toml declares in an extra (but not the test tools) is in
+    EXTRA_OF_MODULE under its import name, with that extra, and nothing else is."""
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    import_name = {"open_clip_torch": "open_clip", "faiss_cpu": "faiss", "label_studio_sdk": "label_studio_sdk"}
+    declared = {}
+    for extra, requirements in extras.items():
+        if extra == "test":
+            continue
+        for requirement in requirements:
+            dist = requirement.split(";")[0].split("[")[0].split(">")[0].split("<")[0].split("=")[0].strip()
+            dist = dist.replace("-", "_")
+            declared[import_name.get(dist, dist)] = extra
+    assert errors.EXTRA_OF_MODULE == declared
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["status", "--dvc-yaml", "dvc.yaml"]])
+def test_a_closed_stdout_ends_quietly(argv):
+    """`clipblind ... | head -1`: stdout is a pipe whose reader has gone before anything is written."""
+    script = ("import os, sys\nread, write = os.pipe()\nos.close(read)\nos.dup2(write, 1)\n"
+              f"from pipeline import cli\nsys.exit(cli.main({argv!r}))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 1 and result.stderr == ""
