@@ -35,6 +35,7 @@ from tests.helpers.annotation_world import (
     type_text,
     wait_for_images,
 )
+from tests.helpers.params import merged, section
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -56,8 +57,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, sample_corpus: Path) -> Iter
     params_file, tasks = run_pipeline(sample_corpus, root)
     venv = os.environ.get(server.VENV_ENV) or str(REPO / ".venv-labelstudio")
     params = yaml.safe_load(params_file.read_text())
-    params["labelstudio"] = {"port": _free_port(), "data_dir": str(root / "labelstudio"), "venv": venv,
-                             "database": "sqlite", "start_timeout_s": 300}
+    params["labelstudio"] = merged(section("labelstudio"), {"port": _free_port(), "data_dir": str(root / "labelstudio"),
+                                                            "venv": venv, "database": "sqlite", "start_timeout_s": 300})
     params_file.write_text(yaml.safe_dump(params))
     ls = server.load_params(params_file)
     display = root / "data" / "display"
