@@ -258,3 +258,13 @@ def test_a_closed_stdout_ends_quietly(argv):
               f"from pipeline import cli\nsys.exit(cli.main({argv!r}))\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 1 and result.stderr == ""
+
+
+def test_a_command_whose_extra_is_not_installed_says_so_through_the_cli():
+    """The real command table and import graph: `clipblind pull` without the annotation extra."""
+    script = ("import sys\nfor name in ('httpx', 'label_studio_sdk'):\n    sys.modules[name] = None  # not installed\n"
+              "from pipeline import cli\nsys.exit(cli.main(['pull', '--help']))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("clipblind pull: needs the 'annotation' extra (")
+    assert result.stderr.endswith("is not installed): pip install 'clipblind[annotation]'\n")
