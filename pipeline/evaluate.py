@@ -29,7 +29,7 @@ import numpy as np
 from pipeline.core import patterns
 from pipeline.core.atomic import write_bytes
 from pipeline.core.config import command_params
-from pipeline.core.report import progress, summary, warn, write_headline, write_metrics
+from pipeline.core.report import RANDOM_WEIGHTS_MARK, progress, summary, warn, write_headline, write_metrics
 from pipeline.embedding.encoders import OpenClipEncoder, load_encoders
 from pipeline.images.decode import decode
 from pipeline.params import EncoderParams, EvaluateParams
@@ -246,7 +246,8 @@ def pattern_columns(results: dict[str, Any]) -> list[str]:
 
 
 def markdown_table(results: dict[str, Any]) -> str:
-    """A markdown table: one row per model, pair accuracy overall and per pattern (in pattern order)."""
+    """A markdown table: one row per model, pair accuracy overall and per pattern (in pattern order); below it,
+    the models with random weights and, when nothing was scored, why."""
     columns = pattern_columns(results)
     header = ["model", "kind", "question acc.", "pair acc.", *columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -255,6 +256,12 @@ def markdown_table(results: dict[str, Any]) -> str:
         cells += [_pct(r["per_pattern"].get(p, {}).get("pair_accuracy")) for p in columns]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("| chance | | 50.0 | 25.0 |" + " |" * len(columns))
+    random_models = random_weight_models(results)
+    if random_models:
+        lines += ["", f"**{RANDOM_WEIGHTS_MARK}**: {', '.join(random_models)}"]
+    empty = why_unscored(results)
+    if empty:
+        lines += ["", empty]
     return "\n".join(lines) + "\n"
 
 
@@ -262,17 +269,74 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
+def random_weight_models(results: dict[str, Any]) -> list[str]:
+    """The models in `results` whose weights were randomly initialised (their scores check the pipeline only)."""
+    return [name for name, r in results["models"].items() if r.get("random_init")]
+
+
+def why_unscored(results: dict[str, Any]) -> str | None:
+    """Why no model has a pair accuracy for any pattern, in words; None when some model scored."""
+    models = results["models"]
+    if any(v.get("pair_accuracy") is not None for r in models.values() for v in r["per_pattern"].values()):
+        return None
+    if not models:
+        return "no model scored: evaluate.clip and evaluate.vlm are empty in params"
+    if results["benchmark"].get("pairs") == 0:
+        release_awaits = results["benchmark"].get("format") == "release"
+        awaiting = " yet (the release awaits its first accepted annotations)" if release_awaits else ""
+        return f"no model scored: the benchmark holds no pairs{awaiting}"
+    reasons = []
+    for name, r in models.items():
+        unscorable = "without statements" if r["kind"] == "clip" else "without questions"
+        missing = r.get("pairs_without_statements", 0) if r["kind"] == "clip" else r.get("pairs_without_questions", 0)
+        reasons.append(f"{name}: {missing} pairs {unscorable}, {r.get('pairs_missing_images', 0)} without both images")
+    return "no model scored: " + "; ".join(reasons)
+
+
+CHAR_PX = 7  # the most a character of the chart's 11 px sans-serif takes, for wrapping and sizing
+
+
+def _wrapped(text: str, width: int) -> list[str]:
+    """`text` in lines of at most `width` characters, broken at spaces (a longer word keeps a line of its own)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines
+
+
 def svg_chart(results: dict[str, Any]) -> str:
-    """An SVG bar chart of pair accuracy per pattern (in pattern order), one bar per model, chance as a line."""
+    """An SVG bar chart of pair accuracy per pattern (in pattern order), one bar per model, chance as a line.
+
+    Randomly initialised models are marked (`report.RANDOM_WEIGHTS_MARK` above the chart and beside
+    their names); a chart with no bar says why (`why_unscored`).
+    """
     models = list(results["models"])
     columns = pattern_columns(results)
-    width, height, left, bottom, top = max(360, 90 * len(columns) + 120), 300, 50, 60, 30
-    plot_w, plot_h = width - left - 20, height - bottom - top
+    random_models = random_weight_models(results)
+    banner = 26 if random_models else 0
+    labels = [model + (" (random weights)" if model in random_models else "") for model in models]
+    widest = max((len(label) for label in labels), default=0) * CHAR_PX
+    left, top, plot_h = 50, 30 + banner, 210
+    width = max(360, 90 * len(columns) + 120, widest + 70)
+    plot_w = width - left - 20
     group = plot_w / max(1, len(columns))
+    # a pattern's name wraps at words to fit its group; one legend line per model below the names
+    names = {p: _wrapped(p, max(1, int(group * 0.9 / CHAR_PX))) for p in columns}
+    name_lines = max((len(lines) for lines in names.values()), default=1)
+    legend_y = top + plot_h + 14 * name_lines + 24
+    height = legend_y + 16 * len(models)
     bar = group * 0.8 / max(1, len(models))
     colors = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2"]
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
-             f'<text x="{left}" y="16">pair accuracy per pattern (chance 25 %)</text>']
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">']
+    if random_models:
+        parts.append(f'<rect x="0" y="0" width="{width}" height="22" fill="#c0392b"/>'
+                     f'<text class="random-weights" x="{width / 2:.1f}" y="15" text-anchor="middle" fill="#fff" '
+                     f'font-size="13" font-weight="bold">{_xml(RANDOM_WEIGHTS_MARK)} '
+                     f'({len(random_models)} of {len(models)} models)</text>')
+    parts.append(f'<text x="{left}" y="{16 + banner}">pair accuracy per pattern (chance 25 %)</text>')
     for g, pattern in enumerate(columns):
         for m, model in enumerate(models):
             value = results["models"][model]["per_pattern"].get(pattern, {}).get("pair_accuracy") or 0.0
@@ -280,12 +344,23 @@ def svg_chart(results: dict[str, Any]) -> str:
             h = value * plot_h
             parts.append(f'<rect x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{bar:.1f}" height="{h:.1f}" '
                          f'fill="{colors[m % len(colors)]}"><title>{_xml(model)}: {_pct(value)} %</title></rect>')
-        parts.append(f'<text x="{left + g * group + group / 2:.1f}" y="{top + plot_h + 14}" text-anchor="middle">{_xml(pattern)}</text>')
+        x = left + g * group + group / 2
+        spans = "".join(f'<tspan x="{x:.1f}" y="{top + plot_h + 14 * (i + 1)}">{_xml(line)}</tspan>'
+                        for i, line in enumerate(names[pattern]))
+        parts.append(f'<text class="pattern" text-anchor="middle">{spans}</text>')
     chance_y = top + plot_h * 0.75
     parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{chance_y:.1f}" y2="{chance_y:.1f}" stroke="#888" stroke-dasharray="4"/>')
     parts.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" stroke="#000"/>')
-    for m, model in enumerate(models):
-        parts.append(f'<text x="{left + 120 * m}" y="{height - 10}" fill="{colors[m % len(colors)]}">{_xml(model[:30])}</text>')
+    empty = why_unscored(results)
+    if empty:
+        lines = _wrapped(empty, int(plot_w * 0.9 / (CHAR_PX * 12 / 11)))  # at 12 px
+        first_y = top + plot_h / 2 - 8 * (len(lines) - 1)
+        spans = "".join(f'<tspan x="{left + plot_w / 2:.1f}" y="{first_y + 16 * i:.1f}">{_xml(line)}</tspan>'
+                        for i, line in enumerate(lines))
+        parts.append(f'<text class="empty" text-anchor="middle" font-size="12" fill="#a00">{spans}</text>')
+    for m, label in enumerate(labels):
+        parts.append(f'<text class="legend" x="{left}" y="{legend_y + 16 * m}" fill="{colors[m % len(colors)]}">'
+                     f'{_xml(label)}</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 

@@ -5,7 +5,9 @@ Outputs: a folder holding `index.html` and `thumbs/<image_id>.jpg` (thumbnails m
 canonical decode, the pixels the encoders saw). The page needs no network: inline CSS and
 JavaScript, relative image paths; open it from disk or copy the folder anywhere. Every pair
 shows both thumbnails, both source names (escaped: a name is untrusted text), CLIP and
-DINOv2 cosines and their gap; the pairs can be filtered by CLIP, DINOv2 and name.
+DINOv2 cosines and their gap; the pairs can be filtered by CLIP, DINOv2 and name. The header
+states how the pairs were mined (search, thresholds); pairs mined with randomly initialised
+encoders carry a banner (`report.RANDOM_WEIGHTS_MARK`) above everything else.
 Metrics: pairs, shown, thumbnails, thumbnails_failed (by reason; a failed thumbnail shows a
 placeholder and costs no other pair).
 """
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import pyarrow as pa
 from pipeline.core import schemas
 from pipeline.core.atomic import write_bytes
 from pipeline.core.config import command_params
-from pipeline.core.report import progress, summary, write_headline, write_metrics
+from pipeline.core.report import RANDOM_WEIGHTS_MARK, progress, summary, write_headline, write_metrics
 from pipeline.images.corpus import Corpus
 from pipeline.images.decode import DecodeError
 from pipeline.images.display import display_bytes
@@ -66,6 +67,8 @@ figure img{width:256px;height:256px;object-fit:contain;background:#eee;display:b
 figcaption{font-size:12px;word-break:break-all;color:#555}
 .sims{margin-top:.3rem;font-variant-numeric:tabular-nums}
 .missing{width:256px;height:256px;display:flex;align-items:center;justify-content:center;background:#fee;color:#a00}
+.random-weights{background:#c0392b;color:#fff;font-size:18px;padding:.6rem 1rem;border-radius:6px;margin:.3rem 0}
+.about{color:#555}
 """
 
 _SCRIPT = """
@@ -95,8 +98,34 @@ def _figure(image_id: str, name: str, failed: dict[str, str]) -> str:
     return f'<figure><img src="{src}" alt="{html.escape(name, quote=True)}" loading="lazy">{caption}</figure>'
 
 
+def _about(meta: dict[str, Any]) -> str:
+    """How the pairs were mined, as a line of text (search, CLIP and DINOv2 thresholds)."""
+    facts = []
+    if "search" in meta:
+        facts.append(f"search: {meta['search']}")
+    if meta.get("clip_threshold") is not None:
+        facts.append(f"CLIP > {float(meta['clip_threshold']):.4f}")
+    if meta.get("dino_threshold") is not None:
+        facts.append(f"DINOv2 < {float(meta['dino_threshold']):.4f}")
+    return html.escape(" · ".join(facts))
+
+
+def _random_banner(meta: dict[str, Any]) -> str:
+    """The banner of pairs mined with randomly initialised encoders; empty for real weights."""
+    encoders = meta.get("random_init_encoders") or []
+    if not encoders:
+        return ""
+    names = html.escape(", ".join(encoders))
+    return (f'<div class="random-weights" role="alert"><strong>{html.escape(RANDOM_WEIGHTS_MARK)}</strong>: '
+            f"these pairs were mined with randomly initialised encoders ({names}); they check the pipeline, "
+            "they are not images a real model confuses.</div>")
+
+
 def render(rows: Sequence[dict[str, Any]], names: dict[str, str], failed: dict[str, str], params: GalleryParams, meta: dict[str, Any]) -> str:
-    """The gallery page for `rows` (pairs table rows); every piece of data text is escaped."""
+    """The gallery page for `rows` (pairs table rows); every piece of data text is escaped.
+
+    `meta`: the pairs' search, clip_threshold and dino_threshold, and random_init_encoders if any.
+    """
     cards = []
     for r in rows:
         name_a, name_b = names.get(r["image_a"], r["image_a"]), names.get(r["image_b"], r["image_b"])
@@ -108,14 +137,13 @@ def render(rows: Sequence[dict[str, Any]], names: dict[str, str], failed: dict[s
             f'<div class="sims">CLIP {clip:.4f} · DINOv2 {dino:.4f} · gap {clip - dino:.4f}</div>'
             f'<div class="pid">pair {html.escape(r["pair_id"])}</div></div>'
         )
-    about = html.escape(json.dumps(meta, sort_keys=True))
     title = html.escape(params.title)
     return (
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src 'self'; "
         "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">"
         f"<title>{title}</title><style>{_STYLE}</style></head><body>"
-        f"<header><h1>{title}</h1><p class=\"about\">{about}</p>"
+        f"<header>{_random_banner(meta)}<h1>{title}</h1><p class=\"about\">{_about(meta)}</p>"
         "<label>CLIP ≥ <input id=\"min-clip\" type=\"number\" step=\"0.001\" value=\"\"></label>"
         "<label>DINOv2 ≤ <input id=\"max-dino\" type=\"number\" step=\"0.01\" value=\"\"></label>"
         "<label>name contains <input id=\"name-filter\" type=\"search\"></label>"

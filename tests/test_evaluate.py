@@ -17,6 +17,7 @@ import yaml
 
 from pipeline import cli, evaluate
 from pipeline.core import patterns
+from pipeline.core.report import RANDOM_WEIGHTS_MARK
 from pipeline.params import VlmParams
 from pipeline.vlm import scoring
 from pipeline.vlm.backends import CachedBackend, OpenAIBackend, TransformersBackend, build_prompt
@@ -279,9 +280,7 @@ def test_table_and_chart_list_patterns_in_the_pattern_order():
     expected = [*patterns.PAPER_NAMES, evaluate.UNLABELLED]  # the nine as pipeline.core.patterns orders them, then the rest
     header = evaluate.markdown_table(results).splitlines()[0].strip("| ").split(" | ")
     assert header[4:] == expected
-    chart = evaluate.svg_chart(results)
-    positions = [chart.index(f'text-anchor="middle">{name}<') for name in expected]
-    assert positions == sorted(positions)
+    assert _chart_texts(evaluate.svg_chart(results), "pattern") == expected
 
 
 README_FOLDERS = {"data/release": "", "/path/to/MMVP": "mmvp", "/path/to/MMVP_VLM": "mmvp_vlm"}
@@ -318,3 +317,89 @@ def test_every_readme_evaluate_command_runs_as_written(built, tmp_path, monkeypa
             assert str(out) in printed
         assert all(p.is_file() and p.stat().st_size for p in outputs), (argv, outputs)
         assert json.loads(outputs[0].read_text())["benchmark"]["folder"] == run[0]
+
+
+def _chart_texts(chart: str, css_class: str) -> list[str]:
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(chart)
+    return [" ".join(t.itertext()) for t in root.iter("{http://www.w3.org/2000/svg}text") if t.get("class") == css_class]
+
+
+RANDOM_CLIP = {"kind": "clip", "random_init": True, "pair_accuracy": None, "pairs_missing_images": 0,
+               "pairs_without_statements": 0, "per_pattern": {}}
+
+
+@pytest.mark.parametrize("results,why", [
+    ({"benchmark": {"format": "release", "pairs": 3}, "models": {}},
+     "no model scored: evaluate.clip and evaluate.vlm are empty in params"),
+    ({"benchmark": {"format": "release", "pairs": 0}, "models": {"open_clip:ViT-B-32:random": RANDOM_CLIP}},
+     "no model scored: the benchmark holds no pairs yet (the release awaits its first accepted annotations)"),
+    ({"benchmark": {"format": "mmvp_vlm", "pairs": 2},
+      "models": {"c": {**RANDOM_CLIP, "pairs_without_statements": 2, "per_pattern": {STATE: {"pair_accuracy": None}}},
+                 "v": {"kind": "vlm", "pair_accuracy": None, "pairs_missing_images": 2, "pairs_without_questions": 0,
+                       "per_pattern": {}}}},
+     "no model scored: c: 2 pairs without statements, 0 without both images; "
+     "v: 0 pairs without questions, 2 without both images"),
+])
+def test_an_empty_chart_and_table_say_why_nothing_was_scored(results, why):
+    assert evaluate.why_unscored(results) == why
+    chart = evaluate.svg_chart(results)
+    assert " ".join(_chart_texts(chart, "empty")).split() == why.split()  # wrapped, every word kept
+    assert evaluate.markdown_table(results).rstrip().endswith(why)
+
+
+def test_a_scored_chart_has_no_empty_note_and_marks_only_random_models():
+    Q = scoring.QuestionResult
+    real = {"kind": "vlm", **scoring.score_questions([Q("p", m, STATE, "(a)", "(a)") for m in ("a", "b")])}
+    results = {"benchmark": {"format": "release", "pairs": 1}, "models": {"real-vlm": real}}
+    chart = evaluate.svg_chart(results)
+    assert evaluate.why_unscored(results) is None and _chart_texts(chart, "empty") == []
+    assert _chart_texts(chart, "random-weights") == [] and RANDOM_WEIGHTS_MARK not in evaluate.markdown_table(results)
+    results["models"]["open_clip:ViT-B-32:random"] = RANDOM_CLIP
+    chart = evaluate.svg_chart(results)
+    assert _chart_texts(chart, "random-weights") == [f"{RANDOM_WEIGHTS_MARK} (1 of 2 models)"]
+    assert ">open_clip:ViT-B-32:random (random weights)</text>" in chart and ">real-vlm</text>" in chart
+    assert f"**{RANDOM_WEIGHTS_MARK}**: open_clip:ViT-B-32:random" in evaluate.markdown_table(results)
+
+
+def _every_pattern_scored() -> dict:
+    Q = scoring.QuestionResult
+    questions = [Q(f"p{i}", m, name, "(a)", "(a)" if i % 2 else "(b)") for i, name in enumerate(patterns.PAPER_NAMES)
+                 for m in ("a", "b")]
+    vlm = {"kind": "vlm", **scoring.score_questions(questions)}
+    return {"benchmark": {"format": "release", "pairs": 9},
+            "models": {"a-vlm-with-a-rather-long-name/v1.5": vlm, "open_clip:ViT-B-32:random": RANDOM_CLIP}}
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("case", ["demo: random model, no pairs yet", "nine patterns, two models"])
+def test_the_chart_drawn_in_chromium_keeps_every_text_inside_and_apart(tmp_path, case):
+    """Measured as Chromium draws it: the mark, the empty note, pattern names and legend lie inside the
+    picture, none overlapping another."""
+    from tests.helpers.annotation_world import chromium
+
+    if case.startswith("demo"):
+        results = {"benchmark": {"format": "release", "pairs": 0}, "models": {"open_clip:ViT-B-32:random": RANDOM_CLIP}}
+    else:
+        results = _every_pattern_scored()
+    (tmp_path / "chart.svg").write_text(evaluate.svg_chart(results))
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1800, "height": 600})
+        page.goto((tmp_path / "chart.svg").as_uri())
+        boxes = page.evaluate("""() => {
+            const svg = document.documentElement.getBoundingClientRect();
+            return {svg: [svg.left, svg.top, svg.right, svg.bottom],
+                    texts: [...document.querySelectorAll('text')].map(t => {
+                        const b = t.getBoundingClientRect();
+                        return [t.textContent, b.left, b.top, b.right, b.bottom]; })}; }""")
+    x0, y0, x1, y1 = boxes["svg"]
+    texts = boxes["texts"]
+    assert any(t[0].startswith(RANDOM_WEIGHTS_MARK) for t in texts)
+    assert any(t[0].startswith("no model scored") for t in texts) == case.startswith("demo")
+    for text, left, top, right, bottom in texts:
+        assert x0 <= left and right <= x1 and y0 <= top and bottom <= y1, (text, boxes["svg"])
+    for i, a in enumerate(texts):
+        for b in texts[i + 1:]:
+            apart = a[3] <= b[1] or b[3] <= a[1] or a[4] <= b[2] or b[4] <= a[2]
+            assert apart, (a, b)

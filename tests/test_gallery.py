@@ -11,6 +11,8 @@ from PIL import Image
 
 from pipeline import gallery, ingest
 from pipeline.core import schemas
+from pipeline.core.report import RANDOM_WEIGHTS_MARK
+from pipeline.params import GalleryParams
 from tests.conftest import tiny_params
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -83,3 +85,39 @@ def test_gallery_loads_offline_shows_markup_as_text_and_filters(built_gallery):
         finally:
             browser.close()
     assert all(url.startswith("file://") for url in requests), requests  # a self-contained folder: nothing fetched from a network
+
+
+def test_random_weights_show_as_a_banner_above_the_pairs_not_as_raw_json(built_gallery):
+    from playwright.sync_api import sync_playwright
+
+    out, _ = built_gallery
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=os.environ.get("CHROMIUM", "/usr/bin/chromium"), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto((out / "index.html").as_uri())
+            banner = page.locator(".random-weights")
+            assert banner.count() == 1 and banner.is_visible()
+            text = banner.text_content()
+            assert text.startswith(RANDOM_WEIGHTS_MARK) and "(clip)" in text
+            box = banner.bounding_box()
+            first_pair = page.locator(".pair").first.bounding_box()
+            assert box["y"] + box["height"] <= first_pair["y"] and box["y"] < 100  # the first thing on the page
+            assert box["height"] >= 20 and box["width"] >= 600
+            header = page.locator("header").inner_text()
+            assert "{" not in header and '"' not in header  # no JSON left
+            assert page.locator(".about").inner_text() == "search: exhaustive"
+            page.set_viewport_size({"width": 1280, "height": 500})
+            assert page.evaluate("window.scrollTo(0, document.body.scrollHeight), window.scrollY") > 0
+            assert 0 <= banner.bounding_box()["y"] < 100  # still on screen after scrolling through the pairs
+        finally:
+            browser.close()
+
+
+def test_real_weights_get_no_banner_and_the_thresholds_read_as_text():
+    params = GalleryParams(thumb_size=64, jpeg_quality=80, max_pairs=0, title="t")
+    page = gallery.render([], {}, {}, params, {"search": "exhaustive", "clip_threshold": 0.95, "dino_threshold": 0.6})
+    assert "class=\"random-weights\"" not in page and RANDOM_WEIGHTS_MARK not in page
+    assert '<p class="about">search: exhaustive · CLIP &gt; 0.9500 · DINOv2 &lt; 0.6000</p>' in page
+    marked = gallery.render([], {}, {}, params, {"random_init_encoders": ["clip", "<dino>"]})
+    assert f"<strong>{RANDOM_WEIGHTS_MARK}</strong>" in marked and "(clip, &lt;dino&gt;)" in marked

@@ -43,6 +43,11 @@ HEADLINES: dict[str, dict[str, str]] = {
 }
 
 
+# The mark every picture and page made from a run with randomly initialised encoders carries (plots,
+# charts, the gallery), so a screenshot of it is never taken for a result.
+RANDOM_WEIGHTS_MARK = "random weights: not a real model"
+
+
 def write_metrics(path: str | Path, metrics: Mapping[str, Any]) -> None:
     """Write a stage's metrics JSON (counts in, out, rejected by reason) atomically."""
     write_json(path, dict(metrics))
