@@ -46,6 +46,23 @@ STAGE = "validate"
 SHARED_COUNTS: tuple[str, ...] = ("written", "valid", "invalid", "invalid_by_reason")
 
 
+# What each reason says to the writer when their question comes back to them (`clipblind feedback`);
+# the check's detail sentence follows it.
+MESSAGES: dict[str, str] = {
+    PAIR_REJECTED: "You rejected this pair.",
+    STALE_PAIR: "This pair is no longer among the mined pairs.",
+    MISSING_QUESTION: "The question is empty: write one question about both images.",
+    MISSING_OPTION: "An option is empty: fill in option (a) and option (b).",
+    IDENTICAL_OPTIONS: "Options (a) and (b) are the same: make them two different answers.",
+    FORMULA_LIKE: "A text starts like a spreadsheet formula: start it with a word or a digit.",
+    UNKNOWN_PATTERN: "The pattern is not one of MMVP's nine: choose one from the list.",
+    ANSWER_NOT_AN_OPTION: "An answer is missing: choose (a) or (b) for image A and for image B.",
+    SAME_ANSWER: "Image A and image B have the same answer: the correct answer must differ between the two images.",
+}
+if set(MESSAGES) != set(INVALID_REASONS):
+    raise RuntimeError(f"validate.MESSAGES must name every reason of {INVALID_REASONS}")
+
+
 # Released as cells of MMVP's CSV files: none may be text a spreadsheet evaluates.
 TEXT_FIELDS = ("question", "option_a", "option_b", "statement_a", "statement_b")
 

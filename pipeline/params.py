@@ -316,6 +316,14 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class DraftParams:
+    """Params of the draft command (section `draft`)."""
+
+    vlm: VlmParams | None  # the model that drafts questions; null: `clipblind draft` refuses and says so
+    panel_height: AtLeastOne  # pixels: each image's height in the side-by-side picture the model sees
+
+
+@dataclass(frozen=True)
 class ValidateParams:
     """Params of the validate stage (section `validate`)."""
 

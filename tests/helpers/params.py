@@ -26,6 +26,7 @@ def sections() -> dict[str, type]:
     from pipeline.params import (
         AcceptParams,
         CalibrateParams,
+        DraftParams,
         EmbedParams,
         EvaluateParams,
         ExportParams,
@@ -42,7 +43,7 @@ def sections() -> dict[str, type]:
     return {"ingest": IngestParams, "embed": EmbedParams, "search": SearchParams, "mine": MineParams,
             "calibrate": CalibrateParams, "export": ExportParams, "gallery": GalleryParams, "labelstudio": LabelStudioParams,
             "validate": ValidateParams, "accept": AcceptParams, "package": PackageParams, "gate": GateParams,
-            "evaluate": EvaluateParams}
+            "evaluate": EvaluateParams, "draft": DraftParams}
 
 
 def repo_params() -> dict[str, Any]:
