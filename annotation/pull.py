@@ -22,6 +22,7 @@ from typing import Any
 
 from annotation import results
 from annotation.labelstudio.client import Client, LabelStudioError
+from annotation.labelstudio.roles import SERVERS, WRITING, server
 from annotation.labelstudio.server import load_params
 from annotation.snapshot import KEPT_ANNOTATION_KEYS, SNAPSHOT_VERSION
 from pipeline.core.atomic import write_bytes
@@ -104,19 +105,20 @@ def write_snapshot(path: str | Path, snap: dict[str, Any]) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: `clipblind pull [writing|verification] [--out labels/<project>.json]`."""
     parser = argparse.ArgumentParser(prog="clipblind pull", description=__doc__.splitlines()[0])
-    parser.add_argument("project", nargs="?", default="writing", choices=("writing", "verification"))
+    parser.add_argument("project", nargs="?", default=WRITING, choices=SERVERS)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", help="snapshot file (default labels/<project>.json)")
     parser.add_argument("--metrics", help="metrics file (default metrics/pull_<project>.json)")
     args = parser.parse_args(argv)
     params = load_params(args.params, parser)
-    title = params.writing_project if args.project == "writing" else params.verification_project
+    role_server = server(params, args.project)
+    title = role_server.project
     out = Path(args.out or f"labels/{args.project}.json")
     metrics_path = Path(args.metrics or f"metrics/pull_{args.project}.json")
-    client = Client.from_params(params)
+    client = Client.from_params(params, args.project)
     project = client.project_by_title(title)
     if project is None:
-        raise LabelStudioError(f"no project {title!r} on {params.url}: run `clipblind push` first")
+        raise LabelStudioError(f"no project {title!r} on {role_server.url}: run `clipblind push` first")
     snap, metrics = snapshot(client.export(project["id"]), client.users(), args.project)
     changed = write_snapshot(out, snap)
     write_metrics(metrics_path, metrics)

@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from annotation.labelstudio.client import Client
+from annotation.labelstudio.roles import WRITING, server
 from annotation.labelstudio.server import load_params
 from pipeline.core import patterns
 from pipeline.core.errors import ClipblindError
@@ -189,11 +190,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ClipblindError(f"no task file at {args.tasks}: run `dvc repro export` first")
     tasks = json.loads(Path(args.tasks).read_text())
     suggestions = json.loads(Path(args.suggestions).read_text()) if args.suggestions else {}
-    metrics = push(Client.from_params(params), params, tasks, Path(args.display), suggestions)
+    metrics = push(Client.from_params(params, WRITING), params, tasks, Path(args.display), suggestions)
     write_metrics(args.metrics, metrics)
     summary(STAGE, f"{metrics['imported']} imported, {metrics['already_present']} already there, "
                    f"{metrics['stale_marked']} marked stale, {metrics['stale_deleted']} stale deleted, "
-                   f"{metrics['rejected']} skipped → {params.url}/projects/{metrics['project_id']}")
+                   f"{metrics['rejected']} skipped → {server(params, WRITING).url}/projects/{metrics['project_id']}")
     return 0
 
 

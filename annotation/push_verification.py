@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from annotation import push
 from annotation.labelstudio.client import Client
+from annotation.labelstudio.roles import VERIFICATION, server
 from annotation.labelstudio.server import load_params
 from pipeline.core import schemas
 from pipeline.core.config import command_params
@@ -60,10 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = load_params(args.params, parser)
     verifiers = command_params(parser, args.params, "accept", AcceptParams).verifiers
     annotations = schemas.read_table(args.annotations, "annotations")
-    metrics = push_verification(Client.from_params(params), params, annotations, Path(args.display), verifiers)
+    metrics = push_verification(Client.from_params(params, VERIFICATION), params, annotations, Path(args.display), verifiers)
     write_metrics(args.metrics, metrics)
     summary(STAGE, f"{metrics['imported']} verification tasks imported, {metrics['already_present']} already there "
-                   f"→ {params.url}/projects/{metrics['project_id']}")
+                   f"→ {server(params, VERIFICATION).url}/projects/{metrics['project_id']}")
     return 0
 
 

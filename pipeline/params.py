@@ -26,7 +26,6 @@ from pipeline.core.config import (
     load_section,
     require_by_kind,
 )
-from pipeline.core.net import LOOPBACK
 
 T = TypeVar("T")
 
@@ -341,15 +340,16 @@ class AcceptParams:
 class LabelStudioParams:
     """Params of the annotation server (section `labelstudio`)."""
 
-    port: Port
-    data_dir: str  # database, secret key, PID file, log, admin secret
+    port: Port  # the writing server (writers and the lead)
+    verification_port: Port  # the verification server (verifiers and the lead)
+    data_dir: str  # a folder per server: database, secret key, PID file, log, admin secret
     venv: str  # overridden by the CLIPBLIND_LABELSTUDIO_VENV environment variable
     database: Literal["sqlite", "postgresql"]
     writing_project: str
     verification_project: str
     start_timeout_s: Positive
 
-    @property
-    def url(self) -> str:
-        """Base URL of the server."""
-        return f"http://{LOOPBACK}:{self.port}"
+    def __post_init__(self) -> None:
+        if self.port == self.verification_port:
+            raise ParamsError(f"labelstudio.port and labelstudio.verification_port are both {self.port}: "
+                              "the writing and the verification server each need a port of their own")

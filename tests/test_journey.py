@@ -31,6 +31,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from annotation.labelstudio.roles import SERVERS, VERIFICATION, WRITING
+from annotation.labelstudio.roles import server as server_of
 from annotation.validate import SHARED_COUNTS
 from pipeline.core import patterns
 from pipeline.core.patterns import ANSWERS
@@ -282,12 +284,13 @@ def journey(tmp_path: Path) -> Iterator[tuple[Workspace, Timings]]:
         copy_repository(root, os.environ.get(SOURCE_ENV) or None)
         ws.edit("dvc.yaml", "--scenes 40", f"--scenes {SCENES}")
         ws.set_param("labelstudio", "port", str(free_port()))
+        ws.set_param("labelstudio", "verification_port", str(free_port()))
         ws.git("init", "-q")
         ws.commit("clipblind checkout")
     try:
         yield ws, timings
     finally:
-        if (root / ".labelstudio" / "server.pid").exists():
+        if any((root / ".labelstudio" / role / "server.pid").exists() for role in SERVERS):
             ws.clipblind("labelstudio stop", "labelstudio", "stop")
         table = "journey wall time per step\n\n" + timings.table() + "\n"
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -309,11 +312,14 @@ def test_journey(journey: tuple[Workspace, Timings], tmp_path: Path) -> None:
 
     # ---------------------------------------------------------------- the annotation server
     ws.clipblind("labelstudio start", "labelstudio", "start")
-    for email, password in (WRITER, VERIFIER):
-        ws.clipblind("labelstudio add-user", "labelstudio", "add-user", email, "--password", password)
+    for (email, password), role in ((WRITER, "writer"), (VERIFIER, "verifier")):
+        ws.clipblind(f"labelstudio add-user --role {role}", "labelstudio", "add-user", email, "--role", role,
+                     "--password", password)
     ws.clipblind("push", "push")
     ls = dataclasses.replace(server.load_params(ws.path("params.yaml")), data_dir=str(ws.path(".labelstudio")))
-    client = Client.from_params(ls)  # the lead's API view, only to find task ids
+    client = Client.from_params(ls, WRITING)  # the lead's API views, only to find task ids
+    lead_verification = Client.from_params(ls, VERIFICATION)
+    writing_url, verification_url = server_of(ls, WRITING).url, server_of(ls, VERIFICATION).url
     writing = client.project_by_title(ls.writing_project)["id"]
     task_of = {t["data"]["pair_id"]: t["id"] for t in client.tasks(writing)}
     assert set(task_of) == set(tasks)
@@ -322,7 +328,7 @@ def test_journey(journey: tuple[Workspace, Timings], tmp_path: Path) -> None:
     written: dict[str, Question] = {}
     with chromium() as browser:
         with timings.step("writer in Chromium: 12 tasks"):
-            writer = Writer(new_page(browser), ls.url, *WRITER)
+            writer = Writer(new_page(browser), writing_url, *WRITER)
             writer.open(writing, task_of[round1[0]])
             shown = writer.choice_names("field-pattern")
             assert shown == list(patterns.PAPER_NAMES), "the labeling config shows the nine paper names"
@@ -346,11 +352,12 @@ def test_journey(journey: tuple[Workspace, Timings], tmp_path: Path) -> None:
         ws.commit("round 1: questions written")
 
         disputed = round1[3]  # the verifier swaps this pair's answers; the lead sides with the writer
-        verification_project = client.project_by_title(ls.verification_project)["id"]
-        questions = {t["data"]["pair_id"]: t["id"] for t in client.tasks(verification_project)}
+        assert client.project_by_title(ls.verification_project) is None  # not on the writers' server
+        verification_project = lead_verification.project_by_title(ls.verification_project)["id"]
+        questions = {t["data"]["pair_id"]: t["id"] for t in lead_verification.tasks(verification_project)}
         assert set(questions) == set(written)
         with timings.step("verifier in Chromium: 9 tasks"):
-            verifier = Verifier(new_page(browser), ls.url, *VERIFIER)
+            verifier = Verifier(new_page(browser), verification_url, *VERIFIER)
             for pair_id, q in written.items():
                 answers = (q.answer_b, q.answer_a) if pair_id == disputed else (q.answer_a, q.answer_b)
                 shown_question = verifier.answer(verification_project, questions[pair_id], *answers,
@@ -389,16 +396,16 @@ def test_journey(journey: tuple[Workspace, Timings], tmp_path: Path) -> None:
     }
     with chromium() as browser:
         with timings.step("writer in Chromium: 2 tasks"):
-            writer = Writer(new_page(browser), ls.url, *WRITER)
+            writer = Writer(new_page(browser), writing_url, *WRITER)
             for pair_id, q in more.items():
                 writer.write(writing, task_of[pair_id], q)
         written.update(more)
         ws.clipblind("pull (round 2)", "pull")
         ws.dvc("dvc repro validate (round 2)", "repro", "validate")
         ws.clipblind("push-verification (round 2)", "push-verification")
-        questions = {t["data"]["pair_id"]: t["id"] for t in client.tasks(verification_project)}
+        questions = {t["data"]["pair_id"]: t["id"] for t in lead_verification.tasks(verification_project)}
         with timings.step("verifier in Chromium: 2 tasks"):
-            verifier = Verifier(new_page(browser), ls.url, *VERIFIER)
+            verifier = Verifier(new_page(browser), verification_url, *VERIFIER)
             for pair_id, q in more.items():
                 verifier.answer(verification_project, questions[pair_id], q.answer_a, q.answer_b)
     ws.clipblind("pull verification (round 2)", "pull", "verification")

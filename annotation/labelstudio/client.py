@@ -21,7 +21,8 @@ from label_studio_sdk._legacy.exceptions import (  # where LabelInterface's own 
 from label_studio_sdk.core.api_error import ApiError
 from label_studio_sdk.label_interface import LabelInterface
 
-from annotation.labelstudio.server import admin
+from annotation.labelstudio.roles import Role, server
+from annotation.labelstudio.server import admin, check_layout
 from pipeline.core.errors import ClipblindError
 from pipeline.params import LabelStudioParams
 
@@ -57,9 +58,11 @@ class Client:
                                    httpx_client=self.http)
 
     @classmethod
-    def from_params(cls, params: LabelStudioParams) -> Client:
-        """A client acting as the admin of the server `params` describe."""
-        return cls(params.url, admin(params).token)
+    def from_params(cls, params: LabelStudioParams, role: Role) -> Client:
+        """A client acting as the admin of `role`'s server (annotation.labelstudio.roles) as `params` describe it."""
+        check_layout(params)
+        role_server = server(params, role)
+        return cls(role_server.url, admin(role_server).token)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send one request by method and path; return the decoded JSON body (None when empty).
@@ -176,14 +179,14 @@ class Client:
         except httpx.TransportError as err:
             raise LabelStudioError(
                 f"{method} {path}: Label Studio at {self.url} did not answer ({type(err).__name__}: {err}); "
-                f"check its log in <labelstudio.data_dir> or restart it with `clipblind labelstudio start`"
+                f"check its log in <labelstudio.data_dir>/<server> or restart it with `clipblind labelstudio start`"
             ) from err
         except ApiError as err:
             status = err.status_code or 0
             if status == 401:
                 raise LabelStudioError(
                     f"{self.url} refused the admin token: use the credentials the server was first started with "
-                    "(CLIPBLIND_LS_EMAIL/PASSWORD/TOKEN or <labelstudio.data_dir>/admin.json)", 401) from err
+                    "(CLIPBLIND_LS_EMAIL/PASSWORD/TOKEN or <labelstudio.data_dir>/<server>/admin.json)", 401) from err
             body = err.body if isinstance(err.body, str) else json.dumps(err.body)
             raise LabelStudioError(f"{method} {path} → HTTP {status}: {body[:500]}", status) from err
 

@@ -1,14 +1,24 @@
-"""labelstudio: start, stop and inspect the local, locked-down Label Studio; create annotators.
+"""labelstudio: start, stop and inspect the local, locked-down Label Studio servers; create accounts.
 
-The server runs from its own virtual environment (Label Studio >= 1.23.2; `make labelstudio`
-builds `.venv-labelstudio/`), bound to 127.0.0.1 only, with the version check, telemetry and
-Sentry off, signup closed, SQLite by default (PostgreSQL when `labelstudio.database` says so
-and the POSTGRE_* variables are set), and local-files serving confined to the display folder.
+One server per role (annotation.labelstudio.roles): the writing server (writers and the lead, the
+writing project) and the verification server (verifiers and the lead, the verification project),
+because the open-source Label Studio lets every account of a server read all of its projects. Each
+has its own port, data folder `<data_dir>/<server>` (database, secret key, admin secret, PID file,
+log), and accounts; `start`, `stop` and `status` act on both.
+
+Each server runs from Label Studio's own virtual environment (Label Studio >= 1.23.2; `make
+labelstudio` builds `.venv-labelstudio/`), bound to 127.0.0.1 only, with the version check,
+telemetry and Sentry off, SQLite by default (PostgreSQL when `labelstudio.database` says so and the
+POSTGRE_* variables are set: POSTGRE_NAME for the writing server, POSTGRE_NAME + "_verification"
+for the verification server), under Django settings of ours (annotation/labelstudio/lockdown/):
+no account is created but by `add-user` (signup, invite links and the user API refuse), and
+local files are served only from the display folder, symlinks resolved. The data folders are
+private (0700, the server runs with umask 077): the database holds the API tokens.
 
 The admin account and API token come from CLIPBLIND_LS_EMAIL / CLIPBLIND_LS_PASSWORD /
-CLIPBLIND_LS_TOKEN, or from a secret file generated on first start (`<data_dir>/admin.json`,
-mode 0600). There is no default password. A second `start` finds the running server by its
-PID file and starts nothing.
+CLIPBLIND_LS_TOKEN (the same lead on both servers), or from a secret file each server generates
+on first start (`<data_dir>/<server>/admin.json`, mode 0600 from its first byte). There is no
+default password. A second `start` finds a running server by its PID file and starts nothing.
 
 Params: section `labelstudio` of params.yaml.
 """
@@ -25,20 +35,28 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from annotation.labelstudio.roles import ACCOUNTS, SERVERS, Role, RoleServer, server, servers
 from pipeline.core.atomic import write_bytes
 from pipeline.core.config import command_params, load_section
 from pipeline.core.errors import ClipblindError
 from pipeline.core.net import LOOPBACK
+from pipeline.core.report import summary
 from pipeline.params import LabelStudioParams
 
+STAGE = "labelstudio"
 HOST = LOOPBACK
 VENV_ENV = "CLIPBLIND_LABELSTUDIO_VENV"
 SECRET_ENV = {"email": "CLIPBLIND_LS_EMAIL", "password": "CLIPBLIND_LS_PASSWORD", "token": "CLIPBLIND_LS_TOKEN"}
 POSTGRES_ENV = ("POSTGRE_NAME", "POSTGRE_USER", "POSTGRE_PASSWORD", "POSTGRE_HOST", "POSTGRE_PORT")
+LOCKDOWN = Path(__file__).with_name("lockdown")  # the Django settings module and middleware, run inside the server
+SETTINGS_MODULE = "clipblind_settings"
+PRIVATE_DIR, PRIVATE_FILE, PRIVATE_UMASK = 0o700, 0o600, 0o077
+# What a data dir of the single-server layout (before one server per role) holds at its top.
+SINGLE_SERVER_FILES = ("label_studio.sqlite3", "admin.json", "server.log", "server.pid")
 
 
 class ServerError(ClipblindError, RuntimeError):
@@ -73,32 +91,59 @@ def executable(params: LabelStudioParams) -> Path:
     return exe
 
 
-def admin(params: LabelStudioParams) -> Admin:
-    """Admin credentials from the environment, else from (or into) the generated secret file."""
+def check_layout(params: LabelStudioParams) -> None:
+    """Refuse a data dir of the single-server layout: its one database holds both projects and every account."""
+    top = Path(params.data_dir)
+    found = [name for name in SINGLE_SERVER_FILES if (top / name).exists()]
+    if found:
+        raise ServerError(
+            f"{top} holds a single Label Studio server ({', '.join(found)}), where verifiers could read the "
+            f"writers' answers; servers are now one per role ({', '.join(str(top / r) for r in SERVERS)}). "
+            "Pull what it holds with the clipblind version that started it (clipblind pull writing; clipblind "
+            "pull verification; commit labels/), stop it (clipblind labelstudio stop), move it aside "
+            f"(mv {top} {top}.single) and start again: push and push-verification fill the new servers"
+        )
+
+
+def private_dir(path: Path) -> Path:
+    """`path` as a folder only its owner can enter (created if missing)."""
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    path.chmod(PRIVATE_DIR)
+    return path
+
+
+def _private_open(path: Path, flags: int) -> int:
+    """A file descriptor on `path`, created 0600 if it does not exist."""
+    return os.open(path, flags | os.O_CREAT, PRIVATE_FILE)
+
+
+def admin(role_server: RoleServer) -> Admin:
+    """Admin credentials from the environment, else from (or into) the server's generated secret file."""
     from_env = {key: os.environ.get(var, "") for key, var in SECRET_ENV.items()}
     if all(from_env.values()):
         return Admin(**from_env)
     if any(from_env.values()):
         missing = [var for key, var in SECRET_ENV.items() if not from_env[key]]
         raise ServerError(f"set all of {list(SECRET_ENV.values())} or none; missing {missing}")
-    secret = Path(params.data_dir) / "admin.json"
+    secret = role_server.data_dir / "admin.json"
     if not secret.exists():
         generated = {
             "email": "admin@clipblind.local",
             "password": secrets.token_urlsafe(18),
             "token": secrets.token_hex(20),  # Label Studio keeps tokens of at most 40 characters
         }
-        secret.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes(secret, json.dumps(generated, indent=2).encode())
-        secret.chmod(0o600)
+        private_dir(Path(role_server.params.data_dir))
+        private_dir(role_server.data_dir)
+        write_bytes(secret, json.dumps(generated, indent=2).encode(), mode=PRIVATE_FILE)
     return Admin(**json.loads(secret.read_text()))
 
 
-def database_env(params: LabelStudioParams) -> dict[str, str]:
-    """Environment that locates the server's state: data dir and database, quiet and offline."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "CLIPBLIND_LS_"))}
+def database_env(role_server: RoleServer) -> dict[str, str]:
+    """Environment that locates one server's state: data dir and database, quiet and offline."""
+    params = role_server.params
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "CLIPBLIND_LS_", "DJANGO_"))}
     env.update(
-        LABEL_STUDIO_BASE_DATA_DIR=str(Path(params.data_dir).resolve()),
+        LABEL_STUDIO_BASE_DATA_DIR=str(role_server.data_dir.resolve()),
         LATEST_VERSION_CHECK="false",
         COLLECT_ANALYTICS="false",
         SENTRY_DSN="",
@@ -109,34 +154,39 @@ def database_env(params: LabelStudioParams) -> dict[str, str]:
         if missing:
             raise ServerError(f"labelstudio.database is postgresql but {missing} are not set in the environment")
         env["DJANGO_DB"] = "postgresql"
+        env["POSTGRE_NAME"] = role_server.database_name(os.environ["POSTGRE_NAME"])
     else:
         env["DJANGO_DB"] = "sqlite"
     return env
 
 
-def server_env(params: LabelStudioParams, display_dir: Path, account: Admin) -> dict[str, str]:
-    """The environment the server process runs with."""
-    env = database_env(params)
+def server_env(role_server: RoleServer, display_dir: Path, account: Admin) -> dict[str, str]:
+    """The environment one server process runs with."""
+    env = database_env(role_server)
     env.update(
+        DJANGO_SETTINGS_MODULE=SETTINGS_MODULE,
+        PYTHONPATH=os.pathsep.join([str(LOCKDOWN.resolve()), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        CLIPBLIND_LS_ROLE=role_server.role,
+        CLIPBLIND_LS_DISPLAY_DIR=str(display_dir.resolve()),
         LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
         LABEL_STUDIO_USERNAME=account.email,
         LABEL_STUDIO_PASSWORD=account.password,
         LABEL_STUDIO_USER_TOKEN=account.token,
         LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
         # Label Studio refuses a storage equal to the document root, so the root is the display
-        # folder's parent; only the storage `push` connects (the display folder) is served from it.
+        # folder's parent; the lockdown middleware serves only files directly in the display folder.
         LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(display_dir.resolve().parent),
     )
     return env
 
 
-def _pid_file(params: LabelStudioParams) -> Path:
-    return Path(params.data_dir) / "server.pid"
+def _pid_file(role_server: RoleServer) -> Path:
+    return role_server.data_dir / "server.pid"
 
 
-def running_pid(params: LabelStudioParams) -> int | None:
+def running_pid(role_server: RoleServer) -> int | None:
     """PID of the server this data dir started, if that process is still alive."""
-    path = _pid_file(params)
+    path = _pid_file(role_server)
     if not path.exists():
         return None
     try:
@@ -149,18 +199,20 @@ def running_pid(params: LabelStudioParams) -> int | None:
     return pid
 
 
-def healthy(params: LabelStudioParams, timeout: float = 2.0) -> bool:
+def healthy(role_server: RoleServer, timeout: float = 2.0) -> bool:
     """Whether the server answers its health check."""
     import requests
 
     try:
-        return requests.get(f"{params.url}/health", timeout=timeout).ok
+        return requests.get(f"{role_server.url}/health", timeout=timeout).ok
     except requests.RequestException:
         return False
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """Whether a server could listen on `port` now: a listener takes it, closed connections (TIME-WAIT) do not."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's own listener binds
         try:
             probe.bind((HOST, port))
         except OSError:
@@ -169,66 +221,110 @@ def _port_free(port: int) -> bool:
 
 
 @contextmanager
-def _locked(params: LabelStudioParams) -> Iterator[None]:
-    """Serialise start/stop of one data dir across processes."""
-    lock = Path(params.data_dir) / "server.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+def _locked(role_server: RoleServer) -> Iterator[None]:
+    """Serialise start/stop of one server's data dir across processes."""
+    private_dir(Path(role_server.params.data_dir))
+    fd = _private_open(private_dir(role_server.data_dir) / "server.lock", os.O_WRONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def start(params: LabelStudioParams, display_dir: Path) -> dict[Role, tuple[int, bool]]:
+    """Start every role's server that does not run yet, side by side; return {role: (pid, started)}."""
+    check_layout(params)
+    found: dict[Role, tuple[int, bool]] = {}
+    with ExitStack() as locks:
+        launched: dict[Role, subprocess.Popen[bytes]] = {}
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            for role_server in servers(params):
+                locks.enter_context(_locked(role_server))
+                pid = running_pid(role_server)
+                if pid is not None:
+                    found[role_server.role] = (pid, False)
+                    continue
+                if not port_free(role_server.port):
+                    key = "port" if role_server.role == SERVERS[0] else f"{role_server.role}_port"
+                    raise ServerError(f"port {role_server.port} on {HOST} (the {role_server.role} server) is taken "
+                                      f"by another program: stop it or set labelstudio.{key}")
+                launched[role_server.role] = _launch(role_server, display_dir)
+            for role, process in launched.items():
+                _await(server(params, role), process)
+                found[role] = (process.pid, True)
+        except BaseException:
+            for role, process in launched.items():
+                _terminate(process.pid)
+                _pid_file(server(params, role)).unlink(missing_ok=True)
+            raise
+    return {role: found[role] for role in SERVERS}
 
 
-def start(params: LabelStudioParams, display_dir: Path) -> tuple[int, bool]:
-    """Start the server unless this data dir's server already runs; return (pid, started)."""
-    with _locked(params):
-        pid = running_pid(params)
-        if pid is not None:
-            return pid, False
-        if not _port_free(params.port):
-            raise ServerError(
-                f"port {params.port} on {HOST} is taken by another program: stop it or set labelstudio.port"
-            )
-        display_dir.mkdir(parents=True, exist_ok=True)
-        account = admin(params)
-        env = server_env(params, display_dir, account)
-        data_dir = Path(params.data_dir).resolve()
-        cmd = [
-            str(executable(params)), "start", "--no-browser", "--internal-host", HOST, "--port", str(params.port),
-            "--data-dir", str(data_dir), "--enable-legacy-api-token", "--log-level", "WARNING",
-        ]
-        log = open(data_dir / "server.log", "ab")
-        process = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-        log.close()
-        _pid_file(params).write_text(f"{process.pid}\n")
-        deadline = time.monotonic() + params.start_timeout_s
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                _pid_file(params).unlink(missing_ok=True)
-                raise ServerError(f"Label Studio exited with code {process.returncode}:\n{_log_tail(data_dir)}")
-            if healthy(params):
-                return process.pid, True
-            time.sleep(1.0)
-        _terminate(process.pid)
-        _pid_file(params).unlink(missing_ok=True)
-        raise ServerError(
-            f"Label Studio did not answer on {params.url} within {params.start_timeout_s:.0f} s "
-            f"(raise labelstudio.start_timeout_s):\n{_log_tail(data_dir)}"
-        )
+def _launch(role_server: RoleServer, display_dir: Path) -> subprocess.Popen[bytes]:
+    """Start one server process (its data dir private, umask 077) and record its PID."""
+    display_dir.mkdir(parents=True, exist_ok=True)
+    account = admin(role_server)
+    env = server_env(role_server, display_dir, account)
+    data_dir = role_server.data_dir.resolve()
+    cmd = [
+        str(executable(role_server.params)), "start", "--no-browser", "--internal-host", HOST,
+        "--port", str(role_server.port), "--data-dir", str(data_dir), "--enable-legacy-api-token",
+        "--log-level", "WARNING",
+    ]
+    log = _private_open(data_dir / "server.log", os.O_WRONLY | os.O_APPEND)
+    try:
+        process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, umask=PRIVATE_UMASK)
+    finally:
+        os.close(log)
+    write_bytes(_pid_file(role_server), f"{process.pid}\n".encode(), mode=PRIVATE_FILE)
+    return process
 
 
-def stop(params: LabelStudioParams) -> int | None:
-    """Stop this data dir's server by its PID; return the PID stopped, None if none ran."""
-    with _locked(params):
-        pid = running_pid(params)
-        if pid is not None:
-            _terminate(pid)
-        _pid_file(params).unlink(missing_ok=True)
-        return pid
+def _await(role_server: RoleServer, process: subprocess.Popen[bytes]) -> None:
+    """Wait until the server answers its health check; raise with its log if it exits or stays silent."""
+    deadline = time.monotonic() + role_server.params.start_timeout_s
+    data_dir = role_server.data_dir
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            _pid_file(role_server).unlink(missing_ok=True)
+            raise ServerError(f"Label Studio ({role_server.role} server) exited with code {process.returncode}:\n"
+                              f"{_log_tail(data_dir)}")
+        if healthy(role_server):
+            return
+        time.sleep(1.0)
+    raise ServerError(
+        f"Label Studio ({role_server.role} server) did not answer on {role_server.url} within "
+        f"{role_server.params.start_timeout_s:.0f} s (raise labelstudio.start_timeout_s):\n{_log_tail(data_dir)}"
+    )
+
+
+def stop_single_server(params: LabelStudioParams) -> int | None:
+    """Stop a server of the single-server layout by the PID file at the top of the data dir; return its PID."""
+    path = Path(params.data_dir) / "server.pid"
+    try:
+        pid = int(path.read_text().split()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return None
+    _terminate(pid)
+    path.unlink(missing_ok=True)
+    return pid
+
+
+def stop(params: LabelStudioParams) -> dict[Role, int | None]:
+    """Stop every role's server by its PID; return {role: the PID stopped, None if none ran}."""
+    stopped: dict[Role, int | None] = {}
+    for role_server in servers(params):
+        with _locked(role_server):
+            pid = running_pid(role_server)
+            if pid is not None:
+                _terminate(pid)
+            _pid_file(role_server).unlink(missing_ok=True)
+            stopped[role_server.role] = pid
+    return stopped
 
 
 def _terminate(pid: int, grace_s: float = 15.0) -> None:
@@ -259,17 +355,24 @@ def _log_tail(data_dir: Path, lines: int = 30) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else "(no log)"
 
 
-def add_user(params: LabelStudioParams, email: str, password: str | None) -> str:
-    """Create (or reset the password of) an annotator account in the admin's organisation; return the password."""
+def add_user(params: LabelStudioParams, email: str, password: str | None, account: str) -> tuple[RoleServer, str]:
+    """Create (or reset the password of) an account of role `account` (ACCOUNTS: writer, verifier) on that
+    role's server only, in its admin's organisation; return the server and the password."""
+    if account not in ACCOUNTS:
+        raise ServerError(f"no account role {account!r}: use one of {', '.join(ACCOUNTS)}")
+    check_layout(params)
+    role_server = server(params, ACCOUNTS[account])
     password = password or secrets.token_urlsafe(12)
     script = Path(__file__).with_name("accounts.py")
-    env = database_env(params)
+    env = database_env(role_server)
     env["CLIPBLIND_NEW_USER"] = json.dumps({"email": email, "password": password})
     python = executable(params).with_name("python")
-    result = subprocess.run([str(python), str(script)], env=env, capture_output=True, text=True)
+    result = subprocess.run([str(python), str(script)], env=env, capture_output=True, text=True,
+                            umask=PRIVATE_UMASK)
     if result.returncode != 0:
-        raise ServerError(f"could not create annotator {email!r}: {result.stderr.strip().splitlines()[-1:]}")
-    return password
+        raise ServerError(f"could not create {account} {email!r} on the {role_server.role} server: "
+                          f"{result.stderr.strip().splitlines()[-1:]}")
+    return role_server, password
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -277,31 +380,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clipblind labelstudio", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     sub = parser.add_subparsers(dest="action", required=True)
-    start_cmd = sub.add_parser("start", help="start the server (nothing if it already runs)")
+    start_cmd = sub.add_parser("start", help="start both servers (nothing for one that already runs)")
     start_cmd.add_argument("--display", default="data/display", help="the display-image folder to serve")
-    sub.add_parser("stop", help="stop the server started from this data dir")
-    sub.add_parser("status", help="whether the server runs, and where")
-    user_cmd = sub.add_parser("add-user", help="create an annotator account (signup is closed)")
+    sub.add_parser("stop", help="stop both servers started from this data dir")
+    sub.add_parser("status", help="whether each server runs, and where")
+    user_cmd = sub.add_parser("add-user", help="create an account on its role's server (signup is closed)")
     user_cmd.add_argument("email")
+    user_cmd.add_argument("--role", required=True, choices=tuple(ACCOUNTS),
+                          help=", ".join(f"{a}: on the {r} server" for a, r in ACCOUNTS.items()))
     user_cmd.add_argument("--password", help="default: a generated one, printed once")
     args = parser.parse_args(argv)
     params = load_params(args.params, parser)
     if args.action == "start":
-        pid, started = start(params, Path(args.display))
-        state = "started" if started else "already running"
-        print(f"[labelstudio] {state}: {params.url} (pid {pid}); admin credentials in "
-              f"{Path(params.data_dir) / 'admin.json'} unless set in {list(SECRET_ENV.values())}")
+        started = start(params, Path(args.display))
+        for role, (pid, new) in started.items():
+            role_server = server(params, role)
+            credentials = (f"env {', '.join(SECRET_ENV.values())}" if all(os.environ.get(v) for v in SECRET_ENV.values())
+                           else role_server.data_dir / "admin.json")
+            print(f"[{STAGE}] {role} server {'started' if new else 'already running'}: {role_server.url} "
+                  f"(pid {pid}); admin credentials: {credentials}")
+        summary(STAGE, f"{sum(new for _, new in started.values())} started, "
+                       f"{sum(not new for _, new in started.values())} already running")
     elif args.action == "stop":
+        single = stop_single_server(params)
+        if single is not None:
+            print(f"[{STAGE}] stopped the single-server Label Studio of {params.data_dir} (pid {single})")
         stopped = stop(params)
-        print(f"[labelstudio] stopped pid {stopped}" if stopped else "[labelstudio] not running")
+        summary(STAGE, ", ".join(f"{role} server: " + (f"stopped pid {pid}" if pid else "not running")
+                                 for role, pid in stopped.items()))
     elif args.action == "status":
-        running = running_pid(params)
-        state = f"running (pid {running}), {'healthy' if healthy(params) else 'not answering'}" if running else "not running"
-        print(f"[labelstudio] {params.url}: {state}")
+        states = []
+        for role_server in servers(params):
+            running = running_pid(role_server)
+            health = "healthy" if running and healthy(role_server) else "not answering"
+            states.append(f"{role_server.role} {role_server.url}: "
+                          + (f"running (pid {running}), {health}" if running else "not running"))
+        summary(STAGE, "; ".join(states))
     else:
-        password = add_user(params, args.email, args.password)
-        print(f"[labelstudio] annotator {args.email} can log in at {params.url}/user/login/ "
-              f"with password: {password}")
+        role_server, password = add_user(params, args.email, args.password, args.role)
+        summary(STAGE, f"{args.role} {args.email} can log in to the {role_server.role} server at "
+                       f"{role_server.url}/user/login/ with password: {password}")
     return 0
 
 

@@ -12,8 +12,12 @@ from typing import Any
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success, fsync it and rename it over `path`."""
+def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success, fsync it and rename it over `path`.
+
+    The file is published with the usual permissions (0666 less the umask), or with `mode` when
+    given: the temporary file is created 0600, so a private file (0600) is never readable by others.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -23,7 +27,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; publish with the usual permissions
+        os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -36,9 +40,9 @@ def _umask() -> int:
     return mask
 
 
-def write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` atomically."""
-    with atomic_path(path) as tmp:
+def write_bytes(path: str | Path, data: bytes, mode: int | None = None) -> None:
+    """Write `data` to `path` atomically (with permissions `mode` when given)."""
+    with atomic_path(path, mode) as tmp:
         tmp.write_bytes(data)
 
 

@@ -1,6 +1,7 @@
-"""Integration: a real Label Studio on 127.0.0.1, tasks from a real pipeline run, a real browser.
+"""Integration: the real Label Studio servers on 127.0.0.1, tasks from a real pipeline run, a real browser.
 
-One server serves the whole module (cold start ≈ 35-90 s); it is stopped by its PID.
+The writing and the verification server serve the whole module (started together, cold start ≈ 1-3 min);
+they are stopped by their PIDs. What annotators cannot do is tested in test_lockdown.py.
 Label Studio runs from its own virtualenv: `make labelstudio` builds .venv-labelstudio/, or
 CLIPBLIND_LABELSTUDIO_VENV points at one.
 """
@@ -19,7 +20,7 @@ import requests
 import yaml
 
 from annotation import pull, push, snapshot
-from annotation.labelstudio import server
+from annotation.labelstudio import roles, server
 from annotation.labelstudio.client import Client
 from pipeline.core import patterns
 from tests.conftest import REPO
@@ -57,20 +58,24 @@ def world(tmp_path_factory: pytest.TempPathFactory, sample_corpus: Path) -> Iter
     params_file, tasks = run_pipeline(sample_corpus, root)
     venv = os.environ.get(server.VENV_ENV) or str(REPO / ".venv-labelstudio")
     params = yaml.safe_load(params_file.read_text())
-    params["labelstudio"] = merged(section("labelstudio"), {"port": _free_port(), "data_dir": str(root / "labelstudio"),
-                                                            "venv": venv, "database": "sqlite", "start_timeout_s": 300})
+    params["labelstudio"] = merged(section("labelstudio"), {
+        "port": _free_port(), "verification_port": _free_port(), "data_dir": str(root / "labelstudio"),
+        "venv": venv, "database": "sqlite", "start_timeout_s": 400})
     params_file.write_text(yaml.safe_dump(params))
     ls = server.load_params(params_file)
     display = root / "data" / "display"
-    pid, started = server.start(ls, display)
-    assert started
+    started = server.start(ls, display)
+    assert all(new for _, new in started.values())
+    pids = {role: pid for role, (pid, _) in started.items()}
     try:
         yield {"root": root, "params_file": params_file, "ls": ls, "tasks": tasks, "display": display,
-               "pid": pid, "client": Client.from_params(ls)}
+               "pids": pids, "client": Client.from_params(ls, roles.WRITING),
+               "writing": roles.server(ls, roles.WRITING), "verification": roles.server(ls, roles.VERIFICATION)}
     finally:
-        assert server.stop(ls) == pid
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+        assert server.stop(ls) == pids
+        for pid in pids.values():
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
 
 
 def _listening_addresses(port: int) -> set[str]:
@@ -96,34 +101,39 @@ def _other_interface_ip() -> str | None:
     return None if ip.startswith("127.") else ip
 
 
-def test_server_is_bound_to_loopback_signup_closed_and_single(world: dict[str, Any]) -> None:
+def test_servers_are_bound_to_loopback_signup_closed_and_single(world: dict[str, Any]) -> None:
     ls = world["ls"]
-    assert _listening_addresses(ls.port) == {"0100007F"}  # 127.0.0.1, nothing else
-    other = _other_interface_ip()
-    if other:
-        with pytest.raises(OSError):
-            socket.create_connection((other, ls.port), timeout=3).close()
-    # a second start finds the running server and starts nothing
-    assert server.start(ls, world["display"]) == (world["pid"], False)
+    for role_server in (world["writing"], world["verification"]):
+        assert _listening_addresses(role_server.port) == {"0100007F"}  # 127.0.0.1, nothing else
+        other = _other_interface_ip()
+        if other:
+            with pytest.raises(OSError):
+                socket.create_connection((other, role_server.port), timeout=3).close()
+    # a second start finds the running servers and starts nothing
+    assert server.start(ls, world["display"]) == {role: (pid, False) for role, pid in world["pids"].items()}
+    # `status` names both servers, each running and healthy
+    assert server.main(["--params", str(world["params_file"]), "status"]) == 0
     # signup is closed: the form is refused and no account appears
     client = world["client"]
     users_before = client.users()
+    url = world["writing"].url
     session = requests.Session()
-    session.get(f"{ls.url}/user/signup/")
+    session.get(f"{url}/user/login/")
     response = session.post(
-        f"{ls.url}/user/signup/",
+        f"{url}/user/signup/",
         data={"email": "intruder@example.org", "password": "intruder-pass-1",
               "csrfmiddlewaretoken": session.cookies.get("csrftoken", "")},
-        headers={"Referer": f"{ls.url}/user/signup/"},
+        headers={"Referer": f"{url}/user/signup/"},
     )
     assert response.status_code == 403
     assert client.users() == users_before
     # the API refuses anonymous callers
-    assert requests.get(f"{ls.url}/api/projects/", timeout=10).status_code == 401
+    assert requests.get(f"{url}/api/projects/", timeout=10).status_code == 401
 
 
 def test_push_twice_imports_once_and_serves_only_display_images(world: dict[str, Any]) -> None:
     client, ls, tasks, display = world["client"], world["ls"], world["tasks"], world["display"]
+    url = world["writing"].url
     assert len(tasks) >= 4
     first = push.push(client, ls, tasks, display)
     assert (first["imported"], first["already_present"], first["rejected"]) == (len(tasks), 0, 0)
@@ -137,7 +147,7 @@ def test_push_twice_imports_once_and_serves_only_display_images(world: dict[str,
 
     def get(rel: str, auth: bool = True) -> requests.Response:
         headers = {"Authorization": f"Token {client.token}"} if auth else {}
-        return requests.get(f"{ls.url}/data/local-files/", params={"d": rel}, headers=headers, timeout=10)
+        return requests.get(f"{url}/data/local-files/", params={"d": rel}, headers=headers, timeout=10)
 
     image = tasks[0]["data"]["image_a"].split("d=", 1)[1]
     served = get(image)
@@ -146,10 +156,9 @@ def test_push_twice_imports_once_and_serves_only_display_images(world: dict[str,
     (display.parent / "secret.txt").write_text("not for annotators")
     for outside in ("tasks.json", "secret.txt", "images.parquet", "display/../tasks.json", "/etc/passwd"):
         assert get(outside).status_code == 404, outside
-    # a path escaping the document root makes Django raise (HTTP 500): refused all the same
-    for escape in ("../params.yaml", "display/../../params.yaml"):
+    for escape in ("../params.yaml", "display/../../params.yaml"):  # outside the document root
         response = get(escape)
-        assert response.status_code >= 400 and "labelstudio" not in response.text, escape
+        assert response.status_code == 404 and "labelstudio" not in response.text, escape
 
 
 def test_remined_pairs_go_stale_and_annotated_tasks_survive(world: dict[str, Any]) -> None:
@@ -177,8 +186,9 @@ def test_remined_pairs_go_stale_and_annotated_tasks_survive(world: dict[str, Any
 @pytest.mark.browser
 def test_annotator_writes_a_question_in_the_browser_and_pull_returns_it(world: dict[str, Any]) -> None:
     client, ls, tasks, root = world["client"], world["ls"], world["tasks"], world["root"]
+    url = world["writing"].url
     project_id = push.push(client, ls, tasks, world["display"])["project_id"]
-    server.add_user(ls, *WRITER)
+    server.add_user(ls, *WRITER, "writer")
     remote = {t["data"]["pair_id"]: t["id"] for t in client.tasks(project_id)}
     pair = tasks[0]["data"]["pair_id"]
     typed = {
@@ -190,8 +200,8 @@ def test_annotator_writes_a_question_in_the_browser_and_pull_returns_it(world: d
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with chromium() as browser:
         page = new_page(browser)
-        login(page, ls.url, *WRITER)
-        open_task(page, ls.url, project_id, remote[pair], "#field-question")
+        login(page, url, *WRITER)
+        open_task(page, url, project_id, remote[pair], "#field-question")
         choose(page, "field-pattern", QUANTITY)
         choose(page, "field-tags", SPATIAL)
         for name, text in typed.items():
@@ -261,6 +271,8 @@ def test_writer_verifier_round_trip_with_adjudication(world: dict[str, Any]) -> 
     fresh = [t["data"]["pair_id"] for t in tasks if remote[t["data"]["pair_id"]]["total_annotations"] == 0]
     agreed, disputed = fresh[0], fresh[1]
     labels, data, metrics = root / "labels", root / "data", root / "metrics"
+    lead_verification = Client.from_params(ls, roles.VERIFICATION)
+    url = world["verification"].url
 
     def import_and_push_verification() -> dict[str, Any]:
         assert pull.main(["writing", "--params", str(params_file), "--out", str(labels / "writing.json"),
@@ -270,8 +282,8 @@ def test_writer_verifier_round_trip_with_adjudication(world: dict[str, Any]) -> 
                               "--metrics", str(metrics / "validate.json")]) == 0
         assert verify.main(["--params", str(params_file), "--annotations", str(data / "annotations.parquet"),
                             "--display", str(display), "--metrics", str(metrics / "verify.json")]) == 0
-        project = client.project_by_title(ls.verification_project)
-        return {t["data"]["pair_id"]: t for t in client.tasks(project["id"])}
+        project = lead_verification.project_by_title(ls.verification_project)
+        return {t["data"]["pair_id"]: t for t in lead_verification.tasks(project["id"])}
 
     # before the writer submits, no verification task exists for the pair
     assert agreed not in import_and_push_verification()
@@ -282,13 +294,14 @@ def test_writer_verifier_round_trip_with_adjudication(world: dict[str, Any]) -> 
     assert not {"answer_a", "answer_b", "writer"} & set(verification[agreed]["data"])  # the writer's answers stay hidden
     assert len(import_and_push_verification()) == len(verification)  # pushing twice adds nothing
 
-    server.add_user(ls, *VERIFIER)
-    verification_project = client.project_by_title(ls.verification_project)["id"]
+    server.add_user(ls, *VERIFIER, "verifier")
+    assert client.project_by_title(ls.verification_project) is None  # the writing server holds no verification
+    verification_project = lead_verification.project_by_title(ls.verification_project)["id"]
     with chromium() as browser:
         page = new_page(browser)
-        login(page, ls.url, *VERIFIER)
+        login(page, url, *VERIFIER)
         for pair, (answer_a, answer_b) in ((agreed, ("(a)", "(b)")), (disputed, ("(a)", "unanswerable"))):
-            open_task(page, ls.url, verification_project, verification[pair]["id"], "#field-verify-a")
+            open_task(page, url, verification_project, verification[pair]["id"], "#field-verify-a")
             wait_for_images(page)
             choose(page, "field-verify-a", answer_a)
             choose(page, "field-verify-b", answer_b)

@@ -1,0 +1,64 @@
+"""What Label Studio must refuse on clipblind's servers, whoever asks; runs inside Label Studio's virtualenv.
+
+* Accounts: only the lead's command (`clipblind labelstudio add-user`, which writes the database)
+  creates one. The signup page (with or without an invite token), the invite link and its reset,
+  `POST /api/users/` and Django's admin site answer 403 to everyone, admin included.
+* Local files: `/data/local-files/?d=...` is answered only for a regular file whose real path
+  (symlinks resolved) lies directly inside the display folder's real path (CLIPBLIND_LS_DISPLAY_DIR);
+  anything else is 404 before Label Studio's own checks run.
+"""
+
+import os
+import posixpath
+import re
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpResponseForbidden, HttpResponseNotFound
+
+ACCOUNTS_REFUSED = ("accounts on this server are created by the lead only "
+                    "(clipblind labelstudio add-user EMAIL --role writer|verifier)")
+# Paths (slashes collapsed, no trailing slash) refused for every method, and for POST only.
+CLOSED = ("/user/signup", "/api/invite", "/api/invite/reset-token", "/admin")
+CLOSED_POST = ("/api/users",)
+LOCAL_FILES = "data/local-files"  # Label Studio routes any path containing it (an unanchored pattern)
+
+
+def _normal(path: str) -> str:
+    return re.sub(r"/+", "/", path).rstrip("/") or "/"
+
+
+def closed(method: str, path: str) -> bool:
+    """Whether a request could create an account (or mint a link that does)."""
+    path = _normal(path)
+    if any(path == p or path.startswith(p + "/") for p in CLOSED):
+        return True
+    return method == "POST" and path in CLOSED_POST
+
+
+def servable(relative: str | None, document_root: str, display_dir: str) -> bool:
+    """Whether `/data/local-files/?d=<relative>` names a regular file directly inside the display folder."""
+    if not relative:
+        return False
+    # as Label Studio reads `d`: normalised, made relative, joined to the document root
+    wanted = os.path.join(document_root, posixpath.normpath(relative).lstrip("/"))
+    real = os.path.realpath(wanted)
+    return os.path.dirname(real) == os.path.realpath(display_dir) and os.path.isfile(real)
+
+
+class Lockdown:
+    """Django middleware: refuse account creation and local files outside the display folder."""
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+        self.display_dir = os.environ["CLIPBLIND_LS_DISPLAY_DIR"]
+
+    def __call__(self, request: Any) -> Any:
+        if closed(request.method, request.path_info):
+            return HttpResponseForbidden(ACCOUNTS_REFUSED, content_type="text/plain")
+        if LOCAL_FILES in request.path_info and not servable(
+            request.GET.get("d"), settings.LOCAL_FILES_DOCUMENT_ROOT, self.display_dir
+        ):
+            return HttpResponseNotFound()
+        return self.get_response(request)
