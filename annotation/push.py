@@ -1,15 +1,20 @@
 """push: Label Studio tasks → the question-writing project on the local server.
 
 Inputs: the task JSON the export stage writes (one task per pair), the display folder it
-fills, optionally a suggestions JSON ({pair_id: {pattern, question, option_a, option_b}})
-turned into pre-annotations; params section `labelstudio`.
-Effect: creates or updates the project (labeling config, guidelines as instructions),
-connects local-files storage to the display folder, imports tasks for pairs not yet there.
+fills, the drafts file `clipblind draft` writes when there is one (data/drafts.json); params
+section `labelstudio`.
+Effect: creates or updates the project (labeling config, guidelines as instructions, drafts
+shown as pre-annotations), connects local-files storage to the display folder, imports tasks for
+pairs not yet there, each with an empty `feedback` data field (`clipblind feedback` fills it) and
+its pair's draft, if any, as a prediction: the writer sees the form filled in and submits it as
+it is, edits it or discards it; a draft is never an annotation. A task pushed before its pair had
+a draft gets the draft on the next push while nobody has annotated it.
 A task is identified by its pair_id, so pushing twice adds nothing. Tasks whose pair is gone
 after re-mining are marked stale (meta.stale) when annotated and deleted when not; a stale
 task whose pair returns is marked live again.
 Metrics: inputs, accepted (pushable tasks), rejected by reason (bad image URL, missing
-display image), imported, already_present, stale_marked, stale_deleted, revived.
+display image), imported, already_present, stale_marked, stale_deleted, revived, drafted (tasks
+given a draft by this push), drafts_left_out (drafts the labeling config does not fit).
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from annotation.draft import read_drafts
 from annotation.labelstudio.client import Client
 from annotation.labelstudio.roles import WRITING, server
 from annotation.labelstudio.server import load_params
+from annotation.snapshot import FEEDBACK_FIELD
 from pipeline.core import patterns
 from pipeline.core.errors import ClipblindError
 from pipeline.core.report import summary, write_metrics
@@ -88,6 +95,7 @@ class PushPlan:
     stale_mark: list[int] = field(default_factory=list)  # task ids: annotated, pair gone
     stale_delete: list[int] = field(default_factory=list)  # task ids: unannotated, pair gone
     revive: list[int] = field(default_factory=list)  # task ids: marked stale, pair back
+    undrafted: dict[int, str] = field(default_factory=dict)  # task id → key: present, untouched, no prediction
 
 
 def image_problem(url: str, display_dir: Path) -> str | None:
@@ -138,9 +146,12 @@ def plan(wanted: list[dict[str, Any]], existing: list[dict[str, Any]], key: str 
     wanted_ids = {t["data"][key] for t in wanted}
     new = [t for t in wanted if t["data"][key] not in present]
     stale_mark, stale_delete, revive = [], [], []
+    undrafted = {}
     for pair, task in sorted(present.items(), key=lambda kv: kv[1]["id"]):
         is_stale = bool((task.get("meta") or {}).get("stale"))
         touched = task.get("total_annotations", 0) + task.get("cancelled_annotations", 0) > 0
+        if pair in wanted_ids and not touched and not task.get("total_predictions", 0):
+            undrafted[task["id"]] = pair
         if pair not in wanted_ids:
             if touched and not is_stale:
                 stale_mark.append(task["id"])
@@ -148,19 +159,27 @@ def plan(wanted: list[dict[str, Any]], existing: list[dict[str, Any]], key: str 
                 stale_delete.append(task["id"])
         elif is_stale:
             revive.append(task["id"])
-    return PushPlan(new, len(wanted) - len(new), stale_mark, stale_delete, revive)
+    return PushPlan(new, len(wanted) - len(new), stale_mark, stale_delete, revive, undrafted)
 
 
-def prediction(suggestion: dict[str, str], model_version: str) -> dict[str, Any]:
-    """A Label Studio pre-annotation from a suggestion (pattern, question, options)."""
+_CONTROL = re.compile(r'<(?P<tag>Choices|TextArea)\b[^>]*?\bname="(?P<name>\w+)"[^>]*?\btoName="(?P<to>\w+)"')
+
+
+def writing_controls() -> dict[str, tuple[str, str]]:
+    """Each control of the writing config: name → (result type, the object it labels), read from the config."""
+    return {m["name"]: (m["tag"].lower(), m["to"]) for m in _CONTROL.finditer(WRITING_CONFIG.read_text())}
+
+
+def prediction(draft: dict[str, str], model_version: str) -> dict[str, Any]:
+    """A Label Studio pre-annotation of the writing form from a draft (its non-empty fields)."""
+    controls = writing_controls()
     result = []
-    if suggestion.get("pattern"):
-        result.append({"from_name": "pattern", "to_name": "image_a", "type": "choices",
-                       "value": {"choices": [suggestion["pattern"]]}})
-    for name in ("question", "option_a", "option_b"):
-        if suggestion.get(name):
-            result.append({"from_name": name, "to_name": "image_a", "type": "textarea",
-                           "value": {"text": [suggestion[name]]}})
+    for name, value in draft.items():
+        if not value or name not in controls:
+            continue
+        kind, to_name = controls[name]
+        key = "choices" if kind == "choices" else "text"
+        result.append({"from_name": name, "to_name": to_name, "type": kind, "value": {key: [value]}})
     return {"model_version": model_version, "result": result}
 
 
@@ -169,32 +188,42 @@ def push(
     params: LabelStudioParams,
     tasks: list[dict[str, Any]],
     display_dir: Path,
-    suggestions: dict[str, dict[str, str]] | None = None,
+    drafts: dict[str, dict[str, str]] | None = None,
+    model_version: str = "",
 ) -> dict[str, Any]:
-    """Push tasks to the writing project; return the metrics."""
-    return sync(client, params.writing_project, writing_config(), {"maximum_annotations": 1}, tasks,
-                display_dir, suggestions=suggestions)
+    """Push tasks to the writing project, each with an empty feedback field and its draft as a prediction;
+    return the metrics. `model_version` names the drafts' model (the project shows its predictions)."""
+    # show_collab_predictions: the editor opens a task with its prediction filled into the form
+    settings: dict[str, Any] = {"maximum_annotations": 1, "show_collab_predictions": True}
+    if model_version:
+        settings["model_version"] = model_version
+    tasks = [{**task, "data": {**task["data"], FEEDBACK_FIELD: ""}} for task in tasks]
+    return sync(client, params.writing_project, writing_config(), settings, tasks, display_dir,
+                drafts=drafts, model_version=model_version)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: `clipblind push [--tasks data/tasks.json] [--display data/display] [--suggestions S]`."""
+    """Command line: `clipblind push [--tasks data/tasks.json] [--display data/display] [--drafts data/drafts.json]`."""
     parser = argparse.ArgumentParser(prog="clipblind push", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--tasks", default="data/tasks.json")
     parser.add_argument("--display", default="data/display")
-    parser.add_argument("--suggestions", help="JSON {pair_id: {pattern, question, option_a, option_b}}")
+    parser.add_argument("--drafts", default="data/drafts.json",
+                        help="drafts file from `clipblind draft` (none there: tasks go without drafts)")
     parser.add_argument("--metrics", default="metrics/push.json")
     args = parser.parse_args(argv)
     params = load_params(args.params, parser)
     if not Path(args.tasks).exists():
         raise ClipblindError(f"no task file at {args.tasks}: run `dvc repro export` first")
     tasks = json.loads(Path(args.tasks).read_text())
-    suggestions = json.loads(Path(args.suggestions).read_text()) if args.suggestions else {}
-    metrics = push(Client.from_params(params, WRITING), params, tasks, Path(args.display), suggestions)
+    model_version, drafts = read_drafts(args.drafts) if Path(args.drafts).exists() else ("", {})
+    metrics = push(Client.from_params(params, WRITING), params, tasks, Path(args.display), drafts, model_version)
     write_metrics(args.metrics, metrics)
     summary(STAGE, f"{metrics['imported']} imported, {metrics['already_present']} already there, "
                    f"{metrics['stale_marked']} marked stale, {metrics['stale_deleted']} stale deleted, "
-                   f"{metrics['rejected']} skipped → {server(params, WRITING).url}/projects/{metrics['project_id']}")
+                   f"{metrics['rejected']} skipped, {metrics['drafted']} given a draft"
+                   f"{'' if Path(args.drafts).exists() else f' (no drafts file at {args.drafts})'} "
+                   f"→ {server(params, WRITING).url}/projects/{metrics['project_id']}")
     return 0
 
 
@@ -230,26 +259,56 @@ def ensure_storage(client: Client, project_id: int, display_dir: Path) -> None:
                              regex_filter=r".*\.jpg$")
 
 
-def apply(client: Client, project_id: int, todo: PushPlan, suggestions: dict[str, dict[str, str]] | None = None) -> None:
-    """Carry out a push plan."""
+def apply(client: Client, project_id: int, todo: PushPlan, drafts: dict[str, dict[str, str]] | None = None,
+          model_version: str = "") -> tuple[int, int]:
+    """Carry out a push plan; return (tasks given a draft, drafts left out)."""
+    drafts = drafts or {}
+    drafted = left = 0
     if todo.new:
         payload = []
         for task in todo.new:
             item = {"data": task["data"]}
-            suggestion = (suggestions or {}).get(task["data"]["pair_id"])
-            if suggestion:
-                item["predictions"] = [prediction(suggestion, suggestion.get("model_version", "suggestions"))]
+            draft = drafts.get(task["data"]["pair_id"])
+            if draft:
+                item["predictions"] = [prediction(draft, model_version)]
             payload.append(item)
-        for index, problems in client.import_tasks(project_id, payload).items():
-            print(f"[{STAGE}] suggestion for pair {todo.new[index]['data']['pair_id']!r} left out: "
-                  f"{'; '.join(problems)}: fix it in the --suggestions file (pattern names as the writing "
-                  "config lists them)")
+        problems_of = client.import_tasks(project_id, payload)
+        for index, problems in problems_of.items():
+            print(f"[{STAGE}] draft for pair {todo.new[index]['data']['pair_id']!r} left out: "
+                  f"{'; '.join(problems)}: fix it in the --drafts file (pattern names as the writing "
+                  "config lists them) or run `clipblind draft` again")
+        drafted += sum("predictions" in item for item in payload) - len(problems_of)
+        left += len(problems_of)
+    late = {task_id: drafts[key] for task_id, key in todo.undrafted.items() if key in drafts}
+    if late:
+        problems_of_late = add_predictions(client, {t: prediction(d, model_version) for t, d in late.items()})
+        for task_id, problems in problems_of_late.items():
+            print(f"[{STAGE}] draft for pair {todo.undrafted[task_id]!r} left out: {'; '.join(problems)}")
+        drafted += len(late) - len(problems_of_late)
+        left += len(problems_of_late)
     for task_id in todo.stale_mark:
         client.set_task_meta(task_id, {"stale": True})
     for task_id in todo.revive:
         client.set_task_meta(task_id, {"stale": False})
     for task_id in todo.stale_delete:
         client.delete_task(task_id)
+    return drafted, left
+
+
+def add_predictions(client: Client, predictions: dict[int, dict[str, Any]]) -> dict[int, list[str]]:
+    """Add a prediction to each of these writing tasks (task id → prediction); return the problems of each
+    prediction the writing config does not fit, which is left out."""
+    from label_studio_sdk.label_interface import LabelInterface
+
+    interface = LabelInterface(writing_config())
+    left_out: dict[int, list[str]] = {}
+    for task_id, pred in predictions.items():
+        problems = interface.validate_prediction(pred, return_errors=True)
+        if problems:
+            left_out[task_id] = list(problems)
+            continue
+        client.request("POST", "/api/predictions/", json={"task": task_id, **pred})
+    return left_out
 
 
 def sync(
@@ -260,7 +319,8 @@ def sync(
     tasks: list[dict[str, Any]],
     display_dir: Path,
     key: str = "pair_id",
-    suggestions: dict[str, dict[str, str]] | None = None,
+    drafts: dict[str, dict[str, str]] | None = None,
+    model_version: str = "",
 ) -> dict[str, Any]:
     """Bring project `title` (labeling config `label_config`, rendered) in line with `tasks` (identified by
     data field `key`); return the metrics."""
@@ -271,7 +331,7 @@ def sync(
                                 settings)
     ensure_storage(client, project_id, display_dir)
     todo = plan(ok, client.tasks(project_id), key=key)
-    apply(client, project_id, todo, suggestions)
+    drafted, drafts_left_out = apply(client, project_id, todo, drafts, model_version)
     return {
         "project_id": project_id,
         "inputs": len(tasks),
@@ -283,4 +343,6 @@ def sync(
         "stale_marked": len(todo.stale_mark),
         "stale_deleted": len(todo.stale_delete),
         "revived": len(todo.revive),
+        "drafted": drafted,
+        "drafts_left_out": drafts_left_out,
     }

@@ -140,6 +140,6 @@ def test_push_names_the_pair_whose_suggestion_was_left_out(capsys: pytest.Captur
     todo = push.PushPlan(new=[_task("p0"), _task("p1")])
     push.apply(client, 7, todo, {"p1": {"pattern": "Counting", "question": "How many?"}, "p0": {"question": "Which?"}})
     out = capsys.readouterr().out
-    assert "suggestion for pair 'p1' left out" in out and "'Counting'" in out and "--suggestions" in out
+    assert "draft for pair 'p1' left out" in out and "'Counting'" in out and "--drafts" in out
     assert "'p0'" not in out
     assert ["predictions" in t for t in json.loads(sent[-1].content)] == [True, False]
