@@ -10,7 +10,7 @@ verifier on the verification server; stopped by their PIDs at the end. What is p
 * a verifier's API calls (VERIFIER_SWEEP: annotations, tasks, exports in every format, export
   snapshots, data-manager views, projects) on both servers return no writer answer;
 * local files: a file symlink, a directory symlink to /etc and `..` tricks in the display folder
-  are 404, a display image is 200;
+  are 404, a display image is 200; only the lead's token connects, changes or syncs a storage;
 * the data dirs are private (0700 folders, no file readable by others); the admin secret is 0600
   from its first byte;
 * restart right after stop succeeds while the port has connections in TIME-WAIT.
@@ -38,7 +38,7 @@ from annotation.labelstudio import roles, server
 from annotation.labelstudio.client import Client
 from pipeline.core import atomic, patterns
 from tests.conftest import REPO
-from tests.helpers.annotation_world import run_pipeline
+from tests.helpers.annotation_world import ARTIFACTS, run_pipeline
 from tests.helpers.params import merged, section
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
@@ -355,6 +355,10 @@ def test_a_verifier_reaches_no_writer_answer_on_either_server(world: dict[str, A
     on_writing = (_sweep(replayed, writing.url, found_ids) + _sweep(by_token, writing.url, found_ids)
                   + _sweep(_login(writing.url, *VERIFIER), writing.url, found_ids))
 
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)  # every call and its status, for the record
+    (ARTIFACTS / "verifier_sweep.json").write_text(json.dumps(
+        {"endpoints": VERIFIER_SWEEP, "verification_server": [c[:2] for c in on_verification],
+         "writing_server": [c[:2] for c in on_writing]}, indent=1) + "\n")
     leaked = [(call, status, what) for call, status, what in on_verification + on_writing if what]
     assert leaked == []
     assert [(c, s) for c, s, _ in on_writing if 200 <= s < 300] == []  # nothing answered there at all
@@ -391,6 +395,39 @@ def test_only_regular_files_directly_in_the_display_folder_are_served(world: dic
                 assert response.status_code == 404, (role, prefix, rel, response.status_code)
                 assert "root:" not in response.text
     assert (root / "data" / "tasks.json").exists()
+
+
+def test_only_the_lead_connects_or_syncs_a_storage(world: dict[str, Any]) -> None:
+    """An annotator's own storage could import any JSON or Parquet file under data/ as tasks (the writers'
+    answers among them) or export into it: storages are the lead's, through `push`."""
+    ls, root = world["ls"], world["root"]
+    (root / "data" / "answers").mkdir()
+    (root / "data" / "answers" / "writer.json").write_text(json.dumps([{"data": {"leak": PLANTED["statement_a"]}}]))
+    for role, person in ((roles.WRITING, world["writer"]), (roles.VERIFICATION, world["verifier"])):
+        url, lead = roles.server(ls, role).url, world["lead"][role]
+        project = 1
+        before = lead.local_storages(project)
+        assert len(before) == 1  # the display folder, connected by push as the lead
+        token = _token(person, url)
+        by_token = requests.Session()
+        by_token.headers["Authorization"] = f"Token {token}"
+        for session in (person, by_token):
+            attempts = [
+                _send(session, "POST", f"{url}/api/storages/localfiles/", json={
+                    "project": project, "path": str(root / "data" / "answers"), "use_blob_urls": False,
+                    "regex_filter": ".*"}),
+                _send(session, "POST", f"{url}/api/storages/localfiles/validate", json={
+                    "project": project, "path": str(root / "data" / "answers"), "use_blob_urls": False}),
+                _send(session, "POST", f"{url}/api/storages/localfiles/{before[0]['id']}/sync"),
+                _send(session, "PATCH", f"{url}/api/storages/localfiles/{before[0]['id']}",
+                      json={"path": str(root / "data" / "answers")}),
+                _send(session, "POST", f"{url}/api/storages/export/localfiles", json={
+                    "project": project, "path": str(root / "data" / "display")}),
+            ]
+            assert [r.status_code for r in attempts] == [403] * len(attempts)
+        assert lead.local_storages(project) == before
+    tasks = world["lead"][roles.VERIFICATION].tasks(world["verification_project"])
+    assert PLANTED["statement_a"] not in json.dumps(tasks)
 
 
 # -------------------------------------------------------------------------------------------- secrets

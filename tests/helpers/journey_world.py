@@ -2,7 +2,8 @@
 
 * `Workspace`: the copy (tracked and untracked-not-ignored files, `git init`), commands run in it
   through subprocesses with the project's virtualenv on PATH, offline, each one timed.
-* `Writer`/`Verifier` sessions: a person in real Chromium, logged in to Label Studio.
+* `Writer`/`Verifier` sessions: a person in real Chromium, logged in to their role's Label Studio
+  server (writers to the writing server, verifiers to the verification server).
 * `ScriptedVlm`: an OpenAI-compatible endpoint on 127.0.0.1 whose replies are scripted per
   (question, image sha256), so a test can compute the expected scores by hand.
 """

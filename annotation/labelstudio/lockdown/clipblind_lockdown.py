@@ -6,8 +6,12 @@
 * Local files: `/data/local-files/?d=...` is answered only for a regular file whose real path
   (symlinks resolved) lies directly inside the display folder's real path (CLIPBLIND_LS_DISPLAY_DIR);
   anything else is 404 before Label Studio's own checks run.
+* Storages: only the lead's API token (LABEL_STUDIO_USER_TOKEN, what `clipblind push` sends) may
+  connect, change, sync or delete one (`/api/storages/...` other than GET); an annotator could
+  otherwise import any JSON or Parquet file under the document root as tasks, or export into it.
 """
 
+import hmac
 import os
 import posixpath
 import re
@@ -23,6 +27,9 @@ ACCOUNTS_REFUSED = ("accounts on this server are created by the lead only "
 CLOSED = ("/user/signup", "/api/invite", "/api/invite/reset-token", "/admin")
 CLOSED_POST = ("/api/users",)
 LOCAL_FILES = "data/local-files"  # Label Studio routes any path containing it (an unanchored pattern)
+STORAGES = "/api/storages"
+STORAGES_REFUSED = "storages are connected by the lead only (clipblind push)"
+READ_ONLY = ("GET", "HEAD", "OPTIONS")
 
 
 def _normal(path: str) -> str:
@@ -37,6 +44,12 @@ def closed(method: str, path: str) -> bool:
     return method == "POST" and path in CLOSED_POST
 
 
+def lead_only(method: str, path: str) -> bool:
+    """Whether only the lead may make this request (a change to a storage)."""
+    path = _normal(path)
+    return method not in READ_ONLY and (path == STORAGES or path.startswith(STORAGES + "/"))
+
+
 def servable(relative: str | None, document_root: str, display_dir: str) -> bool:
     """Whether `/data/local-files/?d=<relative>` names a regular file directly inside the display folder."""
     if not relative:
@@ -48,15 +61,21 @@ def servable(relative: str | None, document_root: str, display_dir: str) -> bool
 
 
 class Lockdown:
-    """Django middleware: refuse account creation and local files outside the display folder."""
+    """Django middleware: refuse account creation, local files outside the display folder, and storage
+    changes by anyone but the lead."""
 
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
         self.get_response = get_response
         self.display_dir = os.environ["CLIPBLIND_LS_DISPLAY_DIR"]
+        self.lead = f"Token {os.environ['LABEL_STUDIO_USER_TOKEN']}".encode()
 
     def __call__(self, request: Any) -> Any:
         if closed(request.method, request.path_info):
             return HttpResponseForbidden(ACCOUNTS_REFUSED, content_type="text/plain")
+        if lead_only(request.method, request.path_info) and not hmac.compare_digest(
+            request.META.get("HTTP_AUTHORIZATION", "").encode(), self.lead
+        ):
+            return HttpResponseForbidden(STORAGES_REFUSED, content_type="text/plain")
         if LOCAL_FILES in request.path_info and not servable(
             request.GET.get("d"), settings.LOCAL_FILES_DOCUMENT_ROOT, self.display_dir
         ):
