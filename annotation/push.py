@@ -162,12 +162,12 @@ def plan(wanted: list[dict[str, Any]], existing: list[dict[str, Any]], key: str 
     return PushPlan(new, len(wanted) - len(new), stale_mark, stale_delete, revive, undrafted)
 
 
-_CONTROL = re.compile(r'<(?P<tag>Choices|TextArea)\b[^>]*?\bname="(?P<name>\w+)"[^>]*?\btoName="(?P<to>\w+)"')
-
-
 def writing_controls() -> dict[str, tuple[str, str]]:
-    """Each control of the writing config: name → (result type, the object it labels), read from the config."""
-    return {m["name"]: (m["tag"].lower(), m["to"]) for m in _CONTROL.finditer(WRITING_CONFIG.read_text())}
+    """Each choice and text control of the writing config: name → (result type, the object it labels)."""
+    import xml.etree.ElementTree as ElementTree
+
+    root = ElementTree.fromstring(writing_config())
+    return {e.attrib["name"]: (e.tag.lower(), e.attrib["toName"]) for e in root.iter() if e.tag in ("Choices", "TextArea")}
 
 
 def prediction(draft: dict[str, str], model_version: str) -> dict[str, Any]:
