@@ -20,6 +20,7 @@ LABEL_STUDIO_SETTINGS = "label_studio.core.settings.label_studio"
 os.environ["DJANGO_SETTINGS_MODULE"] = LABEL_STUDIO_SETTINGS
 try:
     from label_studio.core.settings.label_studio import *  # noqa: F403
+    from label_studio.core.settings.label_studio import DATABASES
     from label_studio.core.settings.label_studio import MIDDLEWARE as LABEL_STUDIO_MIDDLEWARE
 finally:
     os.environ["DJANGO_SETTINGS_MODULE"] = __name__
@@ -30,3 +31,9 @@ SESSION_COOKIE_NAME = f"clipblind_{os.environ['CLIPBLIND_LS_ROLE']}_session"
 # owner's alone, as everything in the data folder.
 FILE_UPLOAD_PERMISSIONS = 0o600
 FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
+# SQLite with many people at once (tests/annotation/test_load.py): each transaction takes the write lock when it
+# begins, so a read that then writes cannot deadlock with another writer (SQLite answers that at once with
+# "database is locked", a 500 for ten people logging in together), and waits up to 30 s for the lock.
+_DATABASE = DATABASES["default"]
+if _DATABASE["ENGINE"] == "django.db.backends.sqlite3":
+    _DATABASE["OPTIONS"] = {**_DATABASE.get("OPTIONS", {}), "timeout": 30, "transaction_mode": "IMMEDIATE"}
