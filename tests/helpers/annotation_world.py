@@ -89,6 +89,47 @@ def wait_for_images(page: Any, panels: tuple[str, ...] = ("panel-image-a", "pane
                            "return i && i.complete && i.naturalWidth > 0; })", timeout=60_000)
 
 
+# Each image's drawn box (the <img> Label Studio sizes and positions) against what the annotator can see of it:
+# the part inside every ancestor that clips its overflow, inside the window, and above the bottom bar.
+_IMAGE_BOXES_JS = """(ids) => ids.map(id => {
+  const img = document.querySelector('#' + id + ' img');
+  const r = img.getBoundingClientRect();
+  const seen = {left: r.left, top: r.top, right: r.right, bottom: r.bottom};
+  const clip = (c, x, y) => {
+    if (x) { seen.left = Math.max(seen.left, c.left); seen.right = Math.min(seen.right, c.right); }
+    if (y) { seen.top = Math.max(seen.top, c.top); seen.bottom = Math.min(seen.bottom, c.bottom); }
+  };
+  for (let e = img.parentElement; e && e !== document.documentElement; e = e.parentElement) {
+    const s = getComputedStyle(e);
+    clip(e.getBoundingClientRect(), s.overflowX !== 'visible', s.overflowY !== 'visible');
+  }
+  clip({left: 0, top: 0, right: innerWidth, bottom: innerHeight}, true, true);
+  const bar = document.querySelector('.lsf-bottombar');
+  if (bar) clip({left: -1e9, right: 1e9, top: -1e9, bottom: bar.getBoundingClientRect().top}, false, true);
+  return {panel: id, natural: [img.naturalWidth, img.naturalHeight], drawn: [r.left, r.top, r.width, r.height],
+          seen: [seen.left, seen.top, Math.max(0, seen.right - seen.left), Math.max(0, seen.bottom - seen.top)]};
+})"""
+
+
+def image_boxes(page: Any, panels: tuple[str, ...] = ("panel-image-a", "panel-image-b")) -> list[dict[str, Any]]:
+    """Per panel: the image's natural size, its drawn box and the part of that box the annotator sees
+    ([left, top, width, height] in CSS pixels of the window)."""
+    return list(page.evaluate(_IMAGE_BOXES_JS, list(panels)))
+
+
+def crops(boxes: list[dict[str, Any]], tolerance: float = 0.01) -> list[str]:
+    """What is wrong with each image box: part of the drawn image hidden, or drawn at another aspect ratio
+    than the image's own (beyond `tolerance`, relative). Empty when every image is seen whole."""
+    problems = []
+    for box in boxes:
+        (nat_w, nat_h), (_, _, w, h), (_, _, seen_w, seen_h) = box["natural"], box["drawn"], box["seen"]
+        if seen_w < w - 1 or seen_h < h - 1:
+            problems.append(f"{box['panel']}: {w:.0f}x{h:.0f} drawn, {seen_w:.0f}x{seen_h:.0f} seen")
+        if w <= 0 or h <= 0 or abs((w / h) / (nat_w / nat_h) - 1) > tolerance:
+            problems.append(f"{box['panel']}: drawn {w:.0f}x{h:.0f}, image {nat_w}x{nat_h} (aspect ratio changed)")
+    return problems
+
+
 def submit(page: Any, label: str = "Submit", method: str = "POST") -> None:
     """Press the annotation button `label` and wait for Label Studio to store the annotation."""
     with page.expect_response(lambda r: "/annotations" in r.url and r.request.method == method):
