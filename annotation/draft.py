@@ -203,6 +203,20 @@ def read_drafts(path: str | Path) -> tuple[str, dict[str, dict[str, str]]]:
     return str(body["model"]), body["drafts"]
 
 
+def still_valid(drafts: dict[str, dict[str, str]], rules: ValidateParams) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """The drafts that pass validate's check (a drafts file edited by hand may hold others), and a line
+    naming each one left out, its reason and the fix."""
+    kept, refused = {}, []
+    for pair, fields in drafts.items():
+        reason, detail = validate.check(values_of(fields), True, rules)
+        if reason is None:
+            kept[pair] = fields
+        else:
+            refused.append(f"draft for pair {pair!r} is not a valid question ({reason}: {detail}): "
+                           "fix it in the drafts file or run `clipblind draft` again")
+    return kept, refused
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: `clipblind draft [--tasks data/tasks.json] [--display data/display] [--out data/drafts.json]`."""
     parser = argparse.ArgumentParser(prog="clipblind draft", description=__doc__.splitlines()[0])

@@ -14,7 +14,8 @@ after re-mining are marked stale (meta.stale) when annotated and deleted when no
 task whose pair returns is marked live again.
 Metrics: inputs, accepted (pushable tasks), rejected by reason (bad image URL, missing
 display image), imported, already_present, stale_marked, stale_deleted, revived, drafted (tasks
-given a draft by this push), drafts_left_out (drafts the labeling config does not fit).
+given a draft by this push), drafts_left_out (drafts the labeling config does not fit),
+drafts_invalid (drafts validate's check refuses, e.g. in a file edited by hand: never pushed).
 """
 
 from __future__ import annotations
@@ -30,15 +31,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from annotation.draft import read_drafts
+from annotation.draft import read_drafts, still_valid
 from annotation.labelstudio.client import Client
 from annotation.labelstudio.roles import WRITING, server
 from annotation.labelstudio.server import load_params
 from annotation.snapshot import FEEDBACK_FIELD
 from pipeline.core import patterns
+from pipeline.core.config import command_params
 from pipeline.core.errors import ClipblindError
 from pipeline.core.report import summary, write_metrics
-from pipeline.params import LabelStudioParams
+from pipeline.params import LabelStudioParams, ValidateParams
 
 STAGE = "push"
 HERE = Path(__file__).parent
@@ -217,7 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ClipblindError(f"no task file at {args.tasks}: run `dvc repro export` first")
     tasks = json.loads(Path(args.tasks).read_text())
     model_version, drafts = read_drafts(args.drafts) if Path(args.drafts).exists() else ("", {})
+    drafts, refused = still_valid(drafts, command_params(parser, args.params, "validate", ValidateParams))
+    for line in refused:
+        print(f"[{STAGE}] {line}")
     metrics = push(Client.from_params(params, WRITING), params, tasks, Path(args.display), drafts, model_version)
+    metrics["drafts_invalid"] = len(refused)
     write_metrics(args.metrics, metrics)
     summary(STAGE, f"{metrics['imported']} imported, {metrics['already_present']} already there, "
                    f"{metrics['stale_marked']} marked stale, {metrics['stale_deleted']} stale deleted, "

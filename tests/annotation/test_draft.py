@@ -159,6 +159,13 @@ def test_an_interrupted_run_resumes_where_it_stopped(drafted: dict[str, Any], tm
     assert json.loads(drafted["metrics"].read_text())["accepted"] == len(drafted["pairs"]) - 3
 
 
+def test_a_draft_edited_into_an_invalid_question_is_refused_by_name() -> None:
+    good = json.loads(json.dumps(_reply("How many dots?")))
+    kept, refused = draft.still_valid({"p1": good, "p2": {**good, "option_b": "TWO"}}, RULES)
+    assert list(kept) == ["p1"]
+    assert len(refused) == 1 and "'p2'" in refused[0] and IDENTICAL_OPTIONS in refused[0]
+
+
 def test_a_drafts_file_of_another_shape_is_refused_with_the_fix(tmp_path: Path) -> None:
     bad = tmp_path / "drafts.json"
     bad.write_text(json.dumps({"version": 1, "model": "m", "drafts": {"p1": {"question": "Which?"}}}))
@@ -319,6 +326,13 @@ def test_a_task_pushed_before_its_draft_gets_it_while_nobody_has_annotated_it(se
     task = next(t for t in client.tasks(project["id"]) if t["data"]["pair_id"] == late_pair)
     for pred in client.request("GET", "/api/predictions/", params={"task": task["id"]}):
         client.request("DELETE", f"/api/predictions/{pred['id']}/")
+    # a drafts file edited by hand into an invalid question: push refuses that draft, the task stays without one
+    edited = served["root"] / "data" / "drafts-edited.json"
+    edited.write_bytes(draft.encode(model, {**drafts, late_pair: {**drafts[late_pair], "answer_b": "(b)",
+                                                                  "answer_a": "(b)"}}))
+    refused = _push(served, edited)
+    assert (refused["drafted"], refused["drafts_invalid"]) == (0, 1)
+    assert client.request("GET", "/api/predictions/", params={"task": task["id"]}) == []
     assert _push(served, served["out"])["drafted"] == 1
     [pred] = client.request("GET", "/api/predictions/", params={"task": task["id"]})
     assert results.fields(pred["result"]) == {k: [v] for k, v in drafts[late_pair].items()}
