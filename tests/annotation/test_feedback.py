@@ -32,8 +32,6 @@ from tests.helpers.annotation_world import (
     wait_for_images,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.server]
-
 WRITER = ("feedback-writer@example.org", "feedback-writer-pass-1")
 QUANTITY = patterns.by_key("quantity").paper
 
@@ -99,6 +97,8 @@ def _type(page: Any, name: str, text: str) -> None:
     field.locator("xpath=ancestor::form[1]").get_by_role("button", name="Add").click()
 
 
+@pytest.mark.slow
+@pytest.mark.server
 @pytest.mark.browser
 def test_a_rejected_question_goes_back_to_its_writer_and_comes_back_valid(world: dict[str, Any]) -> None:
     client, ls, tasks, url, root = world["client"], world["ls"], world["tasks"], world["url"], world["root"]
