@@ -3,11 +3,13 @@ three window sizes, the form beside them, no hotkey fired from a text box, feedb
 
 Images are 4:3 and 3:4, large (1024 px, as export writes them) and small (240 px, smaller than any frame:
 Label Studio scales those up to the frame, which is where its zoom toolbar used to push them over the edge),
-so a crop on either axis shows. Screenshots: artifacts/annotation/workbench/<project>_<width>x<height>_<pair>.png.
+so a crop on either axis shows. Screenshots and measured boxes:
+artifacts/annotation/workbench/<project>_<width>x<height>_<pair>.png and .json.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Iterator
@@ -49,7 +51,7 @@ PAIRS = {"large": ((1024, 768), (768, 1024)), "small": ((240, 180), (180, 240))}
 FEEDBACK = ("Same answer for both images: the correct option must differ between image A and image B. "
             "Rewrite the question or the options so that one image answers (a) and the other (b). ") * 3
 # The first control an annotator fills in each project.
-FIRST_FIELD = {roles.WRITING: "#field-reject input", roles.VERIFICATION: "#field-verify-a input"}
+FIRST_FIELD = {roles.WRITING: "textarea[name=question]", roles.VERIFICATION: "#field-verify-a input"}
 
 
 def _free_port() -> int:
@@ -142,6 +144,7 @@ def test_both_images_are_shown_whole_side_by_side_with_the_form_beside(
             shot = SHOTS / f"{project}_{size[0]}x{size[1]}_{pair}.png"
             page.screenshot(path=str(shot))
             boxes = image_boxes(page)
+            shot.with_suffix(".json").write_text(json.dumps(boxes, indent=1))  # the measured boxes, kept with it
             assert [b["natural"] for b in boxes] == [list(size_a), list(size_b)]
             assert crops(boxes) == [], f"{project} at {size}, pair {pair}: {boxes} (see {shot})"
             a, b = (box["drawn"] for box in boxes)
@@ -195,7 +198,7 @@ def test_feedback_notice_shows_only_when_set_and_wraps_and_statements_are_labell
                 assert text.startswith(f"{RETURNED_TAB}:") and FEEDBACK.strip()[:60] in text
                 # wrapped inside the form column: no horizontal overflow, many lines
                 box = notice.bounding_box()
-                form = page.locator("#field-reject").bounding_box()
+                form = page.locator("#field-question").bounding_box()
                 assert box is not None and form is not None and box["width"] <= form["width"] + 1
                 assert notice.evaluate("e => e.scrollWidth <= e.clientWidth + 1")
                 assert box["height"] > 60
