@@ -25,7 +25,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -162,6 +162,28 @@ def plan(wanted: list[dict[str, Any]], existing: list[dict[str, Any]], key: str 
         elif is_stale:
             revive.append(task["id"])
     return PushPlan(new, len(wanted) - len(new), stale_mark, stale_delete, revive, undrafted)
+
+
+def confirm_untouched(export: list[dict[str, Any]], todo: PushPlan) -> PushPlan:
+    """The plan with each task it would delete checked against the project's export: a task that holds an
+    annotation (submitted or skipped) or an unsubmitted draft is marked stale instead of deleted.
+
+    plan() reads the server's per-task annotation counters, which the server keeps apart from the
+    annotations themselves; on SQLite under concurrent submissions they were seen to lag. Deleting a
+    task deletes its annotations, so the export's own rows decide.
+    """
+    if not todo.stale_delete:
+        return todo
+    by_id = {task["id"]: task for task in export}
+    keep = [task_id for task_id in todo.stale_delete
+            if by_id.get(task_id, {}).get("annotations") or by_id.get(task_id, {}).get("drafts")]
+    if not keep:
+        return todo
+    for task_id in keep:
+        print(f"[{STAGE}] task {task_id} left the pairs and holds work the server's counters missed: marked stale, "
+              "not deleted")
+    return replace(todo, stale_delete=[t for t in todo.stale_delete if t not in keep],
+                   stale_mark=sorted(todo.stale_mark + keep))
 
 
 def writing_controls() -> dict[str, tuple[str, str]]:
@@ -337,6 +359,8 @@ def sync(
                                 settings)
     ensure_storage(client, project_id, display_dir)
     todo = plan(ok, client.tasks(project_id), key=key)
+    if todo.stale_delete:
+        todo = confirm_untouched(client.export(project_id), todo)
     drafted, drafts_left_out = apply(client, project_id, todo, drafts, model_version)
     return {
         "project_id": project_id,

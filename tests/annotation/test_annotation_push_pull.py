@@ -76,6 +76,20 @@ def test_plan_imports_new_pairs_marks_annotated_gone_pairs_stale_and_deletes_the
     assert (again.new, again.stale_mark, again.stale_delete, again.revive) == ([], [], [], [])
 
 
+def test_a_task_whose_counters_lag_is_marked_stale_not_deleted() -> None:
+    # The server's per-task counters were seen to lag its annotations on SQLite under ten concurrent writers
+    # (tests/annotation/test_load.py); a lag cannot be produced on demand, so the export rows are written here.
+    wanted = [{"data": {"pair_id": "a"}}]
+    existing = [_task("a", 1), _task("gone-annotated", 2), _task("gone-drafted", 3), _task("gone-empty", 4)]
+    todo = push.plan(wanted, existing)
+    assert todo.stale_delete == [2, 3, 4]  # the counters say nobody touched them
+    export = [{"id": 1, "annotations": []}, {"id": 2, "annotations": [{"id": 7, "result": []}], "drafts": []},
+              {"id": 3, "annotations": [], "drafts": [{"id": 9}]}, {"id": 4, "annotations": [], "drafts": []}]
+    checked = push.confirm_untouched(export, todo)
+    assert (checked.stale_delete, checked.stale_mark) == ([4], [2, 3])
+    assert push.confirm_untouched(export, checked) == checked
+
+
 def test_check_tasks_rejects_urls_outside_the_display_folder(tmp_path: Path) -> None:
     display = tmp_path / "data" / "display"
     display.mkdir(parents=True)
