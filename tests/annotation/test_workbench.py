@@ -118,11 +118,17 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def _open(bench: dict[str, Any], project: str, pair: str, size: tuple[int, int]) -> Any:
-    """The project's annotator, logged in at window `size`, looking at `pair`'s task with both images loaded."""
+    """The project's annotator, logged in at window `size`, looking at `pair`'s task (or, for pair "", the
+    labeling stream's first task, its instructions closed) with both images loaded."""
     url = roles.server(bench["ls"], project).url
     page = bench["browser"].new_context(viewport={"width": size[0], "height": size[1]}).new_page()
     login(page, url, *ANNOTATORS[ACCOUNT[project]])
-    open_task(page, url, bench["projects"][project], bench["tasks"][project][pair], FIRST_FIELD[project])
+    if pair:
+        open_task(page, url, bench["projects"][project], bench["tasks"][project][pair], FIRST_FIELD[project])
+    else:
+        page.goto(f"{url}/projects/{bench['projects'][project]}/data?labeling=1")
+        page.wait_for_selector(FIRST_FIELD[project], timeout=90_000)
+        page.keyboard.press("Escape")
     wait_for_images(page)
     page.wait_for_timeout(500)  # Label Studio sizes the images after they load
     return page
@@ -160,6 +166,14 @@ def test_both_images_are_shown_whole_side_by_side_with_the_form_beside(
             assert shot.stat().st_size > 10_000
         finally:
             page.context.close()
+    # the same in the labeling stream ("Label All Tasks"), where the task list is not shown
+    page = _open(bench, project, "", size)
+    try:
+        boxes = image_boxes(page)
+        assert crops(boxes) == [], f"{project} stream at {size}: {boxes}"
+        page.screenshot(path=str(SHOTS / f"{project}_{size[0]}x{size[1]}_stream.png"))
+    finally:
+        page.context.close()
 
 
 def test_typing_in_text_boxes_toggles_no_choice_and_answers_are_single_select(bench: dict[str, Any]) -> None:
