@@ -194,6 +194,7 @@ def _account_attempts(session: requests.Session, url: str, invite_token: str) ->
         ("POST /user/signup/", _send(anonymous, "POST", f"{url}/user/signup/", data=anonymous_form)),
         ("POST /api/users/", _send(session, "POST", f"{url}/api/users/", json=newcomer)),
         ("POST /api/users", _send(session, "POST", f"{url}/api/users", json=newcomer)),
+        ("POST /api/users.json", _send(session, "POST", f"{url}/api/users.json", json=newcomer)),
         ("GET /admin/", _send(session, "GET", f"{url}/admin/")),
     ]
 

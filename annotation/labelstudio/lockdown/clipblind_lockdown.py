@@ -23,9 +23,10 @@ from django.http import HttpResponseForbidden, HttpResponseNotFound
 
 ACCOUNTS_REFUSED = ("accounts on this server are created by the lead only "
                     "(clipblind labelstudio add-user EMAIL --role writer|verifier)")
-# Paths (slashes collapsed, no trailing slash) refused for every method, and for POST only.
+# Paths (slashes collapsed, no trailing slash) refused for every method, and for POST only (the user
+# API's router also answers a format suffix: /api/users.json).
 CLOSED = ("/user/signup", "/api/invite", "/api/invite/reset-token", "/admin")
-CLOSED_POST = ("/api/users",)
+CLOSED_POST = re.compile(r"/api/users(\.\w+)?")
 LOCAL_FILES = "data/local-files"  # Label Studio routes any path containing it (an unanchored pattern)
 STORAGES = "/api/storages"
 STORAGES_REFUSED = "storages are connected by the lead only (clipblind push)"
@@ -41,7 +42,7 @@ def closed(method: str, path: str) -> bool:
     path = _normal(path)
     if any(path == p or path.startswith(p + "/") for p in CLOSED):
         return True
-    return method == "POST" and path in CLOSED_POST
+    return method == "POST" and CLOSED_POST.fullmatch(path) is not None
 
 
 def lead_only(method: str, path: str) -> bool:
