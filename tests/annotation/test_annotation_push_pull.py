@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from annotation import pull, push, results, snapshot
-from annotation.labelstudio import server
+from annotation.labelstudio import roles, server
 from tests.helpers.params import demo_params
 
 SAMPLE = Path("/work/shared/reference/labelstudio_export_sample.json")
@@ -112,12 +112,12 @@ def test_check_tasks_rejects_urls_outside_the_display_folder(tmp_path: Path) -> 
 def test_admin_secret_is_generated_private_and_never_a_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for var in server.SECRET_ENV.values():
         monkeypatch.delenv(var, raising=False)
-    params = demo_params("labelstudio", data_dir=str(tmp_path / "a"))
-    other = demo_params("labelstudio", data_dir=str(tmp_path / "b"))
+    params = roles.server(demo_params("labelstudio", data_dir=str(tmp_path / "a")), roles.WRITING)
+    other = roles.server(demo_params("labelstudio", data_dir=str(tmp_path / "b")), roles.WRITING)
     first = server.admin(params)
     assert server.admin(params) == first  # stable once generated
     assert server.admin(other).password != first.password and len(first.password) >= 20
-    assert stat.S_IMODE((tmp_path / "a" / "admin.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "a" / roles.WRITING / "admin.json").stat().st_mode) == 0o600
     monkeypatch.setenv("CLIPBLIND_LS_PASSWORD", "only-this-one")
     with pytest.raises(server.ServerError, match="CLIPBLIND_LS_EMAIL"):
         server.admin(params)
@@ -132,11 +132,15 @@ def test_missing_labelstudio_venv_names_the_fix(tmp_path: Path, monkeypatch: pyt
 def test_postgresql_needs_its_connection_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in server.POSTGRES_ENV:
         monkeypatch.delenv(var, raising=False)
+    params = demo_params("labelstudio", database="postgresql")
     with pytest.raises(server.ServerError, match="POSTGRE_NAME"):
-        server.database_env(demo_params("labelstudio", database="postgresql"))
+        server.database_env(roles.server(params, roles.WRITING))
     for var in server.POSTGRES_ENV:
         monkeypatch.setenv(var, "x")
-    assert server.database_env(demo_params("labelstudio", database="postgresql"))["DJANGO_DB"] == "postgresql"
+    envs = {role: server.database_env(roles.server(params, role)) for role in roles.SERVERS}
+    assert {env["DJANGO_DB"] for env in envs.values()} == {"postgresql"}
+    # one database per server: the verification server never opens the writers' database
+    assert envs[roles.WRITING]["POSTGRE_NAME"] != envs[roles.VERIFICATION]["POSTGRE_NAME"]
 
 
 def test_suggestions_become_pre_annotations_in_the_writing_config_fields() -> None:
