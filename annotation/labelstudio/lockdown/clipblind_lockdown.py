@@ -9,6 +9,10 @@
 * Storages: only the lead's API token (LABEL_STUDIO_USER_TOKEN, what `clipblind push` sends) may
   connect, change, sync or delete one (`/api/storages/...` other than GET); an annotator could
   otherwise import any JSON or Parquet file under the document root as tasks, or export into it.
+* The labeling stream on SQLite: `/api/projects/<id>/next/` picks a task and locks it for its
+  annotator in one write transaction, as Label Studio does on PostgreSQL (where it locks the row it
+  picks). Without it, ten writers at once were handed the same task a third of the time
+  (tests/annotation/test_load.py), and the second writer's work was wasted.
 """
 
 import hmac
@@ -19,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.db import connection, transaction
 from django.http import HttpResponseForbidden, HttpResponseNotFound
 
 ACCOUNTS_REFUSED = ("accounts on this server are created by the lead only "
@@ -31,6 +36,7 @@ LOCAL_FILES = "data/local-files"  # Label Studio routes any path containing it (
 STORAGES = "/api/storages"
 STORAGES_REFUSED = "storages are connected by the lead only (clipblind push)"
 READ_ONLY = ("GET", "HEAD", "OPTIONS")
+NEXT_TASK = re.compile(r"/api/projects/\d+/next")
 
 
 def _normal(path: str) -> str:
@@ -81,4 +87,9 @@ class Lockdown:
             request.GET.get("d"), settings.LOCAL_FILES_DOCUMENT_ROOT, self.display_dir
         ):
             return HttpResponseNotFound()
+        if connection.vendor == "sqlite" and NEXT_TASK.fullmatch(_normal(request.path_info)):
+            # clipblind_settings begins SQLite transactions IMMEDIATE: this one holds the write lock from
+            # choosing the task until its lock is stored, so no two annotators are handed the same task
+            with transaction.atomic():
+                return self.get_response(request)
         return self.get_response(request)
