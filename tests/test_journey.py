@@ -3,10 +3,12 @@
 One test walks the path a benchmark maker walks, in a temp copy of this repository, with real
 stage outputs only (nothing in the chain is a hand-made table): the sample corpus stage (made
 smaller through its `--scenes` option), `dvc repro`, `clipblind labelstudio start`, `add-user`,
-`push`, a writer and a verifier in Chromium, `pull`, `push-verification`, `adjudicate`, the
+`clipblind draft` against a scripted model, `push`, a writer (who keeps one draft, edits one and discards
+one) and a verifier in Chromium, `pull`, `clipblind feedback`, `push-verification`, `adjudicate`, the
 release read by `sha256sum -c`, `datasets.load_dataset` offline, MMVP's own reading and scoring
 logic (tests/helpers/mmvp_oracle.py) and `clipblind evaluate` against a scripted model; then a second
-round (two more pairs written and verified, one released answer corrected by the lead with
+round (a question validation returned fixed by its writer from the "Returned by validation" tab, two more
+pairs written, all three verified, one released answer corrected by the lead with
 `clipblind adjudicate --correct`) that changes the release, which stays unreleased until the
 version is bumped and the changelog names the changes, and `clipblind tag`. `dvc exp run` is tried after each round.
 
@@ -30,12 +32,18 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
+from annotation import draft as drafting
+from annotation import feedback
 from annotation.labelstudio.roles import SERVERS, VERIFICATION, WRITING
 from annotation.labelstudio.roles import server as server_of
-from annotation.validate import SHARED_COUNTS
+from annotation.snapshot import DRAFT_DISCARDED, DRAFT_EDITED, DRAFT_OUTCOMES, DRAFT_UNCHANGED, FEEDBACK_FIELD
+from annotation.tables import FORMULA_LIKE, SAME_ANSWER
+from annotation.validate import MESSAGES, SHARED_COUNTS
 from pipeline.core import patterns
 from pipeline.core.patterns import ANSWERS
+from pipeline.images.display import display_name
 from pipeline.release import folder as release
 from tests.helpers import mmvp_oracle
 from tests.helpers.annotation_world import chromium, new_page
@@ -78,6 +86,35 @@ def nine_questions(shown: list[str]) -> list[Question]:
             statement_a=f"The {key} of the first picture.", statement_b=f"The {key} of the second picture.",
         ))
     return questions
+
+
+def draft_reply(q: Question) -> str:
+    """The scripted model's draft of `q`, as a model writes it: JSON inside a code fence."""
+    fields = {"pattern": q.pattern, "question": q.question, "option_a": q.option_a, "option_b": q.option_b,
+              "answer_a": q.answer_a, "answer_b": q.answer_b, "statement_a": q.statement_a, "statement_b": q.statement_b}
+    return "```json\n" + json.dumps(fields) + "\n```"
+
+
+def run_draft(ws: Workspace, tasks: list[dict[str, Any]], script: dict[str, str]) -> None:
+    """`clipblind draft` against an OpenAI-compatible model replying `script[pair_id]` to the picture of that pair
+    (anything else: no JSON), set in params.yaml's draft.vlm by a hand edit."""
+    height = yaml.safe_load(ws.path("params.yaml").read_text())["draft"]["panel_height"]
+    display = ws.path("data/display")
+    prompt = drafting.prompt().split("\nOptions:", 1)[0]
+    replies = {}
+    for task in tasks:
+        if task["data"]["pair_id"] in script:
+            a, b = ((display / display_name(task["data"][f"{m}_id"])).read_bytes() for m in ("image_a", "image_b"))
+            replies[(prompt, _sha256(drafting.side_by_side(a, b, height)))] = script[task["data"]["pair_id"]]
+    assert len(replies) == len(script)
+    vlm = ScriptedVlm(replies)
+    try:
+        ws.set_param("draft", "vlm", f'{{backend: openai, url: "{vlm.url}", model: scripted, max_new_tokens: 512, '
+                                     'api_key_env: JOURNEY_NO_KEY, timeout: 120}')
+        ws.clipblind("draft (scripted VLM)", "draft")
+    finally:
+        vlm.close()
+    assert len(vlm.asked) == len(tasks), "one picture per pair"
 
 
 def _reply(k: int, member: int, truth: str) -> str:
@@ -306,9 +343,27 @@ def test_journey(journey: tuple[Workspace, Timings], tmp_path: Path) -> None:
     ws, timings = journey
     ws.dvc("dvc repro (corpus → tasks, release awaiting)", "repro")
     assert ws.json(f"{RELEASE}/manifest.json")["status"] == "awaiting_annotations"
-    tasks = [t["data"]["pair_id"] for t in ws.json("data/tasks.json")]
+    task_records = ws.json("data/tasks.json")
+    tasks = [t["data"]["pair_id"] for t in task_records]
     assert len(tasks) >= 14, f"the corpus gave only {len(tasks)} pairs"
     ws.commit("mined")
+    round1, extra = tasks[:12], tasks[12:14]
+
+    # ---------------------------------------------------------------- drafts from a (scripted) VLM
+    # round1[4]'s draft is the question the writer wants (kept unchanged), round1[5]'s has the answers swapped
+    # (edited), round1[9]'s is about a pair the writer rejects (discarded); round1[1]'s gives both images the
+    # same answer (never shown); every other pair gets a reply that is no JSON (no draft)
+    planned = nine_questions(list(patterns.PAPER_NAMES))
+    swapped = dataclasses.replace(planned[5], answer_a=planned[5].answer_b, answer_b=planned[5].answer_a)
+    doomed = dataclasses.replace(planned[0], question="Which sign is brighter?", option_a="left one", option_b="right one")
+    drafts = {round1[4]: planned[4], round1[5]: swapped, round1[9]: doomed}
+    invalid_draft = dataclasses.replace(planned[1], answer_b=planned[1].answer_a)
+    run_draft(ws, task_records, {**{p: draft_reply(q) for p, q in drafts.items()}, round1[1]: draft_reply(invalid_draft)})
+    drafted = ws.json("metrics/draft.json")
+    assert (drafted["inputs"], drafted["accepted"], drafted["calls"]) == (len(tasks), len(drafts), len(tasks))
+    assert {k: v for k, v in drafted["rejected_by_reason"].items() if v} == \
+        {SAME_ANSWER: 1, drafting.NOT_JSON: len(tasks) - len(drafts) - 1}
+    assert sorted(drafting.read_drafts(ws.path("data/drafts.json"))[1]) == sorted(drafts)
 
     # ---------------------------------------------------------------- the annotation server
     ws.clipblind("labelstudio start", "labelstudio", "start")
@@ -316,15 +371,18 @@ def test_journey(journey: tuple[Workspace, Timings], tmp_path: Path) -> None:
         ws.clipblind(f"labelstudio add-user --role {role}", "labelstudio", "add-user", email, "--role", role,
                      "--password", password)
     ws.clipblind("push", "push")
+    assert ws.json("metrics/push.json")["drafted"] == len(drafts)
     ls = dataclasses.replace(server.load_params(ws.path("params.yaml")), data_dir=str(ws.path(".labelstudio")))
     client = Client.from_params(ls, WRITING)  # the lead's API views, only to find task ids
     lead_verification = Client.from_params(ls, VERIFICATION)
     writing_url, verification_url = server_of(ls, WRITING).url, server_of(ls, VERIFICATION).url
     writing = client.project_by_title(ls.writing_project)["id"]
-    task_of = {t["data"]["pair_id"]: t["id"] for t in client.tasks(writing)}
+    remote = client.tasks(writing)
+    task_of = {t["data"]["pair_id"]: t["id"] for t in remote}
     assert set(task_of) == set(tasks)
+    assert {t["data"]["pair_id"] for t in remote if t["total_predictions"]} == set(drafts)  # the invalid one: none
+    assert all(t["data"][FEEDBACK_FIELD] == "" for t in remote)
 
-    round1, extra = tasks[:12], tasks[12:14]
     written: dict[str, Question] = {}
     with chromium() as browser:
         with timings.step("writer in Chromium: 12 tasks"):
@@ -333,22 +391,53 @@ def test_journey(journey: tuple[Workspace, Timings], tmp_path: Path) -> None:
             shown = writer.choice_names("field-pattern")
             assert shown == list(patterns.PAPER_NAMES), "the labeling config shows the nine paper names"
             order = [patterns.lookup(name).key for name in shown]
-            for k, q in enumerate(nine_questions(shown)):
-                writer.write(writing, task_of[round1[k]], q, shot="writer-markup" if k == 0 else None)
+            assert nine_questions(shown) == planned
+            for k, q in enumerate(planned):
+                if round1[k] in drafts:  # kept as drafted, or its answers set right
+                    writer.review(writing, task_of[round1[k]], drafts[round1[k]], q,
+                                  shot="writer-draft" if k == 5 else None)
+                else:
+                    writer.write(writing, task_of[round1[k]], q, shot="writer-markup" if k == 0 else None)
                 written[round1[k]] = q
-            writer.reject(writing, task_of[round1[9]], "Same scene, nothing nameable differs", shot="writer-reject")
+            writer.reject(writing, task_of[round1[9]], "Same scene, nothing nameable differs", shot="writer-reject",
+                          draft=doomed)
             same = dataclasses.replace(written[round1[1]], question="Is there a picture?", answer_b=written[round1[1]].answer_a)
             writer.write(writing, task_of[round1[10]], same)
             formula = dataclasses.replace(written[round1[2]], question=FORMULA)
             writer.write(writing, task_of[round1[11]], formula, shot="writer-formula")
 
         ws.clipblind("pull", "pull")
+        counts = ws.json("metrics/pull_writing.json")["drafts"]
+        kept, edited, discarded = round1[4], round1[5], round1[9]
+        assert counts["drafted_tasks"] == len(drafts) == counts["annotated"]
+        assert {o: counts[o] for o in DRAFT_OUTCOMES} == {DRAFT_UNCHANGED: 1, DRAFT_EDITED: 1, DRAFT_DISCARDED: 1}
+        expected = {key: {o: 0 for o in DRAFT_OUTCOMES} for key in patterns.KEYS}
+        for pair, outcome in ((kept, DRAFT_UNCHANGED), (edited, DRAFT_EDITED), (discarded, DRAFT_DISCARDED)):
+            expected[patterns.lookup(drafts[pair].pattern).key][outcome] += 1  # counted under the draft's pattern
+        assert counts["per_pattern"] == expected
+        assert sum(sum(c.values()) for c in counts["per_pattern"].values()) == counts["annotated"]
+        seconds = counts["seconds_per_task"]
+        assert (seconds["with_draft"]["annotations"], seconds["without_draft"]["annotations"]) == (3, 9)
         ws.dvc("dvc repro validate", "repro", "validate")
         validated = ws.json("metrics/validate.json")
         assert (validated["written"], validated["valid"]) == (12, 9)
         assert {k: v for k, v in validated["invalid_by_reason"].items() if v} == \
-            {"pair_rejected": 1, "same_answer": 1, "formula_like": 1}
+            {"pair_rejected": 1, SAME_ANSWER: 1, FORMULA_LIKE: 1}
         ws.clipblind("push-verification", "push-verification")
+        # validation's reasons go back to the writers' tasks (the rejected pair is no mistake: not returned)
+        ws.clipblind("feedback", "feedback")
+        returned = ws.json("metrics/feedback.json")
+        assert (returned["returned"], returned["set"], returned["cleared"]) == (2, 2, 0)
+        verdicts = {r["pair_id"]: r for r in pq.read_table(ws.path("data/annotations.parquet")).to_pylist()}
+        same_pair, formula_pair = round1[10], round1[11]
+        notices = {t["data"]["pair_id"]: t["data"][FEEDBACK_FIELD] for t in client.tasks(writing)
+                   if t["data"][FEEDBACK_FIELD]}
+        assert notices == {p: feedback.message(verdicts[p]["reason"], verdicts[p]["detail"]) for p in (same_pair, formula_pair)}
+        assert (verdicts[same_pair]["reason"], verdicts[formula_pair]["reason"]) == (SAME_ANSWER, FORMULA_LIKE)
+        [tab] = [v["id"] for v in client.request("GET", "/api/dm/views/", params={"project": writing})
+                 if v["data"]["title"] == feedback.RETURNED_TAB]
+        listed = client.request("GET", "/api/tasks/", params={"project": writing, "view": tab})
+        assert sorted(t["id"] for t in listed["tasks"]) == sorted(task_of[p] for p in (same_pair, formula_pair))
         ws.commit("round 1: questions written")
 
         disputed = round1[3]  # the verifier swaps this pair's answers; the lead sides with the writer
@@ -394,19 +483,33 @@ def test_journey(journey: tuple[Workspace, Timings], tmp_path: Path) -> None:
         extra[1]: Question(patterns.by_key("text").paper, "What does the sign say?", "STOP", "EXIT", *ANSWERS[::-1],
                            "A sign saying EXIT.", "A sign saying STOP."),
     }
+    # the writer fixes the returned same-answer question: image B gets the answer round1[1] gave it
+    fixed_same = dataclasses.replace(same, answer_b=written[round1[1]].answer_b)
     with chromium() as browser:
-        with timings.step("writer in Chromium: 2 tasks"):
+        with timings.step("writer in Chromium: 1 returned task fixed, 2 new"):
             writer = Writer(new_page(browser), writing_url, *WRITER)
+            writer.fix_returned(writing, tab, feedback.RETURNED_TAB, task_of[same_pair], MESSAGES[SAME_ANSWER],
+                                fixed_same.answer_b, shot="writer-feedback")
             for pair_id, q in more.items():
                 writer.write(writing, task_of[pair_id], q)
-        written.update(more)
+        new = {**more, same_pair: fixed_same}  # what this round adds to the release
+        written.update(new)
         ws.clipblind("pull (round 2)", "pull")
         ws.dvc("dvc repro validate (round 2)", "repro", "validate")
+        validated = ws.json("metrics/validate.json")
+        assert (validated["written"], validated["valid"]) == (14, 12)  # the fixed question is valid now
+        assert {k: v for k, v in validated["invalid_by_reason"].items() if v} == {"pair_rejected": 1, FORMULA_LIKE: 1}
         ws.clipblind("push-verification (round 2)", "push-verification")
+        ws.clipblind("feedback (round 2)", "feedback")
+        returned = ws.json("metrics/feedback.json")
+        assert (returned["returned"], returned["set"], returned["cleared"]) == (1, 0, 1)
+        notices = {t["id"]: t["data"][FEEDBACK_FIELD] for t in client.tasks(writing) if t["data"][FEEDBACK_FIELD]}
+        assert list(notices) == [task_of[formula_pair]]  # the fixed question's notice is cleared
         questions = {t["data"]["pair_id"]: t["id"] for t in lead_verification.tasks(verification_project)}
-        with timings.step("verifier in Chromium: 2 tasks"):
+        assert set(questions) == set(written)
+        with timings.step("verifier in Chromium: 3 tasks"):
             verifier = Verifier(new_page(browser), verification_url, *VERIFIER)
-            for pair_id, q in more.items():
+            for pair_id, q in new.items():
                 verifier.answer(verification_project, questions[pair_id], q.answer_a, q.answer_b)
     ws.clipblind("pull verification (round 2)", "pull", "verification")
     ws.dvc("dvc repro accept (round 2)", "repro", "accept")
@@ -433,16 +536,16 @@ def test_journey(journey: tuple[Workspace, Timings], tmp_path: Path) -> None:
     assert (row["statement_a"], row["statement_b"]) == (fixed.statement_a, fixed.statement_b)
     assert (row["writer_answer_a"], row["writer_answer_b"], row["question"]) == (old.answer_a, old.answer_b, old.question)
     written[corrected] = fixed
-    ws.commit("round 2: two pairs, one answer corrected in adjudication")
+    ws.commit("round 2: a returned question fixed, two new pairs, one answer corrected in adjudication")
     ws.dvc("dvc repro (round 2: unreleased build)", "repro")
-    verification.update({p: "verified" for p in more} | {corrected: "adjudicated"})
+    verification.update({p: "verified" for p in new} | {corrected: "adjudicated"})
     assert ws.json("metrics/accept.json")["answers_corrected"] == 1
 
     manifest = ws.json(f"{RELEASE}/manifest.json")
     assert (manifest["version"], manifest["release"]["status"]) == ("1.1.0-dev", "unreleased")
     changes = manifest["changes"]
     assert changes["previous_version"] == "1.0.0"
-    assert sorted(changes["added_pairs"]) == sorted(more)
+    assert sorted(changes["added_pairs"]) == sorted(new)
     assert changes["changed_items"] == {f"{corrected}-a": ["answer", "statement"], f"{corrected}-b": ["answer", "statement"]}
     check_release(ws, written, verification, "1.1.0-dev")
     check_counts(ws, verification)
@@ -452,12 +555,12 @@ def test_journey(journey: tuple[Workspace, Timings], tmp_path: Path) -> None:
     assert "package.version" in refused and "CHANGELOG" in refused
 
     ws.set_param("package", "version", "1.1.0")
-    added = ", ".join(sorted(more))
+    added = ", ".join(sorted(new))
     ws.edit("data_cards/CHANGELOG.md", "## 1.0.0", f"## 1.1.0\n\n- Added pairs {added}.\n"
             f"- Corrected the answers of pair {corrected}.\n\n## 1.0.0")
     ws.dvc("dvc repro (1.1.0)", "repro")
     check_release(ws, written, verification, "1.1.0")
-    # mmvp_vlm/ pairs the lead's statements with their images (11 pairs: read without MMVP's nine-way split)
+    # mmvp_vlm/ pairs the lead's statements with their images (12 pairs: read without MMVP's nine-way split)
     vlm = [v for v in mmvp_oracle.read_mmvp_vlm(ws.path(f"{RELEASE}/mmvp_vlm"), pairs_per_category=len(written))
            if v.statement_a == fixed.statement_a]
     assert len(vlm) == 1 and vlm[0].statement_b == fixed.statement_b
@@ -474,5 +577,5 @@ def test_journey(journey: tuple[Workspace, Timings], tmp_path: Path) -> None:
     tagged_record(ws, "clipblind-benchmark@v1.1.0", "1.1.0")
     assert ws.git("tag", "--list").split() == ["clipblind-benchmark@v1.0.0", "clipblind-benchmark@v1.1.0"]
     experiment(ws, "after the bump")
-    shots = {"writer-markup", "writer-reject", "writer-formula", "verifier-markup"}
+    shots = {"writer-markup", "writer-draft", "writer-reject", "writer-formula", "writer-feedback", "verifier-markup"}
     assert shots <= {p.stem for p in ARTIFACTS.glob("*.png")}

@@ -3,9 +3,11 @@
 * `Workspace`: the copy (tracked and untracked-not-ignored files, `git init`), commands run in it
   through subprocesses with the project's virtualenv on PATH, offline, each one timed.
 * `Writer`/`Verifier` sessions: a person in real Chromium, logged in to their role's Label Studio
-  server (writers to the writing server, verifiers to the verification server).
+  server (writers to the writing server, verifiers to the verification server). A writer writes a
+  question by hand, reviews a drafted one (keeps it or changes its choices), rejects a pair, or
+  fixes a question validation returned, opened from the data manager tab of returned tasks.
 * `ScriptedVlm`: an OpenAI-compatible endpoint on 127.0.0.1 whose replies are scripted per
-  (question, image sha256), so a test can compute the expected scores by hand.
+  (question, image sha256), so a test can compute the expected scores (or drafts) by hand.
 """
 
 from __future__ import annotations
@@ -219,9 +221,52 @@ class Writer(Person):
             self.shot(shot)
         submit(self.page)
 
-    def reject(self, project_id: int, task_id: int, reason: str, shot: str | None = None) -> None:
-        """Reject the pair instead of writing a question."""
+    def see_draft(self, draft: Question) -> None:
+        """Wait until the open form shows the draft filled in, every field as drafted, before anything is touched."""
+        self.page.wait_for_function("t => document.body.innerText.includes(t)", arg=draft.question, timeout=30_000)
+        shown = self.page.inner_text("body")
+        missing = [text for text in draft.texts().values() if text not in shown]
+        assert not missing, f"draft fields not shown: {missing}"
+        for panel, name in (("field-pattern", draft.pattern), ("field-answer-a", draft.answer_a),
+                            ("field-answer-b", draft.answer_b)):
+            assert self.page.locator(f'#{panel} input[name="{name}"]').is_checked(), (panel, name)
+
+    def review(self, project_id: int, task_id: int, draft: Question, q: Question, shot: str | None = None) -> None:
+        """Open a drafted task, check the draft is filled in, make its choices those of `q` (texts kept as
+        drafted) and submit: `q == draft` submits the draft unchanged."""
+        assert q.texts() == draft.texts(), "only the draft's choices are edited here"
         self.open(project_id, task_id)
+        self.see_draft(draft)
+        choose(self.page, "field-pattern", q.pattern)
+        choose(self.page, "field-answer-a", q.answer_a)
+        choose(self.page, "field-answer-b", q.answer_b)
+        if shot:
+            self.shot(shot)
+        submit(self.page)
+
+    def fix_returned(self, project_id: int, tab_id: int, tab_title: str, task_id: int, notice: str, answer_b: str,
+                     shot: str | None = None) -> None:
+        """Open a task from the data manager tab of questions returned by validation, read its notice, set the
+        answer for image B and update the annotation."""
+        self.page.goto(f"{self.url}/projects/{project_id}/data")
+        self.page.get_by_text(tab_title).first.click()
+        self.page.wait_for_url(f"**tab={tab_id}**", timeout=30_000)
+        self.page.goto(f"{self.url}/projects/{project_id}/data?tab={tab_id}&task={task_id}")
+        self.page.wait_for_selector("#field-answer-b", timeout=90_000)
+        wait_for_images(self.page)
+        self.page.wait_for_function("t => document.body.innerText.includes(t)", arg=notice, timeout=30_000)
+        assert self.page.locator("#field-feedback").is_visible()
+        if shot:
+            self.shot(shot)
+        choose(self.page, "field-answer-b", answer_b)
+        submit(self.page, "Update", "PATCH")
+
+    def reject(self, project_id: int, task_id: int, reason: str, shot: str | None = None,
+               draft: Question | None = None) -> None:
+        """Reject the pair instead of writing a question (after seeing its draft, when it has one)."""
+        self.open(project_id, task_id)
+        if draft:
+            self.see_draft(draft)
         choose(self.page, "field-reject", "Reject pair")
         type_text(self.page, "reject_reason", reason)
         if shot:
