@@ -30,14 +30,12 @@ from annotation.labelstudio.client import Client, LabelStudioError
 from annotation.labelstudio.roles import WRITING, server
 from annotation.labelstudio.server import load_params
 from annotation.snapshot import FEEDBACK_FIELD
-from annotation.tables import PAIR_REJECTED, STALE_PAIR
+from annotation.tables import NOT_RETURNED
 from pipeline.core import schemas
 from pipeline.core.report import summary, write_metrics
 from pipeline.params import LabelStudioParams
 
 STAGE = "feedback"
-# Reasons that are no mistake of the writer's: the writer rejected the pair, or re-mining dropped it.
-NOT_RETURNED: tuple[str, ...] = (PAIR_REJECTED, STALE_PAIR)
 # The writing project's data manager tab of the tasks returned to their writers.
 RETURNED_TAB = "Returned by validation"
 

@@ -18,6 +18,9 @@ ANSWER_NOT_AN_OPTION = "answer_not_an_option"  # an answer missing or other than
 SAME_ANSWER = "same_answer"  # MMVP's invariant: the two images' answers differ
 INVALID_REASONS: tuple[str, ...] = (PAIR_REJECTED, STALE_PAIR, MISSING_QUESTION, MISSING_OPTION, IDENTICAL_OPTIONS,
                                     FORMULA_LIKE, UNKNOWN_PATTERN, ANSWER_NOT_AN_OPTION, SAME_ANSWER)
+# Invalid for no mistake of the writer's (the writer rejected the pair, or re-mining dropped it): not sent back to
+# the writer by `clipblind feedback`; every other invalid question is.
+NOT_RETURNED: tuple[str, ...] = (PAIR_REJECTED, STALE_PAIR)
 
 # Why a valid question is not (yet) accepted (accept stage).
 AWAITING_VERIFICATION = "awaiting_verification"  # fewer verifier answers than `accept.verifiers`

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from annotation.tables import AWAITING_ADJUDICATION, AWAITING_VERIFICATION
+from annotation.tables import AWAITING_ADJUDICATION, AWAITING_VERIFICATION, NOT_RETURNED
 from pipeline.core.report import HEADLINE_KEYS
 from pipeline.release import folder as release
 
@@ -106,6 +106,13 @@ def next_steps(dvc_yaml: Path) -> list[str]:
     steps = []
     if not accept.get("written"):
         steps.append(annotate)
+    returned = {reason: n for reason, n in sorted((accept.get("invalid_by_reason") or {}).items())
+                if n and reason not in NOT_RETURNED}
+    if returned:
+        said = ", ".join(f"{n} {reason}" for reason, n in returned.items())
+        steps.append(f"{sum(returned.values())} questions failed validation ({said}): `clipblind feedback` returns "
+                     "each to its writer in Label Studio with the reason; once they are fixed, `clipblind pull` and "
+                     "`dvc repro`")
     if pending.get(AWAITING_VERIFICATION):
         steps.append(f"{pending[AWAITING_VERIFICATION]} valid questions await verification: `clipblind push-verification`, "
                      "verifiers answer them in Label Studio, then `clipblind pull verification` and `dvc repro`")

@@ -14,7 +14,13 @@ from pipeline.commands import status
 from pipeline.core import schemas
 from pipeline.core.report import write_metrics
 from pipeline.release import folder as release
-from tests.annotation.test_annotation_validate_accept import GOOD, _pairs, verification_snapshot, writing_snapshot
+from tests.annotation.test_annotation_validate_accept import (
+    GOOD,
+    REASON_CASES,
+    _pairs,
+    verification_snapshot,
+    writing_snapshot,
+)
 from tests.conftest import REPO
 from tests.helpers.params import demo_params
 from tests.helpers.release_world import build_inputs, package_args
@@ -31,9 +37,11 @@ def workspace(tmp_path: Path) -> Path:
     return tmp_path / "dvc.yaml"
 
 
-def run_accept(root: Path, verifications: dict[str, list[tuple[str, str, str]]] | None, pairs: int = 2) -> dict[str, Any]:
-    """validate and accept on `pairs` written questions; verifications by pair id (None: nothing written)."""
-    cases = {f"p{k}": GOOD for k in range(pairs)} if verifications is not None else {}
+def run_accept(root: Path, verifications: dict[str, list[tuple[str, str, str]]] | None, pairs: int = 2,
+               written: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """validate and accept on `pairs` good questions (or the `written` ones, by pair id); verifications by pair id
+    (None: nothing written)."""
+    cases = (written or {f"p{k}": GOOD for k in range(pairs)}) if verifications is not None else {}
     pair_table = _pairs(*cases)
     table = validate.validate(writing_snapshot(cases), pair_table, demo_params("validate"))
     qid = {r["pair_id"]: r["question_id"] for r in table.to_pylist()}
@@ -100,6 +108,18 @@ def test_questions_awaiting_verification_next_is_push_verification(tmp_path, inp
     text = next_lines(dvc_yaml, capsys)
     assert "1 valid questions await verification: `clipblind push-verification`" in text
     assert "`clipblind pull verification`" in text and "`clipblind push` them" not in text
+
+
+def test_questions_failing_validation_next_is_feedback_to_their_writers(tmp_path, inputs, capsys):
+    dvc_yaml = workspace(tmp_path)
+    written = {"p0": GOOD, "p1": REASON_CASES["same_answer"], "p2": REASON_CASES["pair_rejected"]}
+    metrics = run_accept(tmp_path, {"p0": AGREE}, written=written)
+    assert metrics["invalid_by_reason"]["same_answer"] == 1 and metrics["invalid_by_reason"]["pair_rejected"] == 1
+    run_package(tmp_path, inputs)
+    text = next_lines(dvc_yaml, capsys)
+    # a rejected pair is the writer's own verdict: nothing to send back
+    assert "1 questions failed validation (1 same_answer): `clipblind feedback`" in text
+    assert "pair_rejected" not in text
 
 
 def test_questions_awaiting_adjudication_next_is_adjudicate(tmp_path, inputs, capsys):
