@@ -45,7 +45,7 @@ from pipeline.params import LabelStudioParams, ValidateParams
 STAGE = "push"
 HERE = Path(__file__).parent
 WRITING_CONFIG = HERE / "writing.xml"
-GUIDELINES = HERE / "guidelines.html"
+GUIDELINES = HERE / "guidelines.html"  # the writers'; verifiers get their own (push_verification)
 IMAGE_FIELDS = ("image_a", "image_b")
 # The closed sets a labeling config template offers, each filling a `<!-- choices: NAME -->` line.
 CONFIG_CHOICES: dict[str, tuple[str, ...]] = {"patterns": patterns.PAPER_NAMES, "answers": patterns.ANSWERS}
@@ -222,8 +222,8 @@ def push(
     if model_version:
         settings["model_version"] = model_version
     tasks = [{**task, "data": {**task["data"], FEEDBACK_FIELD: ""}} for task in tasks]
-    return sync(client, params.writing_project, writing_config(), settings, tasks, display_dir,
-                drafts=drafts, model_version=model_version)
+    return sync(client, params.writing_project, writing_config(), GUIDELINES.read_text(), settings, tasks,
+                display_dir, drafts=drafts, model_version=model_version)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -343,6 +343,7 @@ def sync(
     client: Client,
     title: str,
     label_config: str,
+    guidelines: str,
     settings: dict[str, Any],
     tasks: list[dict[str, Any]],
     display_dir: Path,
@@ -350,13 +351,12 @@ def sync(
     drafts: dict[str, dict[str, str]] | None = None,
     model_version: str = "",
 ) -> dict[str, Any]:
-    """Bring project `title` (labeling config `label_config`, rendered) in line with `tasks` (identified by
-    data field `key`); return the metrics."""
+    """Bring project `title` (labeling config `label_config` and instructions `guidelines`, both templates
+    rendered here) in line with `tasks` (identified by data field `key`); return the metrics."""
     ok, reasons, messages = check_tasks(tasks, display_dir)
     for message in messages:
         print(f"[{STAGE}] skipped {message}")
-    project_id = ensure_project(client, title, render_config(label_config), render_guidelines(GUIDELINES.read_text()),
-                                settings)
+    project_id = ensure_project(client, title, render_config(label_config), render_guidelines(guidelines), settings)
     ensure_storage(client, project_id, display_dir)
     todo = plan(ok, client.tasks(project_id), key=key)
     if todo.stale_delete:

@@ -29,6 +29,8 @@ from pipeline.params import AcceptParams, LabelStudioParams
 
 STAGE = "push-verification"
 VERIFICATION_CONFIG = Path(__file__).with_name("verification.xml")
+# Verifiers' own instructions: the writers' say the two answers must differ, which would steer a verifier.
+VERIFICATION_GUIDELINES = Path(__file__).with_name("verification_guidelines.html")
 TASK_FIELDS = ("question_id", "pair_id", "question", "option_a", "option_b")
 
 
@@ -47,7 +49,7 @@ def push_verification(
 ) -> dict[str, Any]:
     """Create or update the verification project and push a task per valid question; return metrics."""
     return push.sync(client, params.verification_project, VERIFICATION_CONFIG.read_text(),
-                     {"maximum_annotations": verifiers}, verification_tasks(annotations), display_dir, key="question_id")
+                     VERIFICATION_GUIDELINES.read_text(), {"maximum_annotations": verifiers}, verification_tasks(annotations), display_dir, key="question_id")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -101,9 +101,16 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             roles.WRITING: push.push(lead[roles.WRITING], ls, writing, display)["project_id"],
             # as push-verification pushes them (its tasks come from validate's table; here written directly)
             roles.VERIFICATION: push.sync(lead[roles.VERIFICATION], ls.verification_project,
-                                          push_verification.VERIFICATION_CONFIG.read_text(), {"maximum_annotations": 1},
-                                          verification, display, key="question_id")["project_id"],
+                                          push_verification.VERIFICATION_CONFIG.read_text(),
+                                          push_verification.VERIFICATION_GUIDELINES.read_text(),
+                                          {"maximum_annotations": 1}, verification, display,
+                                          key="question_id")["project_id"],
         }
+        # each project's instructions are its own: verifiers are never told the two answers must differ
+        shown = {role: lead[role].project_by_title(title)["expert_instruction"]
+                 for role, title in ((roles.WRITING, ls.writing_project), (roles.VERIFICATION, ls.verification_project))}
+        assert "They must differ" in shown[roles.WRITING] and "must differ" not in shown[roles.VERIFICATION]
+        assert "for each image alone" in shown[roles.VERIFICATION]
         tasks = {role: {t["data"]["pair_id"]: t for t in lead[role].tasks(projects[role])} for role in roles.SERVERS}
         returned = tasks[roles.WRITING]["small"]  # sent back by validation, as `clipblind feedback` does it
         lead[roles.WRITING].request("PATCH", f"/api/tasks/{returned['id']}/",
