@@ -431,6 +431,61 @@ def test_only_the_lead_connects_or_syncs_a_storage(world: dict[str, Any]) -> Non
     assert PLANTED["statement_a"] not in json.dumps(tasks)
 
 
+def test_annotators_change_no_project_task_draft_or_others_annotation(world: dict[str, Any]) -> None:
+    """A writer could otherwise blank the writing form for everyone (PATCH the labeling config), import tasks with
+    outside image URLs, delete tasks, plant drafts, or rewrite another writer's question, which pull would then
+    record under that writer's name. Only the lead's commands change those; a writer changes their own work."""
+    ls, params_file = world["ls"], world["params_file"]
+    writing, verification = roles.server(ls, roles.WRITING), roles.server(ls, roles.VERIFICATION)
+    lead = world["lead"][roles.WRITING]
+    project = world["writing_project"]
+    assert server.main(["--params", str(params_file), "add-user", "second@example.org", "--role", "writer",
+                        "--password", "second-pass-1"]) == 0
+    second = _login(writing.url, "second@example.org", "second-pass-1")
+    before = lead.project_by_title(ls.writing_project)
+    export = lead.export(project)
+    written = next(t for t in export if t["annotations"])
+    annotation = written["annotations"][0]
+    untouched = next(t for t in export if not t["annotations"])
+    url = writing.url
+    for session in (world["writer"], second):
+        token = requests.Session()
+        token.headers["Authorization"] = f"Token {_token(session, url)}"
+        for who in (session, token):
+            attempts = {
+                "config": _send(who, "PATCH", f"{url}/api/projects/{project}/", json={"label_config": "<View></View>"}),
+                "instructions": _send(who, "PATCH", f"{url}/api/projects/{project}", json={"expert_instruction": "x"}),
+                "new project": _send(who, "POST", f"{url}/api/projects/", json={"title": "mine"}),
+                "import": _send(who, "POST", f"{url}/api/projects/{project}/import",
+                                json=[{"image_a": "https://example.org/a.jpg", "pair_id": "planted"}]),
+                "delete tasks": _send(who, "DELETE", f"{url}/api/projects/{project}/tasks/"),
+                "task data": _send(who, "PATCH", f"{url}/api/tasks/{untouched['id']}/",
+                                   json={"data": {**untouched["data"], "image_a": "https://example.org/a.jpg"}}),
+                "delete task": _send(who, "DELETE", f"{url}/api/tasks/{untouched['id']}/"),
+                "new task": _send(who, "POST", f"{url}/api/tasks/", json={"project": project, "data": {"x": 1}}),
+                "draft": _send(who, "POST", f"{url}/api/predictions/",
+                               json={"task": untouched["id"], "result": [], "model_version": "mine"}),
+                "dm action": _send(who, "POST", f"{url}/api/dm/actions?id=delete_tasks&project={project}",
+                                   json={"selectedItems": {"all": True, "excluded": []}}),
+            }
+            if session is second or who is token:  # someone else's annotation, or any by an annotator's token
+                attempts["edit answer"] = _send(who, "PATCH", f"{url}/api/annotations/{annotation['id']}/",
+                                                json={"result": []})
+                attempts["delete answer"] = _send(who, "DELETE", f"{url}/api/annotations/{annotation['id']}/")
+            assert {name: r.status_code for name, r in attempts.items()} == dict.fromkeys(attempts, 403)
+    after = lead.export(project)
+    assert after == export  # every task, its data, drafts and annotations as they were
+    assert lead.project_by_title(ls.writing_project) == before
+    # the writer still fixes their own question in the browser (what a returned task asks of them)
+    own = _send(world["writer"], "PATCH", f"{url}/api/annotations/{annotation['id']}/",
+                json={"result": annotation["result"]})
+    assert own.status_code == 200, own.text
+    # a verifier changes nothing of the verification project either
+    instructions = _send(world["verifier"], "PATCH", f"{verification.url}/api/projects/{world['verification_project']}/",
+                         json={"expert_instruction": "answer (a) for both"})
+    assert instructions.status_code == 403
+
+
 # -------------------------------------------------------------------------------------------- secrets
 
 

@@ -6,9 +6,15 @@
 * Local files: `/data/local-files/?d=...` is answered only for a regular file whose real path
   (symlinks resolved) lies directly inside the display folder's real path (CLIPBLIND_LS_DISPLAY_DIR);
   anything else is 404 before Label Studio's own checks run.
-* Storages: only the lead's API token (LABEL_STUDIO_USER_TOKEN, what `clipblind push` sends) may
-  connect, change, sync or delete one (`/api/storages/...` other than GET); an annotator could
-  otherwise import any JSON or Parquet file under the document root as tasks, or export into it.
+* The lead's things: only the lead's API token (LABEL_STUDIO_USER_TOKEN, what `clipblind push`,
+  `push-verification` and `feedback` send) may change a storage (an annotator's own could import
+  any JSON or Parquet file under the document root as tasks, or export into it), a project (its
+  labeling config, instructions, settings, imports), a task, a prediction (a draft), or run a
+  data-manager action (delete tasks, annotations, predictions). Everyone else, the admin in the
+  browser included, gets 403: these come from `push` and are put back by the next push anyway.
+* Annotations: one is changed or deleted only by the account that wrote it, in the browser (the
+  writer fixing a returned question), or by the lead's token. Another writer's edit would reach
+  `pull` under the first writer's name.
 * The labeling stream on SQLite: `/api/projects/<id>/next/` picks a task and locks it for its
   annotator in one write transaction, as Label Studio does on PostgreSQL (where it locks the row it
   picks). Without it, ten writers at once were handed the same task a third of the time
@@ -33,8 +39,13 @@ ACCOUNTS_REFUSED = ("accounts on this server are created by the lead only "
 CLOSED = ("/user/signup", "/api/invite", "/api/invite/reset-token", "/admin")
 CLOSED_POST = re.compile(r"/api/users(\.\w+)?")
 LOCAL_FILES = "data/local-files"  # Label Studio routes any path containing it (an unanchored pattern)
-STORAGES = "/api/storages"
-STORAGES_REFUSED = "storages are connected by the lead only (clipblind push)"
+# Changed (any method but a read) by the lead's token only: storages, projects (config, settings, imports,
+# their task lists), tasks themselves, predictions, data-manager actions.
+LEAD_ONLY = re.compile(r"/api/(storages|projects|predictions|dm/actions|import)(/.*)?|/api/tasks(/\d+)?")
+LEAD_REFUSED = ("storages, projects, tasks and drafts are set by the lead's commands only "
+                "(clipblind push, push-verification, feedback)")
+ANNOTATION = re.compile(r"/api/annotations/(?P<id>\d+)")
+ANNOTATION_REFUSED = "an annotation is changed only by the person who wrote it, in the browser"
 READ_ONLY = ("GET", "HEAD", "OPTIONS")
 NEXT_TASK = re.compile(r"/api/projects/\d+/next")
 
@@ -52,9 +63,9 @@ def closed(method: str, path: str) -> bool:
 
 
 def lead_only(method: str, path: str) -> bool:
-    """Whether only the lead may make this request (a change to a storage)."""
-    path = _normal(path)
-    return method not in READ_ONLY and (path == STORAGES or path.startswith(STORAGES + "/"))
+    """Whether only the lead may make this request (a change to a storage, project, task, prediction, or a
+    data-manager action). The labeling stream (`/api/projects/<id>/next/`) is a read."""
+    return method not in READ_ONLY and LEAD_ONLY.fullmatch(_normal(path)) is not None
 
 
 def servable(relative: str | None, document_root: str, display_dir: str) -> bool:
@@ -79,10 +90,8 @@ class Lockdown:
     def __call__(self, request: Any) -> Any:
         if closed(request.method, request.path_info):
             return HttpResponseForbidden(ACCOUNTS_REFUSED, content_type="text/plain")
-        if lead_only(request.method, request.path_info) and not hmac.compare_digest(
-            request.META.get("HTTP_AUTHORIZATION", "").encode(), self.lead
-        ):
-            return HttpResponseForbidden(STORAGES_REFUSED, content_type="text/plain")
+        if lead_only(request.method, request.path_info) and not is_lead(request, self.lead):
+            return HttpResponseForbidden(LEAD_REFUSED, content_type="text/plain")
         if LOCAL_FILES in request.path_info and not servable(
             request.GET.get("d"), settings.LOCAL_FILES_DOCUMENT_ROOT, self.display_dir
         ):
@@ -92,4 +101,31 @@ class Lockdown:
             # choosing the task until its lock is stored, so no two annotators are handed the same task
             with transaction.atomic():
                 return self.get_response(request)
+        return self.get_response(request)
+
+
+def is_lead(request: Any, lead: bytes) -> bool:
+    """Whether the request carries the lead's API token."""
+    return hmac.compare_digest(request.META.get("HTTP_AUTHORIZATION", "").encode(), lead)
+
+
+class AnnotationOwner:
+    """Django middleware, after authentication: an annotation is changed or deleted only by its own writer's
+    browser session, or by the lead's token. An annotator's token (or X-Api-Key) may not change one at all."""
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+        self.lead = f"Token {os.environ['LABEL_STUDIO_USER_TOKEN']}".encode()
+
+    def __call__(self, request: Any) -> Any:
+        found = ANNOTATION.fullmatch(_normal(request.path_info))
+        if found is None or request.method in READ_ONLY or is_lead(request, self.lead):
+            return self.get_response(request)
+        from tasks.models import Annotation  # Label Studio's own model, importable once Django is set up
+
+        user = getattr(request, "user", None)
+        by_token = bool(request.META.get("HTTP_AUTHORIZATION") or request.META.get("HTTP_X_API_KEY"))
+        owner = Annotation.objects.filter(id=int(found["id"])).values_list("completed_by_id", flat=True).first()
+        if by_token or user is None or not user.is_authenticated or (owner is not None and owner != user.id):
+            return HttpResponseForbidden(ANNOTATION_REFUSED, content_type="text/plain")
         return self.get_response(request)

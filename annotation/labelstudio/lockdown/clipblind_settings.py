@@ -25,7 +25,8 @@ try:
 finally:
     os.environ["DJANGO_SETTINGS_MODULE"] = __name__
 
-MIDDLEWARE = ["clipblind_lockdown.Lockdown", *LABEL_STUDIO_MIDDLEWARE]
+# Lockdown first (what nobody may do); AnnotationOwner last, once the session has named the user.
+MIDDLEWARE = ["clipblind_lockdown.Lockdown", *LABEL_STUDIO_MIDDLEWARE, "clipblind_lockdown.AnnotationOwner"]
 SESSION_COOKIE_NAME = f"clipblind_{os.environ['CLIPBLIND_LS_ROLE']}_session"
 # Files Django stores (export snapshots, uploads) are chmod-ed to these, whatever the umask: the
 # owner's alone, as everything in the data folder.
