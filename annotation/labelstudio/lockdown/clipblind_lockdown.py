@@ -15,7 +15,7 @@
 * Annotations: one is changed or deleted only by the account that wrote it, in the browser (the
   writer fixing a returned question), or by the lead's token. Another writer's edit would reach
   `pull` under the first writer's name.
-* The labeling stream on SQLite: `/api/projects/<id>/next/` picks a task and locks it for its
+* The labeling stream on SQLite: `/api/projects/<id>/next/` and the data manager's `next_task` action pick a task and lock it for its
   annotator in one write transaction, as Label Studio does on PostgreSQL (where it locks the row it
   picks). Without it, ten writers at once were handed the same task a third of the time
   (tests/annotation/test_load.py), and the second writer's work was wasted.
@@ -48,6 +48,8 @@ ANNOTATION = re.compile(r"/api/annotations/(?P<id>\d+)")
 ANNOTATION_REFUSED = "an annotation is changed only by the person who wrote it, in the browser"
 READ_ONLY = ("GET", "HEAD", "OPTIONS")
 NEXT_TASK = re.compile(r"/api/projects/\d+/next")
+DM_ACTIONS = "/api/dm/actions"
+NEXT_TASK_ACTION = "next_task"
 
 
 def _normal(path: str) -> str:
@@ -62,10 +64,19 @@ def closed(method: str, path: str) -> bool:
     return method == "POST" and CLOSED_POST.fullmatch(path) is not None
 
 
-def lead_only(method: str, path: str) -> bool:
+def next_task(method: str, path: str, action: str | None) -> bool:
+    """Whether the request asks the labeling stream for the next task: `GET /api/projects/<id>/next/`, or the
+    data manager's `POST /api/dm/actions?id=next_task` (what "Label All Tasks" sends)."""
+    path = _normal(path)
+    return NEXT_TASK.fullmatch(path) is not None or (path == DM_ACTIONS and action == NEXT_TASK_ACTION)
+
+
+def lead_only(method: str, path: str, action: str | None = None) -> bool:
     """Whether only the lead may make this request (a change to a storage, project, task, prediction, or a
-    data-manager action). The labeling stream (`/api/projects/<id>/next/`) is a read."""
-    return method not in READ_ONLY and LEAD_ONLY.fullmatch(_normal(path)) is not None
+    data-manager action other than asking for the next task, which every annotator's stream does)."""
+    if method in READ_ONLY or next_task(method, path, action):
+        return False
+    return LEAD_ONLY.fullmatch(_normal(path)) is not None
 
 
 def servable(relative: str | None, document_root: str, display_dir: str) -> bool:
@@ -90,13 +101,14 @@ class Lockdown:
     def __call__(self, request: Any) -> Any:
         if closed(request.method, request.path_info):
             return HttpResponseForbidden(ACCOUNTS_REFUSED, content_type="text/plain")
-        if lead_only(request.method, request.path_info) and not is_lead(request, self.lead):
+        action = request.GET.get("id")
+        if lead_only(request.method, request.path_info, action) and not is_lead(request, self.lead):
             return HttpResponseForbidden(LEAD_REFUSED, content_type="text/plain")
         if LOCAL_FILES in request.path_info and not servable(
             request.GET.get("d"), settings.LOCAL_FILES_DOCUMENT_ROOT, self.display_dir
         ):
             return HttpResponseNotFound()
-        if connection.vendor == "sqlite" and NEXT_TASK.fullmatch(_normal(request.path_info)):
+        if connection.vendor == "sqlite" and next_task(request.method, request.path_info, action):
             # clipblind_settings begins SQLite transactions IMMEDIATE: this one holds the write lock from
             # choosing the task until its lock is stored, so no two annotators are handed the same task
             with transaction.atomic():
