@@ -23,11 +23,11 @@ from annotation import pull, push, snapshot
 from annotation.labelstudio import roles, server
 from annotation.labelstudio.client import Client
 from pipeline.core import patterns
-from tests.conftest import REPO
 from tests.helpers.annotation_world import (
     ARTIFACTS,
     choose,
     chromium,
+    labelstudio_section,
     login,
     new_page,
     open_task,
@@ -36,7 +36,6 @@ from tests.helpers.annotation_world import (
     type_text,
     wait_for_images,
 )
-from tests.helpers.params import merged, section
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -45,22 +44,13 @@ WRITER = ("writer@example.org", "writer-pass-1")
 QUANTITY, SPATIAL = patterns.by_key("quantity").paper, patterns.by_key("spatial").paper
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, sample_corpus: Path) -> Iterator[dict[str, Any]]:
     """Pipeline outputs + a running Label Studio; stopped by PID at the end."""
     root = tmp_path_factory.mktemp("annotation")
     params_file, tasks = run_pipeline(sample_corpus, root)
-    venv = os.environ.get(server.VENV_ENV) or str(REPO / ".venv-labelstudio")
     params = yaml.safe_load(params_file.read_text())
-    params["labelstudio"] = merged(section("labelstudio"), {
-        "port": _free_port(), "verification_port": _free_port(), "data_dir": str(root / "labelstudio"),
-        "venv": venv, "database": "sqlite", "start_timeout_s": 400})
+    params["labelstudio"] = labelstudio_section(root)
     params_file.write_text(yaml.safe_dump(params))
     ls = server.load_params(params_file)
     display = root / "data" / "display"

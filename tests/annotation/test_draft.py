@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,11 +22,11 @@ from annotation.tables import IDENTICAL_OPTIONS, SAME_ANSWER, UNKNOWN_PATTERN
 from pipeline.core import patterns
 from pipeline.images.display import display_name
 from pipeline.params import ValidateParams
-from tests.conftest import REPO
 from tests.helpers.annotation_world import (
     ARTIFACTS,
     choose,
     chromium,
+    labelstudio_section,
     login,
     new_page,
     open_task,
@@ -35,7 +34,7 @@ from tests.helpers.annotation_world import (
     submit,
     wait_for_images,
 )
-from tests.helpers.journey_world import ScriptedVlm, free_port
+from tests.helpers.journey_world import ScriptedVlm
 from tests.helpers.params import merged, section
 
 RULES = ValidateParams(options_ignore_case=True)
@@ -209,11 +208,8 @@ WRITER = ("drafts-writer@example.org", "drafts-writer-pass-1")
 @contextmanager
 def servers(root: Path, params_file: Path) -> Iterator[Any]:
     """Both Label Studio servers for the params in `params_file` (its labelstudio section set here), stopped by PID."""
-    venv = os.environ.get(server.VENV_ENV) or str(REPO / ".venv-labelstudio")
     params = yaml.safe_load(params_file.read_text())
-    params["labelstudio"] = merged(section("labelstudio"), {
-        "port": free_port(), "verification_port": free_port(), "data_dir": str(root / "labelstudio"),
-        "venv": venv, "database": "sqlite", "start_timeout_s": 400})
+    params["labelstudio"] = labelstudio_section(root)
     params_file.write_text(yaml.safe_dump(params))
     ls = server.load_params(params_file)
     started = server.start(ls, root / "data" / "display")

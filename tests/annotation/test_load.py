@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import os
-import socket
 import threading
 import time
 from collections import Counter
@@ -50,8 +49,7 @@ from pipeline.images.display import display_name
 from pipeline.params import ExportParams
 from tests.conftest import REPO, tiny_params
 from tests.helpers import postgres
-from tests.helpers.annotation_world import URL_PREFIX
-from tests.helpers.params import merged, section
+from tests.helpers.annotation_world import URL_PREFIX, labelstudio_section
 
 pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.load]
 
@@ -62,12 +60,6 @@ DEADLINE_S = 90.0  # for every submission of every annotator
 ARTIFACTS = REPO / "artifacts" / "load"
 DATABASE = "clipblind_load"  # PostgreSQL: the writing server's database (the verification server's takes a suffix)
 QUANTITY = patterns.by_key("quantity").paper
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -186,11 +178,8 @@ def writing_server(request: pytest.FixtureRequest, tmp_path: Path, load_tasks: t
     display, tasks = load_tasks
     with _database(database, request, monkeypatch):
         params_file = tmp_path / "params.yaml"
-        venv = os.environ.get(server.VENV_ENV) or str(REPO / ".venv-labelstudio")
         params = tiny_params()
-        params["labelstudio"] = merged(section("labelstudio"), {
-            "port": _free_port(), "verification_port": _free_port(), "data_dir": str(tmp_path / "labelstudio"),
-            "venv": venv, "database": database, "start_timeout_s": 300})
+        params["labelstudio"] = labelstudio_section(tmp_path, database)
         params_file.write_text(yaml.safe_dump(params))
         ls = server.load_params(params_file)
         started = server.start(ls, display)

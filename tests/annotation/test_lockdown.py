@@ -38,8 +38,7 @@ from annotation.labelstudio import roles, server
 from annotation.labelstudio.client import Client
 from pipeline.core import atomic, patterns
 from tests.conftest import REPO
-from tests.helpers.annotation_world import ARTIFACTS, run_pipeline
-from tests.helpers.params import merged, section
+from tests.helpers.annotation_world import ARTIFACTS, labelstudio_section, run_pipeline
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -57,12 +56,6 @@ EXPORT_FORMATS = ("JSON", "JSON_MIN", "CSV", "TSV", "CONLL2003", "COCO", "VOC", 
                   "YOLO_WITH_IMAGES", "COCO_WITH_IMAGES", "BRUSH_TO_NUMPY", "BRUSH_TO_PNG", "ASR_MANIFEST",
                   "CSV_OBSOLETE", "README")
 IDS = range(1, 9)  # ids tried for tasks, annotations and projects beyond the ones found
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _login(url: str, email: str, password: str) -> requests.Session:
@@ -110,11 +103,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, sample_corpus: Path) -> Iter
     """Both servers, the writer's answers on the writing server, the questions on the verification server."""
     root = tmp_path_factory.mktemp("lockdown")
     params_file, tasks = run_pipeline(sample_corpus, root)
-    venv = os.environ.get(server.VENV_ENV) or str(REPO / ".venv-labelstudio")
     params = yaml.safe_load(params_file.read_text())
-    params["labelstudio"] = merged(section("labelstudio"), {
-        "port": _free_port(), "verification_port": _free_port(), "data_dir": str(root / "labelstudio"),
-        "venv": venv, "database": "sqlite", "start_timeout_s": 400})
+    params["labelstudio"] = labelstudio_section(root)
     params.update(validate={"options_ignore_case": True}, accept={"verifiers": 1})
     params_file.write_text(yaml.safe_dump(params))
     ls = server.load_params(params_file)

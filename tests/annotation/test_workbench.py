@@ -10,8 +10,6 @@ artifacts/annotation/workbench/<project>_<width>x<height>_<pair>.png and .json.
 from __future__ import annotations
 
 import json
-import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,6 @@ from annotation.feedback import RETURNED_TAB
 from annotation.labelstudio import roles, server
 from annotation.labelstudio.client import Client
 from annotation.snapshot import FEEDBACK_FIELD
-from tests.conftest import REPO
 from tests.helpers.annotation_world import (
     ARTIFACTS,
     URL_PREFIX,
@@ -33,11 +30,11 @@ from tests.helpers.annotation_world import (
     chromium,
     crops,
     image_boxes,
+    labelstudio_section,
     login,
     open_task,
     wait_for_images,
 )
-from tests.helpers.params import merged, section
 
 pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.browser]
 
@@ -52,12 +49,6 @@ FEEDBACK = ("Same answer for both images: the correct option must differ between
             "Rewrite the question or the options so that one image answers (a) and the other (b). ") * 3
 # The first control an annotator fills in each project.
 FIRST_FIELD = {roles.WRITING: "textarea[name=question]", roles.VERIFICATION: "#field-verify-a input"}
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _image(path: Path, size: tuple[int, int]) -> None:
@@ -86,11 +77,8 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         verification.append({"data": {"question_id": f"{pair}-q", "pair_id": pair, **images,
                                       "question": "Is the door open or closed?", "option_a": "Open",
                                       "option_b": "Closed"}})
-    venv = os.environ.get(server.VENV_ENV) or str(REPO / ".venv-labelstudio")
     params_file = root / "params.yaml"
-    params_file.write_text(yaml.safe_dump({"labelstudio": merged(section("labelstudio"), {
-        "port": _free_port(), "verification_port": _free_port(), "data_dir": str(root / "labelstudio"),
-        "venv": venv, "database": "sqlite", "start_timeout_s": 400})}))
+    params_file.write_text(yaml.safe_dump({"labelstudio": labelstudio_section(root)}))
     ls = server.load_params(params_file)
     started = server.start(ls, display)
     assert all(new for _, new in started.values())

@@ -4,6 +4,8 @@ browser helpers every Label Studio test drives Chromium with."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,8 +13,10 @@ from typing import Any
 
 import yaml
 
+from annotation.labelstudio import server
 from pipeline import embed, export, ingest, mine, search
-from tests.conftest import tiny_params
+from tests.conftest import REPO, tiny_params
+from tests.helpers.params import merged, section
 
 URL_PREFIX = "/data/local-files/?d=display/"
 
@@ -41,6 +45,20 @@ def run_pipeline(corpus: Path, root: Path) -> tuple[Path, list[dict[str, Any]]]:
                                  "--source", str(corpus), "--display", str(data / "display"),
                                  "--tasks", str(data / "tasks.json"), "--metrics", str(m / "export.json")]) == 0
     return params_file, json.loads((data / "tasks.json").read_text())
+
+
+def labelstudio_section(root: Path, database: str = "sqlite") -> dict[str, Any]:
+    """params.yaml's `labelstudio` section for a test's own pair of servers: free ports on 127.0.0.1, their state
+    under `root`/labelstudio, the Label Studio virtualenv this checkout built (or CLIPBLIND_LABELSTUDIO_VENV)."""
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(int(probe.getsockname()[1]))
+    venv = os.environ.get(server.VENV_ENV) or str(REPO / ".venv-labelstudio")
+    return merged(section("labelstudio"), {"port": ports[0], "verification_port": ports[1],
+                                           "data_dir": str(root / "labelstudio"), "venv": venv, "database": database,
+                                           "start_timeout_s": 400})
 
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
