@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from annotation import validate
-from annotation.tables import INVALID_REASONS, PAIR_REJECTED, STALE_PAIR
+from annotation.tables import INVALID_REASONS, NOT_RETURNED
 from pipeline.core import patterns
 from pipeline.core.atomic import write_bytes
 from pipeline.core.config import command_params
@@ -55,7 +55,7 @@ FIELDS: tuple[str, ...] = ("pattern", "question", "option_a", "option_b", "answe
 MISSING_IMAGE = "missing_image"
 NOT_JSON = "not_json"
 REJECT_REASONS: tuple[str, ...] = (MISSING_IMAGE, NOT_JSON,
-                                   *(r for r in INVALID_REASONS if r not in (PAIR_REJECTED, STALE_PAIR)))
+                                   *(r for r in INVALID_REASONS if r not in NOT_RETURNED))
 
 PROMPT = (
     "The picture shows two photos side by side: image A on the left, image B on the right.\n"

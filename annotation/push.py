@@ -21,6 +21,7 @@ drafts_invalid (drafts validate's check refuses, e.g. in a file edited by hand: 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 from collections import Counter
@@ -186,6 +187,7 @@ def confirm_untouched(export: list[dict[str, Any]], todo: PushPlan) -> PushPlan:
                    stale_mark=sorted(todo.stale_mark + keep))
 
 
+@functools.cache
 def writing_controls() -> dict[str, tuple[str, str]]:
     """Each choice and text control of the writing config: name → (result type, the object it labels)."""
     import xml.etree.ElementTree as ElementTree
@@ -309,7 +311,8 @@ def apply(client: Client, project_id: int, todo: PushPlan, drafts: dict[str, dic
         left += len(problems_of)
     late = {task_id: drafts[key] for task_id, key in todo.undrafted.items() if key in drafts}
     if late:
-        problems_of_late = add_predictions(client, {t: prediction(d, model_version) for t, d in late.items()})
+        problems_of_late = client.add_predictions(project_id, {t: prediction(d, model_version)
+                                                                 for t, d in late.items()})
         for task_id, problems in problems_of_late.items():
             print(f"[{STAGE}] draft for pair {todo.undrafted[task_id]!r} left out: {'; '.join(problems)}")
         drafted += len(late) - len(problems_of_late)
@@ -321,22 +324,6 @@ def apply(client: Client, project_id: int, todo: PushPlan, drafts: dict[str, dic
     for task_id in todo.stale_delete:
         client.delete_task(task_id)
     return drafted, left
-
-
-def add_predictions(client: Client, predictions: dict[int, dict[str, Any]]) -> dict[int, list[str]]:
-    """Add a prediction to each of these writing tasks (task id → prediction); return the problems of each
-    prediction the writing config does not fit, which is left out."""
-    from label_studio_sdk.label_interface import LabelInterface
-
-    interface = LabelInterface(writing_config())
-    left_out: dict[int, list[str]] = {}
-    for task_id, pred in predictions.items():
-        problems = interface.validate_prediction(pred, return_errors=True)
-        if problems:
-            left_out[task_id] = list(problems)
-            continue
-        client.request("POST", "/api/predictions/", json={"task": task_id, **pred})
-    return left_out
 
 
 def sync(

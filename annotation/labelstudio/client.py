@@ -120,8 +120,7 @@ class Client:
             return {}
         left_out: dict[int, list[str]] = {}
         if any(task.get("predictions") for task in tasks):
-            with self._failing_as("GET", f"/api/projects/{project_id}/"):
-                interface = self.sdk.projects.get(project_id).get_label_interface()
+            interface = self._label_interface(project_id)
             checked = []
             for index, task in enumerate(tasks):
                 problems = [p for pred in task.get("predictions", [])
@@ -136,6 +135,28 @@ class Client:
             # required task id cannot exist before the import creates the task
             self.sdk.projects.import_tasks(project_id, request=tasks)  # type: ignore[arg-type]
         return left_out
+
+    def add_predictions(self, project_id: int, predictions: dict[int, dict[str, Any]]) -> dict[int, list[str]]:
+        """Add a prediction to each of these tasks of a project (task id → {"model_version", "result"}).
+
+        As in import_tasks, a prediction that does not fit the project's labeling config is left out; returns
+        {task id: the problems} for those."""
+        if not predictions:
+            return {}
+        interface = self._label_interface(project_id)
+        left_out: dict[int, list[str]] = {}
+        for task_id, pred in predictions.items():
+            problems = interface.validate_prediction(pred, return_errors=True)
+            if problems:
+                left_out[task_id] = list(problems)
+                continue
+            self.request("POST", "/api/predictions/", json={"task": task_id, **pred})
+        return left_out
+
+    def _label_interface(self, project_id: int) -> LabelInterface:
+        """The project's labeling config as the SDK parses it (to check predictions against)."""
+        with self._failing_as("GET", f"/api/projects/{project_id}/"):
+            return self.sdk.projects.get(project_id).get_label_interface()
 
     def set_task_meta(self, task_id: int, meta: dict[str, Any]) -> None:
         """Replace a task's meta field."""
