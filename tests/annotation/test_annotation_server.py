@@ -31,6 +31,7 @@ from tests.helpers.annotation_world import (
     login,
     new_page,
     open_task,
+    pull_and_validate,
     run_pipeline,
     submit,
     type_text,
@@ -248,7 +249,7 @@ def _write_as_admin(client: Client, task_id: int, question: str, answers: tuple[
 
 @pytest.mark.browser
 def test_writer_verifier_round_trip_with_adjudication(world: dict[str, Any]) -> None:
-    from annotation import accept, adjudication, validate
+    from annotation import accept, adjudication
     from annotation import push_verification as verify
 
     client, ls, tasks, root, display = world["client"], world["ls"], world["tasks"], world["root"], world["display"]
@@ -265,11 +266,7 @@ def test_writer_verifier_round_trip_with_adjudication(world: dict[str, Any]) -> 
     url = world["verification"].url
 
     def import_and_push_verification() -> dict[str, Any]:
-        assert pull.main(["writing", "--params", str(params_file), "--out", str(labels / "writing.json"),
-                          "--metrics", str(metrics / "pull_writing.json")]) == 0
-        assert validate.main(["--params", str(params_file), "--snapshot", str(labels / "writing.json"),
-                              "--pairs", str(data / "pairs.parquet"), "--annotations", str(data / "annotations.parquet"),
-                              "--metrics", str(metrics / "validate.json")]) == 0
+        pull_and_validate(root, params_file)
         assert verify.main(["--params", str(params_file), "--annotations", str(data / "annotations.parquet"),
                             "--display", str(display), "--metrics", str(metrics / "verify.json")]) == 0
         project = lead_verification.project_by_title(ls.verification_project)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from annotation import feedback, pull, push, push_verification, validate
+from annotation import feedback, push, push_verification, validate
 from annotation.labelstudio import roles, server
 from annotation.labelstudio.client import Client
 from annotation.labelstudio.roles import VERIFICATION, WRITING
@@ -27,6 +27,7 @@ from tests.helpers.annotation_world import (
     login,
     new_page,
     open_task,
+    pull_and_validate,
     run_pipeline,
     submit,
     wait_for_images,
@@ -77,12 +78,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, sample_corpus: Path) -> Iter
 def _pull_validate_feedback(world: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """pull → validate → feedback, as the lead runs them; return (validate's rows by pair, feedback's metrics)."""
     root, params_file = world["root"], world["params_file"]
-    labels, data, metrics = root / "labels", root / "data", root / "metrics"
-    assert pull.main(["writing", "--params", str(params_file), "--out", str(labels / "writing.json"),
-                      "--metrics", str(metrics / "pull_writing.json")]) == 0
-    assert validate.main(["--params", str(params_file), "--snapshot", str(labels / "writing.json"),
-                          "--pairs", str(data / "pairs.parquet"), "--annotations", str(data / "annotations.parquet"),
-                          "--metrics", str(metrics / "validate.json")]) == 0
+    data, metrics = root / "data", root / "metrics"
+    pull_and_validate(root, params_file)
     assert feedback.main(["--params", str(params_file), "--annotations", str(data / "annotations.parquet"),
                           "--metrics", str(metrics / "feedback.json")]) == 0
     rows = schemas.read_table(data / "annotations.parquet", "annotations").to_pylist()

@@ -32,13 +32,13 @@ import pytest
 import requests
 import yaml
 
-from annotation import pull, push, validate
+from annotation import push
 from annotation import push_verification as verify
 from annotation.labelstudio import roles, server
 from annotation.labelstudio.client import Client
 from pipeline.core import atomic, patterns
 from tests.conftest import REPO
-from tests.helpers.annotation_world import ARTIFACTS, labelstudio_section, run_pipeline
+from tests.helpers.annotation_world import ARTIFACTS, labelstudio_section, pull_and_validate, run_pipeline
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -132,12 +132,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, sample_corpus: Path) -> Iter
                 "statement_a": PLANTED["statement_a"], "statement_b": PLANTED["statement_b"]})
         _annotate(writer, writing.url, remote[pairs[2]], {"reject": ["Reject pair"], "reject_reason": PLANTED["reject_reason"]})
 
-        labels, data, metrics = root / "labels", root / "data", root / "metrics"
-        assert pull.main(["writing", "--params", str(params_file), "--out", str(labels / "writing.json"),
-                          "--metrics", str(metrics / "pull_writing.json")]) == 0
-        assert validate.main(["--params", str(params_file), "--snapshot", str(labels / "writing.json"),
-                              "--pairs", str(data / "pairs.parquet"), "--annotations", str(data / "annotations.parquet"),
-                              "--metrics", str(metrics / "validate.json")]) == 0
+        data, metrics = root / "data", root / "metrics"
+        pull_and_validate(root, params_file)
         assert verify.main(["--params", str(params_file), "--annotations", str(data / "annotations.parquet"),
                             "--display", str(display), "--metrics", str(metrics / "verify.json")]) == 0
         verification_project = lead[roles.VERIFICATION].project_by_title(ls.verification_project)

@@ -61,6 +61,21 @@ def labelstudio_section(root: Path, database: str = "sqlite") -> dict[str, Any]:
                                            "start_timeout_s": 400})
 
 
+def pull_and_validate(root: Path, params_file: Path) -> Path:
+    """`clipblind pull` (writing) then the validate stage, as the lead runs them, on the world under `root`;
+    return the annotations table's path."""
+    from annotation import pull, validate
+
+    labels, data, metrics = root / "labels", root / "data", root / "metrics"
+    assert pull.main(["writing", "--params", str(params_file), "--out", str(labels / "writing.json"),
+                      "--metrics", str(metrics / "pull_writing.json")]) == 0
+    annotations = data / "annotations.parquet"
+    assert validate.main(["--params", str(params_file), "--snapshot", str(labels / "writing.json"),
+                          "--pairs", str(data / "pairs.parquet"), "--annotations", str(annotations),
+                          "--metrics", str(metrics / "validate.json")]) == 0
+    return annotations
+
+
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "annotation"
