@@ -20,7 +20,6 @@ import argparse
 import hashlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,27 +36,13 @@ from pipeline.release import folder as release
 from pipeline.release import mmvp
 from pipeline.vlm import scoring
 from pipeline.vlm.backends import Backend, CachedBackend, build_prompt, load_backend
+from pipeline.vlm.pairs import EvalPair
 
 STAGE = "evaluate"
 CACHE_DIR = ".cache/evaluate"  # VLM reply caches; dvc.yaml and README name the same folder
 UNLABELLED = "unlabelled"  # MMVP's Questions.csv carries no pattern per question
-CLIP_TEXT = "a photo of {statement}"  # MMVP-VLM's text prompt
 DEFAULT_OUT = "evaluate"  # outputs not named on the command line go to DEFAULT_OUT/<folder name>/
 DEFAULT_FILES = ("results.json", "table.md", "chart.svg")  # results, table, chart: their names there
-
-
-@dataclass(frozen=True)
-class EvalPair:
-    """One pair as every format yields it: explicit ground truth, images as bytes (None if absent)."""
-
-    pair_id: str
-    pattern: str
-    question: str | None
-    options: tuple[str, str] | None
-    answers: tuple[str, str] | None
-    images: tuple[bytes | None, bytes | None]
-    statements: tuple[str | None, str | None] = (None, None)
-    image_ids: tuple[str, str] = ("", "")
 
 
 def detect_format(folder: Path) -> str:
@@ -196,7 +181,7 @@ def evaluate_clip(pairs: Sequence[EvalPair], scorer: ClipScorer) -> dict[str, An
             missing_images += 1
             continue
         image_vectors = scorer.images(pair.images)  # type: ignore[arg-type]
-        text_vectors = scorer.texts([CLIP_TEXT.format(statement=s) for s in pair.statements])
+        text_vectors = scorer.texts([scoring.CLIP_TEXT.format(statement=s) for s in pair.statements])
         sim = image_vectors @ text_vectors.T
         scored.append(scoring.PairSimilarity(pair.pair_id, pair.pattern, ((float(sim[0, 0]), float(sim[0, 1])),
                                                                           (float(sim[1, 0]), float(sim[1, 1])))))

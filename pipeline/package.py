@@ -22,151 +22,27 @@ pending_changes, random_init_encoders; packaged + rejected == inputs (pairs).
 from __future__ import annotations
 
 import argparse
-import enum
 import json
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from pipeline.core import patterns, schemas
+from pipeline.core import schemas
 from pipeline.core.config import command_params
-from pipeline.core.report import progress, summary, warn, write_headline, write_metrics
+from pipeline.core.report import summary, warn, write_headline, write_metrics
 from pipeline.images.corpus import Corpus
-from pipeline.images.decode import DecodeError
 from pipeline.params import ExportParams, IngestParams, PackageParams
 from pipeline.release import card, citation
 from pipeline.release import folder as release
 from pipeline.release.encoding import encoding_record
+from pipeline.release.items import PackageReject, build_items
 from pipeline.release.versions import VersionPlan, plan_version
 from pipeline.vlm.gate_rules import GateDecision, image_encoder
 
 STAGE = "package"
-
-
-class PackageReject(str, enum.Enum):
-    """Why an accepted pair was not packaged. Closed set."""
-
-    UNKNOWN_PATTERN = "unknown_pattern"
-    BAD_ANSWERS = "bad_answers"  # not "(a)"/"(b)", or the same for both images
-    EMPTY_TEXT = "empty_text"  # question or an option is blank
-    DUPLICATE_PAIR = "duplicate_pair"
-    MISSING_IMAGE = "missing_image"  # image id not in the images table
-    UNREADABLE_IMAGE = "unreadable_image"  # corpus bytes could not be read or decoded
-    EXCLUDED = "excluded"  # taken down (params package.exclude)
-    GATE_DROPPED = "gate_dropped"  # flagged by the blind gate and the gate drops flagged items
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """An accepted pair left out of the release, with the reason and what to fix."""
-
-    pair_id: str
-    reason: PackageReject
-    detail: str
-
-
-def build_items(
-    accepted: pa.Table,
-    images: pa.Table,
-    read_bytes: Callable[[str], bytes],
-    encode: Callable[[bytes], bytes],
-    params: PackageParams,
-    gate: GateDecision | None = None,
-) -> tuple[list[dict[str, Any]], list[Rejected]]:
-    """Release items (two per accepted pair) and the pairs left out, each with its reason."""
-    image_rows = {r["image_id"]: r for r in images.to_pylist()}
-    excluded = set(params.exclude)
-    allowed = {lic.lower() for lic in params.redistributable_licenses}
-    items: list[dict[str, Any]] = []
-    rejected: list[Rejected] = []
-    seen: set[str] = set()
-    rows = sorted(accepted.to_pylist(), key=lambda r: r["pair_id"])
-    for row in progress(rows, desc="package", unit="pair"):
-        pair_id = row["pair_id"]
-        problem = _check_row(row, seen, excluded, image_rows, gate)
-        seen.add(pair_id)
-        if problem is not None:
-            rejected.append(Rejected(pair_id, *problem))
-            continue
-        pattern = patterns.lookup(row["pattern"])
-        has_statements = bool((row["statement_a"] or "").strip() and (row["statement_b"] or "").strip())
-        pair_items = []
-        try:
-            for member in release.MEMBERS:
-                image_id = row[f"image_{member}"]
-                meta = image_rows[image_id]
-                redistributed = (meta["source_license"] or "").lower() in allowed
-                image = encode(read_bytes(meta["source_path"])) if redistributed else None
-                item_id = f"{pair_id}-{member}"
-                pair_items.append(
-                    {
-                        "item_id": item_id,
-                        "pair_id": pair_id,
-                        "member": member,
-                        "image": image,
-                        "image_sha256": release.sha256_hex(image) if image is not None else None,
-                        "source_sha256": image_id,
-                        "question": row["question"].strip(),
-                        "options": [row["option_a"].strip(), row["option_b"].strip()],
-                        "answer": row[f"answer_{member}"],
-                        "pattern": pattern.paper,
-                        "pattern_key": pattern.key,
-                        "tags": _tag_names(row["tags"], pattern),
-                        "statement": row[f"statement_{member}"].strip() if has_statements else None,
-                        "source": meta["source"],
-                        "source_path": meta["source_path"],
-                        "source_license": meta["source_license"],
-                        "redistributed": redistributed,
-                        "clip_sim": float(row["clip_sim"]),
-                        "dino_sim": float(row["dino_sim"]),
-                        "verification": row["verification"],
-                        "verifier_answers": list(row[f"verifier_answers_{member}"]),
-                        "gate_flags": sorted(gate.flags.get(item_id, ())) if gate else [],
-                    }
-                )
-        except (DecodeError, OSError) as err:
-            rejected.append(Rejected(pair_id, PackageReject.UNREADABLE_IMAGE, f"{err}; check the corpus and rerun ingest"))
-            continue
-        except patterns.PatternError as err:
-            rejected.append(Rejected(pair_id, PackageReject.UNKNOWN_PATTERN, f"tags: {err}"))
-            continue
-        items.extend(pair_items)
-    return items, rejected
-
-
-def _tag_names(tags: Sequence[str], primary: patterns.Pattern) -> list[str]:
-    """Secondary patterns (any spelling) by their paper names, in MMVP's order, without the primary one."""
-    found = {patterns.lookup(t) for t in tags if t.strip()} - {primary}
-    return [p.paper for p in patterns.PATTERNS if p in found]
-
-
-def _check_row(
-    row: Mapping[str, Any], seen: set[str], excluded: set[str], image_rows: Mapping[str, Any], gate: GateDecision | None
-) -> tuple[PackageReject, str] | None:
-    pair_id = row["pair_id"]
-    if pair_id in seen:
-        return PackageReject.DUPLICATE_PAIR, "the accepted table holds this pair twice; keep one row"
-    if pair_id in excluded or row["image_a"] in excluded or row["image_b"] in excluded:
-        return PackageReject.EXCLUDED, "listed in package.exclude"
-    if gate is not None and pair_id in gate.drop_pairs:
-        return PackageReject.GATE_DROPPED, "flagged by the blind gate (gate.flagged: drop)"
-    try:
-        patterns.lookup(row["pattern"])
-    except patterns.PatternError as err:
-        return PackageReject.UNKNOWN_PATTERN, str(err)
-    answers = (row["answer_a"], row["answer_b"])
-    if not all(a in patterns.ANSWERS for a in answers) or answers[0] == answers[1]:
-        return PackageReject.BAD_ANSWERS, f"answers {answers}: each must be one of {list(patterns.ANSWERS)} and they must differ"
-    if not all((row[k] or "").strip() for k in ("question", "option_a", "option_b")):
-        return PackageReject.EMPTY_TEXT, "question and both options must be non-empty"
-    for member in release.MEMBERS:
-        if row[f"image_{member}"] not in image_rows:
-            return PackageReject.MISSING_IMAGE, f"image_{member} {row[f'image_{member}']} is not in the images table"
-    return None
 
 
 def provenance(pairs_meta: Mapping[str, Any], mine_metrics: Mapping[str, Any], ingest_metrics: Mapping[str, Any],

@@ -304,6 +304,8 @@ class PackageParams:
     # mmvp_vlm/: 0 writes every pair with statements (pattern by pattern, MMVP's order); 15 writes exactly
     # 15 per pattern (the first by pair_id), what MMVP's evaluate_vlm.py assumes (mmvp.VLM_PAIRS_PER_CATEGORY)
     mmvp_vlm_pairs_per_pattern: Literal[0, 15]
+    # option order per pair, seeded: the first image's answer is (a) in half of the pairs (recorded per item)
+    option_order_seed: Seed
 
 
 @dataclass(frozen=True)
@@ -312,6 +314,49 @@ class EvaluateParams:
 
     clip: tuple[EncoderParams, ...]
     vlm: tuple[VlmParams, ...]
+
+
+GRID = Range(2, 64, meaning="tiles per side of the shuffled image")
+FRACTION = Range(0.0, 1.0, meaning="a share")
+
+
+@dataclass(frozen=True)
+class ShuffleParams:
+    """Patch- and token-shuffle trials (section `diagnose.shuffle`)."""
+
+    grids: tuple[Annotated[int, GRID], ...]  # g: each image cut into g x g tiles, the tiles permuted
+    permutations: AtLeastOne  # K seeded permutations per grid (and per token shuffle)
+    seed: Seed
+    token_level: bool  # also permute the visual tokens after the projector (local transformers VLMs)
+    global_cue_min_grid: Annotated[int, GRID]  # a pair right at every grid >= this (see min_rate) is tagged global_cue
+    global_cue_min_rate: Annotated[float, FRACTION]  # share of the K seeds at which the pair stays right
+
+
+@dataclass(frozen=True)
+class EncoderDiagnosticsParams:
+    """Can an encoder tell a pair's images apart (section `diagnose.encoders`)."""
+
+    probe: Literal["linear", "knn"]  # leave-one-pair-out readout of each image's answer, within a pattern
+    probe_min_train_pairs: AtLeastOne  # fewer training pairs in the pattern: the patch rule decides
+    separable_min: Annotated[float, Range(0.0, 2.0, meaning="mean 1 - cosine of aligned patch tokens")]
+
+
+@dataclass(frozen=True)
+class TextBiasParams:
+    """Text-only bias score per question (section `diagnose.text_bias`)."""
+
+    folds: Annotated[int, Range(2, meaning="folds (grouped by pair)")]
+    seed: Seed
+    threshold: Annotated[float, Range(0.5, 1.0, meaning="P(right answer) from text alone above which a question is listed")]
+
+
+@dataclass(frozen=True)
+class DiagnoseParams:
+    """Why models fail, per question (section `diagnose`); the models are `evaluate.vlm`, the encoders embed's."""
+
+    shuffle: ShuffleParams
+    encoders: EncoderDiagnosticsParams
+    text_bias: TextBiasParams
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from tests.test_dvc_deps import imported_modules, module_file, stage_modules
 
 PACKAGES = ("pipeline", "annotation")
 # The library: folders that stages and commands build on. Each may import only the library.
-LIBRARY = ("pipeline.core", "pipeline.images", "pipeline.embedding", "pipeline.mining", "pipeline.vlm",
+LIBRARY = ("pipeline.core", "pipeline.images", "pipeline.embedding", "pipeline.mining", "pipeline.vlm", "pipeline.diagnostics",
            "pipeline.release", "pipeline.params", "annotation.labelstudio", "annotation.snapshot",
            "annotation.results", "annotation.tables", "annotation.adjudication")
 

@@ -18,8 +18,8 @@ CLOSED_SETS = {
 }
 # (module, literal): why it is not a respelling
 OTHER_SETS = {
-    ("pipeline/package.py", "unknown_pattern"): "PackageReject: package's own reasons for refusing an accepted row",
-    ("pipeline/package.py", "duplicate_pair"): "PackageReject: package's own reasons for refusing an accepted row",
+    ("pipeline/release/items.py", "unknown_pattern"): "PackageReject: package's own reasons for refusing an accepted row",
+    ("pipeline/release/items.py", "duplicate_pair"): "PackageReject: package's own reasons for refusing an accepted row",
     ("pipeline/commands/benchmarks/package.py", "(a)"): "a benchmark's made-up accepted rows (data, not the set)",
     ("pipeline/commands/benchmarks/package.py", "(b)"): "a benchmark's made-up accepted rows (data, not the set)",
 }

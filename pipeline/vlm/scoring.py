@@ -38,6 +38,7 @@ from typing import Any
 from pipeline.core.patterns import ANSWERS
 
 CHANCE_QUESTION = 0.5
+CLIP_TEXT = "a photo of {statement}"  # MMVP-VLM's text prompt for a statement
 CHANCE_PAIR = 0.25
 
 _LETTERS = "".join(a.strip("()") for a in ANSWERS)  # ANSWERS[k] is the option written "(<_LETTERS[k]>)"

@@ -25,6 +25,7 @@ def sections() -> dict[str, type]:
     """Every params.yaml section and the dataclass its stage or command loads it into."""
     from pipeline.params import (
         AcceptParams,
+        DiagnoseParams,
         CalibrateParams,
         DraftParams,
         EmbedParams,
@@ -43,7 +44,7 @@ def sections() -> dict[str, type]:
     return {"ingest": IngestParams, "embed": EmbedParams, "search": SearchParams, "mine": MineParams,
             "calibrate": CalibrateParams, "export": ExportParams, "gallery": GalleryParams, "labelstudio": LabelStudioParams,
             "validate": ValidateParams, "accept": AcceptParams, "package": PackageParams, "gate": GateParams,
-            "evaluate": EvaluateParams, "draft": DraftParams}
+            "evaluate": EvaluateParams, "draft": DraftParams, "diagnose": DiagnoseParams}
 
 
 def repo_params() -> dict[str, Any]:
