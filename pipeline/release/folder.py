@@ -65,6 +65,7 @@ FEATURES_SPEC: tuple[tuple[str, str], ...] = (
     ("question", "string"),
     ("options", "list:string"),  # [text of (a), text of (b)]
     ("answer", "string"),  # "(a)" or "(b)": the correct option for this image
+    ("options_swapped", "bool"),  # the written options were reversed for answer balance (package.option_order_seed)
     ("pattern", "string"),  # one of MMVP's nine visual patterns, by the paper's name (pipeline.core.patterns)
     ("pattern_key", "string"),  # the same pattern's stable key (`Pattern.key`)
     ("tags", "list:string"),  # secondary patterns, by the paper's names

@@ -1,13 +1,18 @@
 """Release items from accepted annotations: two per pair, each checked; a pair that cannot be released is named with its reason.
 
 `build_items` is the one place that turns an accepted row into the items a release holds (text,
-answers, images encoded as the annotators saw them, licence, verification, gate flags); the
-package stage writes them and the diagnose stage asks models about exactly these items.
+answers, images encoded as the annotators saw them, licence, verification, gate flags, option
+order); the package stage writes them and the diagnose stage asks models about exactly these items.
+
+Answer position is balanced per pair (`option_order`): among the released pairs, the first image's
+answer is (a) in half of them (one more when the count is odd), so neither a model that always
+answers one letter nor a text-only model that reads the position learns anything from it.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -102,6 +107,7 @@ def build_items(
                         "verification": row["verification"],
                         "verifier_answers": list(row[f"verifier_answers_{member}"]),
                         "gate_flags": sorted(gate.flags.get(item_id, ())) if gate else [],
+                        "options_swapped": False,
                     }
                 )
         except (DecodeError, OSError) as err:
@@ -111,7 +117,54 @@ def build_items(
             rejected.append(Rejected(pair_id, PackageReject.UNKNOWN_PATTERN, f"tags: {err}"))
             continue
         items.extend(pair_items)
-    return items, rejected
+    return balance_options(items, params.option_order_seed), rejected
+
+
+def option_order(pair_ids: Sequence[str], seed: int) -> dict[str, str]:
+    """pair_id → the answer its first image gets in the release: (a), (b), (a), ... by rank of sha256(f"{seed}:{pair_id}")."""
+    ranked = sorted(set(pair_ids), key=lambda p: (hashlib.sha256(f"{seed}:{p}".encode()).hexdigest(), p))
+    return {pair_id: patterns.ANSWERS[rank % 2] for rank, pair_id in enumerate(ranked)}
+
+
+def balance_options(items: Sequence[Mapping[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """The items with each pair's written options reversed where its first image's answer differs from `option_order`'s.
+
+    Both images of a pair keep the same options; both answers (and the verifiers' letters) flip with
+    them; statements are about images, not letters, and stay. `options_swapped` records it per item.
+    """
+    first = {i["pair_id"]: i["answer"] for i in items if i["member"] == release.MEMBERS[0]}
+    target = option_order(list(first), seed)
+    return [_swapped(i) if first[i["pair_id"]] != target[i["pair_id"]] else dict(i) for i in items]
+
+
+_OTHER_LETTER = dict(zip(patterns.ANSWERS, reversed(patterns.ANSWERS)))
+
+
+def _other(answer: str) -> str:
+    """The other letter of (a)/(b); any other answer (a verifier's "unanswerable") as it is."""
+    return _OTHER_LETTER.get(answer, answer)
+
+
+def _swapped(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        **item,
+        "options": list(reversed(item["options"])),
+        "answer": _other(item["answer"]),
+        "verifier_answers": [_other(a) for a in item["verifier_answers"]],
+        "options_swapped": not item["options_swapped"],
+    }
+
+
+def answer_balance(items: Sequence[Mapping[str, Any]], seed: int) -> dict[str, int]:
+    """How the release placed answers: pairs, first images answered (a) and (b), pairs whose options were reversed, the seed."""
+    firsts = [i for i in items if i["member"] == release.MEMBERS[0]]
+    return {
+        "pairs": len(firsts),
+        "first_answer_a": sum(i["answer"] == patterns.ANSWERS[0] for i in firsts),
+        "first_answer_b": sum(i["answer"] == patterns.ANSWERS[1] for i in firsts),
+        "swapped_pairs": sum(bool(i["options_swapped"]) for i in firsts),
+        "seed": seed,
+    }
 
 
 def _tag_names(tags: Sequence[str], primary: patterns.Pattern) -> list[str]:
