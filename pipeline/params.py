@@ -339,6 +339,8 @@ class EncoderDiagnosticsParams:
     probe: Literal["linear", "knn"]  # leave-one-pair-out readout of each image's answer, within a pattern
     probe_min_train_pairs: AtLeastOne  # fewer training pairs in the pattern: the patch rule decides
     separable_min: Annotated[float, Range(0.0, 2.0, meaning="mean 1 - cosine of aligned patch tokens")]
+    probe_l2: Positive  # linear probe: lambda of its objective, the log-losses summed + lambda / 2 * |w|^2
+    batch_size: AtLeastOne  # images per forward pass of an encoder
 
 
 @dataclass(frozen=True)
