@@ -36,6 +36,9 @@ def world(sample_corpus, tmp_path_factory):
     return {"inputs": inputs, "release": out, "metrics": json.loads((root / "package.json").read_text()), "root": root}
 
 
+OTHER_LETTER = {"(a)": "(b)", "(b)": "(a)"}
+
+
 def _accepted(world):
     return {r["pair_id"]: r for r in schemas.read_table(world["inputs"]["accepted"], "accepted").to_pylist()}
 
@@ -66,10 +69,13 @@ def test_release_loads_offline_with_load_dataset(world, monkeypatch):
         member = row["member"]
         assert row["item_id"] == f"{row['pair_id']}-{member}"
         assert row["source_sha256"] == source[f"image_{member}"]
-        assert row["answer"] == source[f"answer_{member}"]
-        assert row["options"] == [source["option_a"], source["option_b"]]
+        # the written options, reversed for answer balance where the item says so, with the letters flipped
+        letter = OTHER_LETTER if row["options_swapped"] else {a: a for a in patterns.ANSWERS}
+        written = [source["option_a"], source["option_b"]]
+        assert row["options"] == (written[::-1] if row["options_swapped"] else written)
+        assert row["answer"] == letter[source[f"answer_{member}"]]
         assert row["question"] == source["question"].strip()
-        assert row["verifier_answers"] == source[f"verifier_answers_{member}"]
+        assert row["verifier_answers"] == [letter.get(v, v) for v in source[f"verifier_answers_{member}"]]
         meta = images[row["source_sha256"]]
         if meta["source_license"] == WITHHELD_LICENSE:
             assert row["image"] is None and not row["redistributed"] and row["image_sha256"] is None
@@ -81,6 +87,10 @@ def test_release_loads_offline_with_load_dataset(world, monkeypatch):
         assert row["image"].convert("RGB").tobytes() == decode(expected).image.tobytes()
         assert ds.with_format("arrow")[rows.index(row)]["image"][0]["bytes"].as_py() == expected
         assert row["image_sha256"] == hashlib.sha256(expected).hexdigest()  # the released bytes' own hash
+    # answer position balanced: the first image's answer is (a) in two of the four pairs, recorded per item
+    firsts = [r for r in rows if r["member"] == "a"]
+    assert sorted(r["answer"] for r in firsts) == ["(a)", "(a)", "(b)", "(b)"]
+    assert {r["options_swapped"] for r in firsts} == {True, False}
     released = {r["pair_id"]: (r["pattern"], r["pattern_key"]) for r in rows}
     assert sorted(released.values()) == sorted((p.paper, p.key) for p in map(patterns.by_key, WORLD_PATTERN_KEYS))
     assert {r["statement"] is None for r in rows if r["pattern_key"] == "quantity"} == {True}
@@ -286,8 +296,22 @@ def test_a_corrected_answer_must_be_a_changelog_line(world, tmp_path, capsys):
     assert manifest["version"] == "1.0.1" and manifest["release"] == {"status": release.RELEASABLE, "todo": []}
     changes = manifest["changes"]
     assert changes["previous_version"] == "1.0.0"
-    assert changes["changed_items"] == {f"{fixed['pair_id']}-a": ["answer"], f"{fixed['pair_id']}-b": ["answer"]}
-    assert {i["item_id"] for i in release.read_items(tmp_path / "out")} == {i["item_id"] for i in release.read_items(world["release"])}
+    # the pair keeps its place in the answer balance (the first image's released letter), so swapped written answers
+    # come out as the options reversed: each image's right option text is the other one, as corrected
+    assert changes["changed_items"] == {f"{fixed['pair_id']}-a": ["options"], f"{fixed['pair_id']}-b": ["options"]}
+    before = {i["item_id"]: i for i in release.read_items(world["release"])}
+    after = {i["item_id"]: i for i in release.read_items(tmp_path / "out")}
+    assert after.keys() == before.keys()
+    for item_id, item in after.items():
+        old = before[item_id]
+        if item["pair_id"] != fixed["pair_id"]:
+            assert item == old
+            continue
+        assert item["answer"] == old["answer"] and item["options"] == old["options"][::-1]
+        assert item["options_swapped"] != old["options_swapped"]
+        right = item["options"][patterns.ANSWERS.index(item["answer"])]
+        assert right != old["options"][patterns.ANSWERS.index(old["answer"])]
+        assert right == [fixed["option_a"], fixed["option_b"]][patterns.ANSWERS.index(fixed[f"answer_{item['member']}"])]
 
 
 def test_remove_yields_a_new_version_naming_the_removed_items(world, tmp_path):

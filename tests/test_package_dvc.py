@@ -95,7 +95,8 @@ def test_dvc_repro_gate_package_evaluate(tmp_path):
     assert "set package.version in params.yaml to 1.1.0" in out
     dev = release.read_manifest(repo / "data/release")
     assert dev["version"] == "1.1.0-dev" and dev["release"]["status"] == release.UNRELEASED
-    assert dev["changes"]["changed_items"] == {f"{fixed['pair_id']}-a": ["answer"], f"{fixed['pair_id']}-b": ["answer"]}
+    # the pair keeps its released answer letters (answer balance): the corrected answers show as the options reversed
+    assert dev["changes"]["changed_items"] == {f"{fixed['pair_id']}-a": ["options"], f"{fixed['pair_id']}-b": ["options"]}
     assert "UNRELEASED BUILD 1.1.0-dev" in (repo / "data/release/README.md").read_text()
     assert json.loads((repo / "metrics/package.json").read_text())["status"] == release.UNRELEASED
     refused = _clipblind(repo, "tag", "data/release")
