@@ -166,14 +166,17 @@ class CachedBackend:
                 except (json.JSONDecodeError, KeyError):
                     continue  # a line cut short by an interruption: ask again
 
-    def key(self, prompt: str, image: bytes | None) -> str:
-        """The cache key of a question: backend, prompt and image hash."""
+    def key(self, prompt: str, image: bytes | None, variant: str = "") -> str:
+        """The cache key of a question: backend, prompt and image hash, and the variant of the model when one is
+        given (e.g. its visual tokens shuffled), so a variant's replies never answer for the plain model."""
         image_hash = hashlib.sha256(image).hexdigest() if image is not None else ""
-        return hashlib.sha256(json.dumps([self.name, prompt, image_hash]).encode()).hexdigest()
+        parts = [self.name, prompt, image_hash, *([variant] if variant else [])]  # no variant: the key it always had
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
-    def ask(self, prompt: str, image: bytes | None) -> str:
-        """The cached reply, or the backend's, stored before it is returned."""
-        key = self.key(prompt, image)
+    def ask(self, prompt: str, image: bytes | None, variant: str = "") -> str:
+        """The cached reply, or the backend's, stored before it is returned; `variant` names a changed model
+        (the caller has changed it, e.g. hooked it) and joins the cache key."""
+        key = self.key(prompt, image, variant)
         if key not in self.replies:
             reply = self.backend.ask(prompt, image)
             self.calls += 1
@@ -194,3 +197,9 @@ def blank_like(image: bytes) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", size, BACKGROUND).save(out, format="PNG")
     return out.getvalue()
+
+
+def cached_backend(backend: Backend, folder: str | Path) -> CachedBackend:
+    """`backend` with its replies kept in `folder`, one JSONL file per model (named by the model's hash): every
+    command that asks the same model shares it."""
+    return CachedBackend(backend, Path(folder) / (hashlib.sha256(backend.name.encode()).hexdigest()[:16] + ".jsonl"))
