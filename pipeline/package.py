@@ -5,18 +5,22 @@ Inputs: the accepted-annotations table (`accepted`), the images table and the co
 display copies annotators judged: `export.display_bytes` with the `export` params), the pairs
 table (its metadata: encoders, thresholds, search mode), the mine and ingest metrics (the
 funnel), the project CHANGELOG, the card template and the citation
-(`data_cards/CITATION.cff`); optionally the blind gate's flags and
-the record of released versions (`data_cards/RELEASED.json`, written by `clipblind tag` and
-`publish`). Params section `package`.
+(`data_cards/CITATION.cff`); optionally the blind gate's flags, the diagnose stage's folder
+(`<config>.parquet` per configuration of `pipeline.diagnostics.records.CONFIGS`, about exactly the
+items released, else a ReleaseError) and the record of released versions
+(`data_cards/RELEASED.json`, written by `clipblind tag` and `publish`). Params section `package`
+(and `diagnose.text_bias.threshold`, which the card states).
 Versions never block a build: one that differs from the last released version is marked
 unreleased (`<next>-dev`, manifest `release.todo` says what to do) until `package.version` is
 bumped and the CHANGELOG names every change; `tag` and `publish` refuse it until then.
 Outputs: the release folder (see `pipeline.release.folder`): Hugging Face parquet with embedded
 images and a card, MMVP and MMVP-VLM layouts, webdataset shards, withheld-image list and
-fetch script (`pipeline.release.withheld`), manifest.json, CHANGELOG.md, SHA256SUMS.
+fetch script (`pipeline.release.withheld`), each non-empty diagnostics table as a configuration
+of its own (summed up in the card), croissant.json (`pipeline.release.croissant`), manifest.json,
+CHANGELOG.md, SHA256SUMS.
 Metrics: inputs, packaged, rejected, rejected_by_reason (closed set `PackageReject`), items,
 images_withheld, version, status (releasable | unreleased | awaiting_annotations), todo,
-pending_changes, random_init_encoders; packaged + rejected == inputs (pairs).
+pending_changes, random_init_encoders, configs (rows per configuration); packaged + rejected == inputs (pairs).
 """
 
 from __future__ import annotations
@@ -29,16 +33,18 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline.core import schemas
 from pipeline.core.config import command_params
 from pipeline.core.report import summary, warn, write_headline, write_metrics
+from pipeline.diagnostics import records
 from pipeline.images.corpus import Corpus
-from pipeline.params import ExportParams, IngestParams, PackageParams
-from pipeline.release import card, citation
+from pipeline.params import DiagnoseParams, ExportParams, IngestParams, PackageParams
+from pipeline.release import card, citation, croissant
 from pipeline.release import folder as release
 from pipeline.release.encoding import encoding_record
-from pipeline.release.items import PackageReject, build_items
+from pipeline.release.items import PackageReject, answer_balance, build_items
 from pipeline.release.versions import VersionPlan, plan_version
 from pipeline.vlm.gate_rules import GateDecision, image_encoder
 
@@ -83,6 +89,23 @@ def provenance(pairs_meta: Mapping[str, Any], mine_metrics: Mapping[str, Any], i
     }
 
 
+def read_diagnostics(folder: str | Path | None) -> dict[str, pa.Table]:
+    """The diagnose stage's tables in `folder` (`<config>.parquet` per configuration it wrote); {} when it has none."""
+    if folder is None or not Path(folder).is_dir():
+        return {}
+    paths = {config: Path(folder) / f"{config}.parquet" for config in records.CONFIGS}
+    return {config: pq.read_table(path) for config, path in paths.items() if path.exists()}
+
+
+def diagnostics_account(tables: Mapping[str, pa.Table], text_bias_threshold: float) -> dict[str, Any] | None:
+    """What the card and manifest say about the diagnostics (None when they were not run)."""
+    if not tables:
+        return None
+    from pipeline.diagnostics.summary import summarise
+
+    return {**summarise(tables), "text_bias_threshold": text_bias_threshold}
+
+
 def spec_for(
     params: PackageParams,
     plan: VersionPlan,
@@ -90,8 +113,10 @@ def spec_for(
     provenance_info: Mapping[str, Any],
     gate: GateDecision | None,
     citation_text: str,
+    items: Sequence[Mapping[str, Any]] = (),
+    diagnostics: Mapping[str, Any] | None = None,
 ) -> release.ReleaseSpec:
-    """What the release says about itself, from the stage's params, its version plan and provenance."""
+    """What the release says about itself, from the stage's params, its version plan, provenance and diagnostics."""
     return release.ReleaseSpec(
         name=params.name,
         version=plan.version,
@@ -103,6 +128,8 @@ def spec_for(
         gate=gate.summary if gate else None,
         changes=plan.changes,
         state=plan.state(),
+        answer_balance=answer_balance(items, params.option_order_seed) if items else None,
+        diagnostics=diagnostics,
     )
 
 
@@ -120,10 +147,14 @@ def package(
     gate: GateDecision | None = None,
     last: Mapping[str, Any] | None = None,
     citation_text: str = "",
+    diagnostics: Mapping[str, pa.Table] | None = None,
+    diagnose_params: DiagnoseParams | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Build the release folder, versioned against the last released version `last`; return (manifest, metrics).
 
-    Everything is computed before the folder is replaced whole, so a refusal leaves the last build as it was.
+    `diagnostics` (configuration → table, from the diagnose stage) ship beside the test split, summed
+    up in the card; `diagnose_params` gives the text-bias threshold the card states. Everything is
+    computed before the folder is replaced whole, so a refusal leaves the last build as it was.
     """
     items, rejected = build_items(accepted, images, read_bytes, image_encoder(export_params, max_pixels), params, gate)
     excluded = [r.pair_id for r in rejected if r.reason == PackageReject.EXCLUDED]
@@ -134,7 +165,7 @@ def package(
         spec = spec_for(params, plan, changelog_text, provenance_info, gate, citation_text)
         manifest = release.write_awaiting(out_dir, spec)
         metrics = {"inputs": 0, "packaged": 0, "rejected": 0, "rejected_by_reason": {}, "rejects": [], "items": 0,
-                   "images_withheld": 0, "status": release.AWAITING, **common}
+                   "images_withheld": 0, "status": release.AWAITING, "configs": {}, **common}
         return manifest, metrics
     if not items:
         raise release.ReleaseError(
@@ -147,15 +178,22 @@ def package(
     # the funnel's last steps are this stage's own counts: the card and metrics/package.json show one number
     funnel = {**provenance_info.get("funnel", {}), "pairs_packaged": packaged, "pairs_rejected_at_packaging": len(rejected)}
     info = {**provenance_info, "funnel": funnel}
-    spec = spec_for(params, plan, changelog_text, info, gate, citation_text)
-    files, manifest = release.render_release(items, spec, render_card, params.shard_size)
+    tables = dict(diagnostics or {})
+    if tables and diagnose_params is None:
+        raise release.ReleaseError("diagnostics given without the diagnose params: pass diagnose_params (params.yaml "
+                                   "section diagnose) so the card states the text-bias threshold")
+    release.check_diagnostics(tables, items)
+    account = diagnostics_account(tables, diagnose_params.text_bias.threshold) if diagnose_params and tables else None
+    spec = spec_for(params, plan, changelog_text, info, gate, citation_text, items, account)
+    files, manifest = release.render_release(items, spec, render_card, params.shard_size, tables, croissant.describe)
     if last is not None and plan.version == last["version"]:
         # the same version must mean the same bytes: compare the whole release, not only its items
         replan = plan_version(params, changelog_text, last, items, excluded, release.sums_digest(files))
         if replan != plan:
             plan = replan
-            spec = spec_for(params, plan, changelog_text, info, gate, citation_text)
-            files, manifest = release.render_release(items, spec, render_card, params.shard_size)
+            spec = spec_for(params, plan, changelog_text, info, gate, citation_text, items, account)
+            files, manifest = release.render_release(items, spec, render_card, params.shard_size, tables,
+                                                     croissant.describe)
     release.write_files(files, out_dir)
     by_reason = Counter(r.reason.value for r in rejected)
     metrics = {
@@ -171,6 +209,7 @@ def package(
         "pending_changes": {k: len(plan.changes.get(k, ())) for k in ("added_pairs", "removed_pairs", "changed_items",
                                                                       "other_changes")}
         if plan.status == release.UNRELEASED else {},
+        "configs": {name: c["rows"] for name, c in manifest["configs"].items()},
         **common,
     }
     return manifest, metrics
@@ -200,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--released", help=f"the record of released versions ({release.RELEASED_RECORD}, written by "
                                            "`clipblind tag`/`publish`): a build that differs from the last one is "
                                            "marked unreleased (<version>-dev) until versioned")
+    parser.add_argument("--diagnostics", help="the diagnose stage's folder (<config>.parquet per configuration); "
+                                              "absent or empty: the release carries no diagnostics and says so")
     parser.add_argument("--out", required=True, help="output release folder")
     parser.add_argument("--metrics", required=True)
     parser.add_argument("--headline", help="output headline metrics JSON (what `dvc metrics show` lists: report.HEADLINES)")
@@ -223,20 +264,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         warn(STAGE, f"release mined with RANDOMLY INITIALISED encoders ({', '.join(info['random_init_encoders'])}); "
                     "the card says so at the top")
     last = release.last_released(release.read_released(args.released), params.name) if args.released else None
+    tables = read_diagnostics(args.diagnostics)
+    diagnose_params = command_params(parser, args.params, "diagnose", DiagnoseParams) if tables else None
     manifest, metrics = package(
         accepted, images, corpus.read, args.out, params, export_params, ingest_params.max_pixels,
         Path(args.changelog).read_text(), info, card.renderer(args.card_template), gate, last,
-        citation.bibtex(citation.read_cff(args.citation), args.citation),
+        citation.bibtex(citation.read_cff(args.citation), args.citation), tables, diagnose_params,
     )
     write_metrics(args.metrics, metrics)
     write_headline(args.headline, STAGE, metrics)
     if metrics.get("status") == release.AWAITING:
         summary(STAGE, f"no accepted annotations yet: {args.out} says so (annotate, pull, then dvc repro)")
         return 0
+    extra = [name for name in metrics["configs"] if name != release.DEFAULT_CONFIG]
     summary(
         STAGE,
         f"{metrics['inputs']} accepted pairs → {metrics['packaged']} packaged, {metrics['rejected']} rejected "
-        f"{metrics['rejected_by_reason'] or ''}; {params.name} {metrics['version']} ({metrics['status']}) → {args.out}",
+        f"{metrics['rejected_by_reason'] or ''}; {params.name} {metrics['version']} ({metrics['status']}) → {args.out}; "
+        f"diagnostics configurations: {', '.join(extra) if extra else 'none (diagnose not run)'}",
     )
     for step in metrics["todo"]:
         warn(STAGE, f"unreleased build; to release it: {step}")

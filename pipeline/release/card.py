@@ -3,7 +3,10 @@
 The metadata block (configs, dataset_info features, license, task_categories,
 size_categories) is a `huggingface_hub.DatasetCardData` built here from the release's manifest;
 `datasets` writes its dataset_info from the same `release.features()` that typed the parquet,
-so it always matches the parquet. The prose comes from the template in `data_cards/`.
+and each diagnostics configuration's from its schema (`records.SCHEMAS`), so it always matches
+the parquets. The prose comes from the template in `data_cards/`; the diagnostics section renders
+the manifest's `diagnostics` (`pipeline.diagnostics.summary.summarise`) with the names
+`pipeline.diagnostics.records` defines.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from datasets import DatasetInfo, SplitDict, SplitInfo
+from datasets import DatasetInfo, Features, SplitDict, SplitInfo
 from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCardData
 
 from pipeline.core import patterns
+from pipeline.diagnostics import records
 from pipeline.release import folder as release
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "data_cards" / "benchmark_card.md.j2"
@@ -58,13 +62,14 @@ def hub_license(counts: Mapping[str, Any]) -> dict[str, Any]:
 # The order of the card's metadata keys (the Hub reads any order; a stable one keeps the card's bytes stable).
 METADATA_ORDER = ("pretty_name", "license", "license_name", "license_details", "language", "task_categories",
                   "size_categories", "annotations_creators", "tags", "configs", "dataset_info")
-CONFIG = "default"
+CONFIG = release.DEFAULT_CONFIG
 
 
 def metadata(manifest: Mapping[str, Any]) -> DatasetCardData:
-    """The card's metadata for a release manifest."""
+    """The card's metadata for a release manifest: the items' configuration and each diagnostics one it carries."""
     counts = manifest["counts"]
     num_bytes = manifest["layouts"]["huggingface_num_bytes"]
+    extra = {name: c for name, c in manifest.get("configs", {}).items() if name != CONFIG}
     data = DatasetCardData(
         pretty_name=manifest["pretty_name"],
         language=["en"],
@@ -72,13 +77,20 @@ def metadata(manifest: Mapping[str, Any]) -> DatasetCardData:
         size_categories=[size_category(counts["items"])],
         annotations_creators=["expert-generated"],
         tags=["mmvp", "clip-blind", "benchmark", "visual-patterns"],
-        configs=[{"config_name": CONFIG, "data_files": [{"split": release.SPLIT, "path": release.PARQUET_PATH}]}],
+        configs=[{"config_name": name, "data_files": [{"split": release.SPLIT, "path": release.config_path(name)}]}
+                 for name in (CONFIG, *extra)],
         **hub_license(counts),
     )
-    split = SplitInfo(name=release.SPLIT, num_bytes=num_bytes, num_examples=counts["items"])
-    info = DatasetInfo(features=release.features(), splits=SplitDict({release.SPLIT: split}), dataset_size=num_bytes)
-    DatasetInfosDict({CONFIG: info}).to_dataset_card_data(data)
+    infos = {CONFIG: _info(release.features(), num_bytes, counts["items"])}
+    for name, c in extra.items():
+        infos[name] = _info(Features.from_arrow_schema(records.SCHEMAS[name]), c["num_bytes"], c["rows"])
+    DatasetInfosDict(infos).to_dataset_card_data(data)
     return data
+
+
+def _info(features: Features, num_bytes: int, rows: int) -> DatasetInfo:
+    split = SplitInfo(name=release.SPLIT, num_bytes=num_bytes, num_examples=rows)
+    return DatasetInfo(features=features, splits=SplitDict({release.SPLIT: split}), dataset_size=num_bytes)
 
 
 def metadata_yaml(manifest: Mapping[str, Any]) -> str:
@@ -106,6 +118,7 @@ def renderer(template_path: str | Path = DEFAULT_TEMPLATE) -> Callable[[Mapping[
         autoescape=False,  # markdown, not HTML; free text is escaped by the `md` filter
     )
     env.filters["md"] = escape_markdown
+    env.filters["pattern"] = pattern_name
     template = env.get_template(path.name)
 
     def render(manifest: Mapping[str, Any], changelog: str) -> str:
@@ -114,9 +127,28 @@ def renderer(template_path: str | Path = DEFAULT_TEMPLATE) -> Callable[[Mapping[
         # versions sit one heading level below the card's "Changelog" section
         changelog_body = "\n".join("#" + line if line.startswith("## ") else line for line in body.splitlines())
         return template.render(metadata_yaml=meta, m=manifest, changelog=changelog_body, patterns=patterns.PATTERNS,
-                               verified_definition=VERIFIED_DEFINITION)
+                               verified_definition=VERIFIED_DEFINITION, d=DIAGNOSTICS_NAMES)
 
     return render
+
+
+# The names the card's diagnostics section shows, as `pipeline.diagnostics.records` defines them.
+DIAGNOSTICS_NAMES = {
+    "configs": tuple(records.CONFIGS),
+    "buckets": records.BUCKETS,
+    "hidden": records.HIDDEN_IN_PLAIN_SIGHT,
+    "blind": records.ENCODER_BLIND,
+    "image": records.IMAGE,
+    "no_image": records.NO_IMAGE,
+    "blank": records.BLANK,
+    "pixel_shuffle": records.PIXEL_SHUFFLE,
+    "token_shuffle": records.TOKEN_SHUFFLE,
+}
+
+
+def pattern_name(pattern: str) -> str:
+    """A pattern (any spelling) by the paper's name, as the card names patterns."""
+    return patterns.lookup(pattern).paper
 
 
 def escape_markdown(text: Any) -> str:

@@ -5,7 +5,9 @@ A release is a folder, self-contained and checksummed:
     README.md                          dataset card (YAML metadata: configs, features, licence, ...)
     CHANGELOG.md                       every version up to this one
     manifest.json                      version, counts per pattern, provenance, verification, gate
-    data/test-00000-of-00001.parquet   Hugging Face layout, images embedded as bytes
+    data/test-00000-of-00001.parquet   Hugging Face layout, images embedded as bytes (configuration `default`)
+    <config>/test-00000-of-00001.parquet   each non-empty diagnostics table (`records.CONFIGS`) as its own configuration
+    croissant.json                     Croissant 1.0 metadata with its responsible-AI fields (`pipeline.release.croissant`)
     webdataset/test-NNNNNN.tar         the same records, deterministic tar bytes
     mmvp/Questions.csv, mmvp/MMVP Images/<index>.jpg            MMVP's layout
     mmvp_vlm/Questions.csv, mmvp_vlm/MLLM_VLM Images/<Type>/<id>.jpg   MMVP-VLM's layout
@@ -39,11 +41,14 @@ import pyarrow.parquet as pq
 from pipeline.core import patterns, schemas
 from pipeline.core.atomic import write_bytes
 from pipeline.core.errors import ClipblindError
+from pipeline.diagnostics import records
 from pipeline.release import mmvp, withheld
 from pipeline.release.withheld import MANIFEST, WITHHELD, WITHHELD_HEADER
 
 SPLIT = "test"
 PARQUET_PATH = f"data/{SPLIT}-00000-of-00001.parquet"
+DEFAULT_CONFIG = "default"  # the items; the diagnostics tables are configurations named as `records.CONFIGS`
+CROISSANT = "croissant.json"
 WEBDATASET_DIR = "webdataset"
 CHANGELOG = "CHANGELOG.md"
 CARD = "README.md"
@@ -317,6 +322,10 @@ class ReleaseSpec:
     mmvp_vlm_pairs_per_pattern: int = 0  # 0: every pair with statements in mmvp_vlm/; N: exactly N per pattern
     # {"status": RELEASABLE | UNRELEASED, "todo": [steps]}; a derived version (remove) is releasable as written
     state: Mapping[str, Any] = field(default_factory=lambda: {"status": RELEASABLE, "todo": []})
+    answer_balance: Mapping[str, Any] | None = None  # where the first images' answers sit (items.answer_balance)
+    # what the diagnostics say (`pipeline.diagnostics.summary.summarise` of the tables shipped, plus
+    # `text_bias_threshold`); None: the diagnostics were not run for this release
+    diagnostics: Mapping[str, Any] | None = None
 
 
 def pattern_of(item: Mapping[str, Any]) -> patterns.Pattern:
@@ -437,15 +446,72 @@ def summarise(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------- configurations
+
+
+def config_path(config: str) -> str:
+    """Where a configuration's test split lives in the release: `data/` for the items, `<config>/` for a diagnostics table."""
+    return PARQUET_PATH if config == DEFAULT_CONFIG else f"{config}/{SPLIT}-00000-of-00001.parquet"
+
+
+def check_diagnostics(tables: Mapping[str, pa.Table], items: Sequence[Mapping[str, Any]]) -> None:
+    """ReleaseError unless the diagnostics tables are about exactly the items released.
+
+    Every table has its configuration's schema (`records.SCHEMAS`) and names only released items
+    and pairs; the per-question audit (`diagnostics`) covers every released item; a released pair
+    may be missing from the tables that need images (encoders, models, predictions) only when one
+    of its images is withheld (the diagnose stage cannot show it to a model).
+    """
+    fix = "rerun `dvc repro diagnose` so they are computed on the items this build releases"
+    unknown_configs = sorted(set(tables) - set(records.CONFIGS))
+    if unknown_configs:
+        raise ReleaseError(f"diagnostics tables {unknown_configs} are not release configurations "
+                           f"({', '.join(records.CONFIGS)}): remove them, or {fix}")
+    item_ids = {i["item_id"] for i in items}
+    pair_ids = {i["pair_id"] for i in items}
+    without_images = {i["pair_id"] for i in items if i["image"] is None}
+    for config, table in tables.items():
+        schema = records.SCHEMAS[config]
+        if not table.schema.equals(schema, check_metadata=False):
+            raise ReleaseError(f"diagnostics table {config!r} does not have the schema of records.SCHEMAS[{config!r}] "
+                               f"(columns {table.schema.names}, expected {schema.names}): {fix}")
+        ids = set(table.column("item_id").to_pylist()) if "item_id" in schema.names else set()
+        named = set(table.column("pair_id").to_pylist())
+        stale = sorted((ids - item_ids) | (named - pair_ids))
+        if stale:
+            raise ReleaseError(f"diagnostics table {config!r} names {len(stale)} item(s) or pair(s) this release does "
+                               f"not hold ({', '.join(stale[:5])}{', ...' if len(stale) > 5 else ''}): {fix}")
+        if config == "diagnostics":
+            missing = sorted(item_ids - ids)
+        else:
+            missing = sorted(pair_ids - named - without_images) if table.num_rows else []
+        if missing:
+            raise ReleaseError(f"diagnostics table {config!r} lacks {len(missing)} released item(s) or pair(s) "
+                               f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}): {fix}")
+
+
+def _config_bytes(config: str, table: pa.Table) -> bytes:
+    """The parquet of one diagnostics configuration, with exactly its schema (`records.SCHEMAS`)."""
+    typed = pa.Table.from_batches(table.to_batches(), schema=records.SCHEMAS[config])
+    sink = io.BytesIO()
+    pq.write_table(typed, sink, row_group_size=1000, compression="zstd", write_statistics=False)
+    return sink.getvalue()
+
+
+# ---------------------------------------------------------------- writing a release
+
+
 def write_release(
     out_dir: str | Path,
     items: Sequence[dict[str, Any]],
     spec: ReleaseSpec,
     render_card: Callable[[Mapping[str, Any], str], str],
     shard_size: int = 1000,
+    diagnostics: Mapping[str, pa.Table] | None = None,
+    describe: Callable[[Mapping[str, Any], Mapping[str, bytes]], bytes] | None = None,
 ) -> dict[str, Any]:
     """Write every layout of `items` into `out_dir`, replacing it whole; return the manifest."""
-    files, manifest = render_release(items, spec, render_card, shard_size)
+    files, manifest = render_release(items, spec, render_card, shard_size, diagnostics, describe)
     write_files(files, out_dir)
     return manifest
 
@@ -455,12 +521,26 @@ def render_release(
     spec: ReleaseSpec,
     render_card: Callable[[Mapping[str, Any], str], str],
     shard_size: int = 1000,
+    diagnostics: Mapping[str, pa.Table] | None = None,
+    describe: Callable[[Mapping[str, Any], Mapping[str, bytes]], bytes] | None = None,
 ) -> tuple[dict[str, bytes], dict[str, Any]]:
-    """Every file of the release of `items` but SHA256SUMS (relative path → bytes), and its manifest."""
+    """Every file of the release of `items` but SHA256SUMS (relative path → bytes), and its manifest.
+
+    `diagnostics` (configuration → table, checked by `check_diagnostics`) ship as configurations of
+    their own, each non-empty one; `describe` (manifest, files → bytes) writes `croissant.json`.
+    """
     check_version(spec.version)
     ordered = order_items(items, spec.mmvp_vlm_pairs_per_pattern)
+    tables = dict(diagnostics or {})
+    check_diagnostics(tables, ordered)
     files: dict[str, bytes] = {}
     files[PARQUET_PATH], arrow_bytes = _parquet_bytes(ordered)
+    configs = {DEFAULT_CONFIG: {"path": PARQUET_PATH, "rows": len(ordered)}}
+    for config in records.CONFIGS:  # the order the card lists them in
+        table = tables.get(config)
+        if table is not None and table.num_rows:  # an empty table (no model scored) is no configuration
+            files[config_path(config)] = _config_bytes(config, table)
+            configs[config] = {"path": config_path(config), "rows": table.num_rows, "num_bytes": table.nbytes}
     files.update(_webdataset_files(ordered, shard_size))
     files.update(_mmvp_files(ordered))
     withheld_items = [i for i in ordered if not i["redistributed"]]
@@ -486,13 +566,19 @@ def render_release(
             "webdataset_shard_size": shard_size,
             "huggingface_num_bytes": arrow_bytes,
             "withheld": WITHHELD if withheld_items else None,
+            "croissant": CROISSANT if describe is not None else None,
         },
+        "configs": configs,
+        "answer_balance": dict(spec.answer_balance) if spec.answer_balance is not None else None,
+        "diagnostics": dict(spec.diagnostics) if spec.diagnostics is not None else None,
         "citation": spec.citation,
     }
     changelog_text = render_changelog(spec.changelog)
     files[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
     files[CHANGELOG] = changelog_text.encode()
     files[CARD] = render_card(manifest, changelog_text).encode()
+    if describe is not None:
+        files[CROISSANT] = describe(manifest, files)
     return files, manifest
 
 
@@ -651,6 +737,12 @@ def read_items(release_dir: str | Path) -> list[dict[str, Any]]:
     for item in items:
         item["image"] = item["image"]["bytes"] if item["image"] is not None else None
     return items
+
+
+def read_diagnostics(release_dir: str | Path) -> dict[str, pa.Table]:
+    """The diagnostics configurations a release carries, configuration → table (those it has)."""
+    root = Path(release_dir)
+    return {c: pq.read_table(root / config_path(c)) for c in records.CONFIGS if (root / config_path(c)).exists()}
 
 
 def read_manifest(release_dir: str | Path) -> dict[str, Any]:

@@ -145,3 +145,66 @@ def build_release(corpus: Path, root: Path, *extra: str) -> Path:
     inputs = build_inputs(corpus, root / "inputs")
     assert package.main(package_args(inputs, root / "release", root / "package.json", *extra)) == 0
     return root / "release"
+
+
+# Diagnostics of the world's packaged pairs, planted so that their summary is known by construction: the three
+# pairs with both images (by pair_id: P1, P2, P3) and the pair with a withheld image (W, only in the text audit).
+DIAG_MODEL = "scripted-vlm"
+TEXT_BIAS_FLAGGED = 0.9  # above params diagnose.text_bias.threshold (0.75): P1's first question is listed
+# encoder → does it separate P1, P2, P3
+DIAG_SEPARATES = {"clip": (True, False, True), "dino": (True, True, True)}
+# the model with the image: (member a right, member b right) on P1, P2, P3: right on P1 only, per pair
+DIAG_RIGHT = ((True, True), (True, False), (False, True))
+DIAG_GRIDS = (2, 4)
+DIAG_SHUFFLE_ACCURACY = (1.0, 0.5)
+
+
+def world_pairs(inputs: dict[str, Path]) -> list[dict]:
+    """The world's packaged pairs by pair_id: pair_id, pattern key and whether one of its images is withheld."""
+    images = {r["image_id"]: r for r in schemas.read_table(inputs["images"], "images").to_pylist()}
+    rows = [r for r in schemas.read_table(inputs["accepted"], "accepted").to_pylist() if r["pattern"] in WORLD_PATTERN_KEYS]
+    return sorted(({"pair_id": r["pair_id"], "pattern": r["pattern"],
+                    "withheld": any(images[r[f"image_{m}"]]["source_license"] == WITHHELD_LICENSE for m in "ab")}
+                   for r in rows), key=lambda p: p["pair_id"])
+
+
+def diagnostics_tables(inputs: dict[str, Path], models: bool = True) -> dict[str, pa.Table]:
+    """The four diagnostics tables of the world's packaged pairs (`models`/`predictions` empty when `models` is False)."""
+    from pipeline.diagnostics import records
+
+    pairs = world_pairs(inputs)
+    seen = [p for p in pairs if not p["withheld"]]
+    audit = [records.TextBias(records.item_id(p["pair_id"], m), p["pair_id"], m, p["pattern"], False,
+                              TEXT_BIAS_FLAGGED if (k, m) == (0, "a") else 0.5, (k, m) == (0, "a"))
+             for k, p in enumerate(seen + [p for p in pairs if p["withheld"]]) for m in "ab"]
+    verdicts = [records.EncoderPair(encoder, p["pair_id"], p["pattern"], 0.9, 0.2 if separates[k] else 0.01, 0.1, None,
+                                    None, None, 0, separates[k], records.BY_PATCH)
+                for encoder, separates in DIAG_SEPARATES.items() for k, p in enumerate(seen)]
+    questions, predictions = [], []
+    for k, p in enumerate(seen if models else []):
+        pair_right = all(DIAG_RIGHT[k])
+        for m, right in zip("ab", DIAG_RIGHT[k]):
+            item = records.item_id(p["pair_id"], m)
+            no_image_right = m == "a"  # the model answers (a) without an image; planted: right on every first image
+            questions.append(records.ModelQuestion(
+                DIAG_MODEL, item, p["pair_id"], m, p["pattern"], right, pair_right, no_image_right, False,
+                None if right else no_image_right, DIAG_GRIDS, DIAG_SHUFFLE_ACCURACY, (0.0, 0.5), (1.0, 0.0),
+                None, None, None, None, tuple(DIAG_SEPARATES),
+                tuple(records.bucket(s[k], pair_right) for s in DIAG_SEPARATES.values())))
+            predictions.append(records.Prediction(DIAG_MODEL, item, p["pair_id"], m, records.IMAGE, None, None,
+                                                  "(a)" if right == (m == "a") else "(b)",
+                                                  "(a)" if right == (m == "a") else "(b)", right))
+            predictions.append(records.Prediction(DIAG_MODEL, item, p["pair_id"], m, records.NO_IMAGE, None, None,
+                                                  "(a)", "(a)", no_image_right))
+    return {"diagnostics": records.to_table("diagnostics", audit), "encoders": records.to_table("encoders", verdicts),
+            "models": records.to_table("models", questions), "predictions": records.to_table("predictions", predictions)}
+
+
+def write_diagnostics(tables: dict[str, pa.Table], folder: Path) -> Path:
+    """The diagnose stage's output folder for `tables`: `<config>.parquet` each."""
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for config, table in tables.items():
+        pq.write_table(table, folder / f"{config}.parquet")
+    return folder
