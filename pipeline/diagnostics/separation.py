@@ -1,0 +1,217 @@
+"""Can an encoder tell a pair's two images apart: the encoder's side of the encoder-vs-VLM 2x2.
+
+`encoder_pairs(pairs, encoder, params)` gives one `records.EncoderPair` per pair that has both images
+(the others are skipped; the caller counts them), from one `FeatureEncoder`:
+
+* `pooled_cosine`: the cosine of the two images' pooled embeddings.
+* `patch_separability_last` / `_middle`: the mean over spatially aligned patch tokens j of
+  1 - cos(token j of image a, token j of image b), at the last and the middle layer (None when the
+  encoder gives no patch tokens).
+* `statement_forward` / `_reverse` (encoders with a text tower, pairs with both statements): each
+  statement, as `scoring.CLIP_TEXT`, closer to its own image than to the other image (MMVP-VLM's test),
+  and each image closer to its own statement than to the other statement (ties are wrong).
+* the probe: leave-one-pair-out within the pair's pattern (folds grouped by pair: both images of the
+  test pair are left out), predicting each image's answer. An image's feature is its pooled embedding
+  minus its pair's mean (what differs within the pair); its label is the index of its answer in the
+  WRITTEN option order (a release that reversed a pair's options, `options_swapped`, is undone), so a
+  label means the same option text position across the pairs of a pattern. `diagnose.encoders.probe`:
+  `linear` is an L2 logistic regression without intercept (the features are centred per pair),
+  minimising the log-losses summed + probe_l2 / 2 * |w|^2 by Newton's method (deterministic); `knn` is
+  1-nearest neighbour by cosine. A score of exactly 0 (no side taken) is wrong. `probe_right`: both
+  images right; `probe_train_pairs`: the pairs of the fold's training set (the pattern's other pairs with
+  answers); fewer than `probe_min_train_pairs`, or the pair has no answers (MMVP-VLM folders): None.
+* `separates`: `probe_right` when it is not None (`BY_PROBE`), else `patch_separability_last >=
+  separable_min` (`BY_PATCH`); for an encoder without patch tokens, 1 - pooled cosine stands in for the
+  patch separability (the same scale: 0 for identical images, up to 2).
+
+Images go through the encoder in batches of at most `batch_size` images (whole pairs; one pair when
+`batch_size` is 1), all pairs of the run through the same `FeatureEncoder`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.core.patterns import ANSWERS
+from pipeline.core.report import progress
+from pipeline.diagnostics.features import FeatureEncoder, Features
+from pipeline.diagnostics.records import BY_PATCH, BY_PROBE, EncoderPair
+from pipeline.params import EncoderDiagnosticsParams
+from pipeline.vlm import scoring
+from pipeline.vlm.pairs import EvalPair
+
+# Newton's method on the probe's strictly convex objective: it stops when a step changes no weight by more
+# than NEWTON_TOLERANCE (quadratic convergence gets there in a handful of steps) or after NEWTON_STEPS.
+NEWTON_STEPS = 100
+NEWTON_TOLERANCE = 1e-10
+
+
+@dataclass(frozen=True)
+class PairView:
+    """One pair as an encoder sees it."""
+
+    pooled: np.ndarray  # (2, d): the two images' pooled embeddings
+    pooled_cosine: float
+    patch_last: float | None
+    patch_middle: float | None
+
+
+def patch_separability(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over aligned patch tokens (p, d) of 1 - cosine (a zero token has cosine 0 with anything)."""
+    tiny = np.finfo(np.float64).tiny
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    cosines = (a64 * b64).sum(axis=-1) / np.maximum(np.linalg.norm(a64, axis=-1) * np.linalg.norm(b64, axis=-1), tiny)
+    return float(np.mean(1.0 - cosines))
+
+
+def _view(features: Features, row: int) -> PairView:
+    a, b = row, row + 1
+    pooled = features.pooled[[a, b]].astype(np.float64)
+
+    def separability(patches: np.ndarray | None) -> float | None:
+        return None if patches is None else patch_separability(patches[a], patches[b])
+
+    return PairView(pooled, float(pooled[0] @ pooled[1]), separability(features.patches_last),
+                    separability(features.patches_middle))
+
+
+def pair_views(pairs: Sequence[EvalPair], encoder: FeatureEncoder, batch_size: int) -> list[PairView]:
+    """Every pair through the encoder in batches of at most `batch_size` images (whole pairs, at least one)."""
+    per_batch = max(1, batch_size // 2)
+    views: list[PairView] = []
+    starts = range(0, len(pairs), per_batch)
+    for start in progress(starts, desc=f"features {encoder.name}", total=len(starts), unit="batch"):
+        chunk = pairs[start:start + per_batch]
+        images = [image for pair in chunk for image in pair.images if image is not None]
+        features = encoder.features(images)
+        views.extend(_view(features, 2 * k) for k in range(len(chunk)))
+    return views
+
+
+def statement_tests(pairs: Sequence[EvalPair], views: Sequence[PairView], encoder: FeatureEncoder,
+                    batch_size: int) -> list[tuple[bool | None, bool | None]]:
+    """(forward, reverse) MMVP-VLM statement test per pair; (None, None) without a text tower or both statements."""
+    with_statements = [i for i, pair in enumerate(pairs) if all(pair.statements)]
+    texts = [scoring.CLIP_TEXT.format(statement=s) for i in with_statements for s in pairs[i].statements]
+    outcomes: list[tuple[bool | None, bool | None]] = [(None, None)] * len(pairs)
+    embedded: list[np.ndarray] = []
+    for start in range(0, len(texts), batch_size):
+        vectors = encoder.texts(texts[start:start + batch_size])
+        if vectors is None:
+            return outcomes
+        embedded.append(np.asarray(vectors, dtype=np.float64))
+    if not embedded:
+        return outcomes
+    statements = np.concatenate(embedded)
+    for k, i in enumerate(with_statements):
+        sim = views[i].pooled @ statements[2 * k:2 * k + 2].T  # sim[image][statement]
+        outcome = scoring.clip_pair_outcome(sim.tolist())
+        outcomes[i] = (bool(outcome["text_to_image"]), bool(outcome["image_to_text"]))
+    return outcomes
+
+
+def answer_labels(pair: EvalPair) -> tuple[int, int] | None:
+    """Each image's answer as its option's index in the written order (a release's reversal undone); None when the
+    pair has no answers, or an answer is no option letter."""
+    if pair.answers is None or any(a not in ANSWERS for a in pair.answers):
+        return None
+    a, b = (ANSWERS.index(answer) for answer in pair.answers)
+    return (1 - a, 1 - b) if pair.options_swapped else (a, b)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # 1 / (1 + exp(-z)) without overflow
+
+
+def fit_linear_probe(x: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
+    """The weights w minimising sum_i log(1 + exp(-y_i w.x_i)) + l2 / 2 |w|^2 (y in {-1, +1}, no intercept).
+
+    Solved in the span of the rows (w = x^T alpha), where Newton's system is n x n for n rows of any width;
+    a step is halved until the objective does not rise."""
+    gram = x @ x.T
+    alpha: np.ndarray = np.zeros(len(y))
+
+    def objective(a: np.ndarray) -> float:
+        f = gram @ a
+        return float(np.logaddexp(0.0, -y * f).sum() + 0.5 * l2 * a @ f)
+
+    for _ in range(NEWTON_STEPS):
+        s = _sigmoid(y * (gram @ alpha))
+        gradient = -y * (1.0 - s) + l2 * alpha  # gram @ gradient is the objective's gradient in alpha
+        step = np.linalg.solve((s * (1.0 - s))[:, None] * gram + l2 * np.eye(len(y)), -gradient)
+        current, scale = objective(alpha), 1.0
+        while objective(alpha + scale * step) > current and scale > NEWTON_TOLERANCE:
+            scale /= 2
+        alpha = alpha + scale * step
+        if np.max(np.abs(scale * step), initial=0.0) < NEWTON_TOLERANCE:
+            break
+    return x.T @ alpha
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
+def probe_scores(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                 params: EncoderDiagnosticsParams) -> np.ndarray:
+    """A signed score per test row: > 0 predicts label 1, < 0 label 0, 0 takes no side (y in {-1, +1})."""
+    if params.probe == "linear":
+        return test_x @ fit_linear_probe(train_x, train_y, params.probe_l2)
+    cosines = _unit_rows(test_x) @ _unit_rows(train_x).T
+    nearest = np.argmax(cosines, axis=1)  # ties: the first of the training rows
+    has_side = np.linalg.norm(test_x, axis=1) > 0  # a zero feature (identical images) has no neighbour
+    return np.where(has_side, train_y[nearest], 0.0)
+
+
+def probe_verdicts(pairs: Sequence[EvalPair], views: Sequence[PairView],
+                   params: EncoderDiagnosticsParams) -> list[tuple[bool | None, int]]:
+    """(probe_right, training pairs) per pair: leave-one-pair-out within each pattern, folds grouped by pair."""
+    labels = [answer_labels(pair) for pair in pairs]
+    # an image's feature: its pooled embedding minus its pair's mean, so image b's is minus image a's
+    centred = [(view.pooled[0] - view.pooled[1]) / 2.0 for view in views]
+    by_pattern: dict[str, list[int]] = {}
+    for i, pair in enumerate(pairs):
+        by_pattern.setdefault(pair.pattern, []).append(i)
+    verdicts: list[tuple[bool | None, int]] = [(None, 0)] * len(pairs)
+    for members in by_pattern.values():
+        known = {i: label for i in members if (label := labels[i]) is not None}
+        for i in members:
+            train = [j for j in known if j != i]
+            label = labels[i]
+            if label is None or len(train) < params.probe_min_train_pairs:
+                verdicts[i] = (None, len(train))
+                continue
+            train_x = np.stack([sign * centred[j] for j in train for sign in (1.0, -1.0)])
+            train_y = np.array([2.0 * known[j][k] - 1.0 for j in train for k in (0, 1)])
+            scores = probe_scores(train_x, train_y, np.stack([centred[i], -centred[i]]), params)
+            right = all((score > 0 and want == 1) or (score < 0 and want == 0) for score, want in zip(scores, label))
+            verdicts[i] = (right, len(train))
+    return verdicts
+
+
+def encoder_pairs(pairs: Sequence[EvalPair], encoder: FeatureEncoder,
+                  params: EncoderDiagnosticsParams) -> list[EncoderPair]:
+    """Whether `encoder` tells each pair's images apart (pairs without both images are skipped)."""
+    usable = [pair for pair in pairs if all(image is not None for image in pair.images)]
+    views = pair_views(usable, encoder, params.batch_size)
+    statements = statement_tests(usable, views, encoder, params.batch_size)
+    probes = probe_verdicts(usable, views, params)
+    out = []
+    for pair, view, (forward, reverse), (probe_right, train_pairs) in zip(usable, views, statements, probes):
+        if probe_right is not None:
+            separates, by = probe_right, BY_PROBE
+        else:
+            # without patch tokens, 1 - pooled cosine stands in (the same 0..2 scale)
+            spread = view.patch_last if view.patch_last is not None else 1.0 - view.pooled_cosine
+            separates, by = spread >= params.separable_min, BY_PATCH
+        out.append(EncoderPair(
+            encoder=encoder.name, pair_id=pair.pair_id, pattern=pair.pattern, pooled_cosine=view.pooled_cosine,
+            patch_separability_last=view.patch_last, patch_separability_middle=view.patch_middle,
+            statement_forward=forward, statement_reverse=reverse, probe_right=probe_right,
+            probe_train_pairs=train_pairs, separates=bool(separates), separates_by=by,
+        ))
+    return out
