@@ -132,9 +132,18 @@ def renderer(template_path: str | Path = DEFAULT_TEMPLATE) -> Callable[[Mapping[
     return render
 
 
+def config_of(record: type) -> str:
+    """The release configuration whose rows are `record`s (`records.CONFIGS`)."""
+    return next(name for name, rows in records.CONFIGS.items() if rows is record)
+
+
 # The names the card's diagnostics section shows, as `pipeline.diagnostics.records` defines them.
 DIAGNOSTICS_NAMES = {
     "configs": tuple(records.CONFIGS),
+    "audit_config": config_of(records.TextBias),
+    "encoders_config": config_of(records.EncoderPair),
+    "models_config": config_of(records.ModelQuestion),
+    "predictions_config": config_of(records.Prediction),
     "buckets": records.BUCKETS,
     "hidden": records.HIDDEN_IN_PLAIN_SIGHT,
     "blind": records.ENCODER_BLIND,

@@ -72,9 +72,10 @@ DEFAULT_DESCRIPTION = (
     "which image it is, `answer` is the right option for that image. A model scores a pair only when it answers both "
     "of its questions right."
 )
-# Unique keys of the configurations that have one (predictions repeat a question per condition and seed).
-KEYS = {release.DEFAULT_CONFIG: ("item_id",), "diagnostics": ("item_id",), "encoders": ("encoder", "pair_id"),
-        "models": ("model", "item_id")}
+# Unique keys of the diagnostics records that have one (a Prediction repeats a question per condition and seed).
+KEYS: dict[type, tuple[str, ...]] = {records.TextBias: ("item_id",), records.EncoderPair: ("encoder", "pair_id"),
+                                     records.ModelQuestion: ("model", "item_id")}
+ITEM_KEY = ("item_id",)
 
 
 def data_type(kind: pa.DataType) -> str:
@@ -107,8 +108,9 @@ def record_set(config: str, path: str, schema: pa.Schema, description: str) -> d
             field["repeated"] = True
         fields.append(field)
     described: dict[str, Any] = {"@type": "cr:RecordSet", "@id": config, "name": config, "description": description}
-    if config in KEYS:
-        described["key"] = [{"@id": f"{config}/{k}"} for k in KEYS[config]]
+    key = ITEM_KEY if config == release.DEFAULT_CONFIG else KEYS.get(records.CONFIGS[config])
+    if key:
+        described["key"] = [{"@id": f"{config}/{k}"} for k in key]
     described["field"] = fields
     return described
 
@@ -153,8 +155,8 @@ def responsible_ai(manifest: Mapping[str, Any]) -> dict[str, Any]:
     if diagnostics:
         flagged = diagnostics.get("text_bias", {}).get("flagged", [])
         biases.append(f"{len(flagged)} questions whose right answer text alone predicts above "
-                      f"{diagnostics.get('text_bias_threshold')} are listed for review (configuration `diagnostics`, "
-                      "column text_bias_flagged); none were dropped.")
+                      f"{diagnostics.get('text_bias_threshold')} are listed for review (configuration "
+                      f"`{card.config_of(records.TextBias)}`, column text_bias_flagged); none were dropped.")
     limitations = [
         "Two options per question: chance is 50 % per question and 25 % per pair.",
         "Questions and statements are written in English by a small group of annotators; their phrasing carries "

@@ -234,3 +234,20 @@ def test_a_table_of_another_schema_is_refused(world, tmp_path):
     tables = diagnostics_tables(world["inputs"])
     tables["encoders"] = tables["encoders"].drop_columns(["separates_by"])
     _package_fails(world, tmp_path, tables, "'encoders'", "records.SCHEMAS")
+
+
+def test_card_shows_the_token_shuffle_beside_the_pixel_shuffle_when_it_ran(world):
+    from pipeline.diagnostics.summary import summarise
+    from pipeline.release import card
+
+    tables = dict(world["tables"])
+    rows = tables["models"].to_pylist()
+    for row in rows:
+        row.update(token_shuffle_accuracy=0.25, token_shuffle_flip_rate=0.75, token_shuffle_pair_right_rate=0.0)
+    tables["models"] = pa.Table.from_pylist(rows, schema=records.SCHEMAS["models"])
+    manifest = release.read_manifest(world["release"])
+    manifest["diagnostics"] = {**summarise(tables), "text_bias_threshold": 0.75}
+    text = card.renderer()(manifest, (world["release"] / release.CHANGELOG).read_text())
+    assert f"| {records.PIXEL_SHUFFLE} g=4 | {records.TOKEN_SHUFFLE} | global-cue pairs |" in text
+    assert "| all | 6 | 0.6667 | 0.5 | 0.0 | 1.0 | 0.5 | 0.25 | 0 |" in text
+    assert f"visual tokens permuted (`{records.TOKEN_SHUFFLE}`)" in text
