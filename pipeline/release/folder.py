@@ -482,12 +482,17 @@ def check_diagnostics(tables: Mapping[str, pa.Table], items: Sequence[Mapping[st
             raise ReleaseError(f"diagnostics table {config!r} names {len(stale)} item(s) or pair(s) this release does "
                                f"not hold ({', '.join(stale[:5])}{', ...' if len(stale) > 5 else ''}): {fix}")
         if records.CONFIGS[config] is records.TextBias:  # the text audit needs no image: every question has a row
-            missing = sorted(item_ids - ids)
-        else:
-            missing = sorted(pair_ids - named - without_images) if table.num_rows else []
-        if missing:
-            raise ReleaseError(f"diagnostics table {config!r} lacks {len(missing)} released item(s) or pair(s) "
-                               f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}): {fix}")
+            lacking = {"": sorted(item_ids - ids)}
+        else:  # each encoder and each model on every pair it could be shown
+            by = "encoder" if "encoder" in schema.names else "model"
+            per: dict[str, set[str]] = {}
+            for who, pair in zip(table.column(by).to_pylist(), table.column("pair_id").to_pylist()):
+                per.setdefault(who, set()).add(pair)
+            lacking = {f" ({by} {who})": sorted(pair_ids - got - without_images) for who, got in sorted(per.items())}
+        for who, missing in lacking.items():
+            if missing:
+                raise ReleaseError(f"diagnostics table {config!r}{who} lacks {len(missing)} released item(s) or pair(s) "
+                                   f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}): {fix}")
 
 
 def _config_bytes(config: str, table: pa.Table) -> bytes:

@@ -222,12 +222,23 @@ def test_diagnostics_missing_a_released_question_are_refused(world, tmp_path):
     _package_fails(world, tmp_path, tables, "'diagnostics'", dropped)
 
 
-def test_models_missing_a_released_pair_with_both_images_are_refused(world, tmp_path):
+def test_a_model_missing_a_released_pair_with_both_images_is_refused(world, tmp_path):
     tables = diagnostics_tables(world["inputs"])
-    first = tables["models"].column("pair_id")[0].as_py()
-    keep = [r for r in tables["models"].to_pylist() if r["pair_id"] != first]
-    tables["models"] = pa.Table.from_pylist(keep, schema=records.SCHEMAS["models"])
-    _package_fails(world, tmp_path, tables, "'models'", first)
+    rows = tables["models"].to_pylist()
+    first = rows[0]["pair_id"]
+    # a second model that skipped the first pair: the first model covering it does not make up for it
+    other = [{**r, "model": "other-vlm"} for r in rows if r["pair_id"] != first]
+    tables["models"] = pa.Table.from_pylist(rows + other, schema=records.SCHEMAS["models"])
+    _package_fails(world, tmp_path, tables, "'models' (model other-vlm)", first)
+
+
+def test_an_encoder_missing_a_released_pair_with_both_images_is_refused(world, tmp_path):
+    tables = diagnostics_tables(world["inputs"])
+    rows = tables["encoders"].to_pylist()
+    dropped = next(r for r in rows if r["encoder"] == "dino")
+    keep = [r for r in rows if r is not dropped]
+    tables["encoders"] = pa.Table.from_pylist(keep, schema=records.SCHEMAS["encoders"])
+    _package_fails(world, tmp_path, tables, "'encoders' (encoder dino)", dropped["pair_id"])
 
 
 def test_a_table_of_another_schema_is_refused(world, tmp_path):
