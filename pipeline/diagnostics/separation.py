@@ -20,6 +20,8 @@
   1-nearest neighbour by cosine. A score of exactly 0 (no side taken) is wrong. `probe_right`: both
   images right; `probe_train_pairs`: the pairs of the fold's training set (the pattern's other pairs with
   answers); fewer than `probe_min_train_pairs`, or the pair has no answers (MMVP-VLM folders): None.
+  The two images' features are opposite, so both probes predict opposite labels for them: a pair whose
+  two answers are the same option is never probe-right.
 * `separates`: `probe_right` when it is not None (`BY_PROBE`), else `patch_separability_last >=
   separable_min` (`BY_PATCH`); for an encoder without patch tokens, 1 - pooled cosine stands in for the
   patch separability (the same scale: 0 for identical images, up to 2).
