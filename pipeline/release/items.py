@@ -57,8 +57,13 @@ def build_items(
     encode: Callable[[bytes], bytes],
     params: PackageParams,
     gate: GateDecision | None = None,
+    released_order: Mapping[str, str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[Rejected]]:
-    """Release items (two per accepted pair) and the pairs left out, each with its reason."""
+    """Release items (two per accepted pair) and the pairs left out, each with its reason.
+
+    `released_order` (`released_first_answers` of the last released version) keeps the answer letters of
+    pairs already released, so a new version does not reshuffle them (see `option_order`).
+    """
     image_rows = {r["image_id"]: r for r in images.to_pylist()}
     excluded = set(params.exclude)
     allowed = {lic.lower() for lic in params.redistributable_licenses}
@@ -117,23 +122,64 @@ def build_items(
             rejected.append(Rejected(pair_id, PackageReject.UNKNOWN_PATTERN, f"tags: {err}"))
             continue
         items.extend(pair_items)
-    return balance_options(items, params.option_order_seed), rejected
+    return balance_options(items, params.option_order_seed, released_order or {}), rejected
 
 
-def option_order(pair_ids: Sequence[str], seed: int) -> dict[str, str]:
-    """pair_id → the answer its first image gets in the release: (a), (b), (a), ... by rank of sha256(f"{seed}:{pair_id}")."""
+def option_order(pair_ids: Sequence[str], seed: int, released_order: Mapping[str, str]) -> dict[str, str]:
+    """pair_id → the answer its first image gets in the release; (a) for half of the pairs (one more when odd).
+
+    Pairs are ranked by sha256(f"{seed}:{pair_id}") and, in that order, get (a), (b), (a), ... .
+    A pair of the last released version keeps the letter it had there (`released_order`), so adding
+    pairs does not move the others (by rank alone, one pair added to 300 would reverse the options of
+    about half of them, each a changed item for the changelog); new pairs take the letters that
+    restore the balance, in rank order. Where the kept letters cannot be balanced by the new pairs
+    (pairs removed), the fewest kept pairs change letter: the last ranked of the surplus letter.
+    """
     ranked = sorted(set(pair_ids), key=lambda p: (hashlib.sha256(f"{seed}:{p}".encode()).hexdigest(), p))
-    return {pair_id: patterns.ANSWERS[rank % 2] for rank, pair_id in enumerate(ranked)}
+    first, second = patterns.ANSWERS
+    order = {p: released_order[p] for p in ranked if released_order.get(p) in patterns.ANSWERS}
+    wanted = {first: (len(ranked) + 1) // 2, second: len(ranked) // 2}
+    for letter, other in ((first, second), (second, first)):
+        holders = [p for p in ranked if order.get(p) == letter]
+        for pair_id in holders[wanted[letter]:]:
+            order[pair_id] = other
+    left = {letter: wanted[letter] - sum(v == letter for v in order.values()) for letter in patterns.ANSWERS}
+    turn = first
+    for pair_id in (p for p in ranked if p not in order):
+        if not left[turn]:
+            turn = second if turn == first else first
+        order[pair_id] = turn
+        left[turn] -= 1
+        turn = second if turn == first else first
+    return {p: order[p] for p in ranked}
 
 
-def balance_options(items: Sequence[Mapping[str, Any]], seed: int) -> list[dict[str, Any]]:
+def released_first_answers(last: Mapping[str, Any] | None) -> dict[str, str]:
+    """pair_id → its first image's answer in the last released version (`release.last_released`), from its record.
+
+    The record keeps a fingerprint of each item's answer (`release.item_fingerprints`); a letter is
+    recognised by fingerprinting both letters the same way. None (no release yet): {}.
+    """
+    if last is None:
+        return {}
+    letter_of = {release.item_fingerprints([{"item_id": letter, "answer": letter}])[letter]["answer"]: letter
+                 for letter in patterns.ANSWERS}
+    out = {}
+    for item_id, prints in last.get("items", {}).items():
+        pair_id, member = item_id.rsplit("-", 1)
+        if member == release.MEMBERS[0] and prints.get("answer") in letter_of:
+            out[pair_id] = letter_of[prints["answer"]]
+    return out
+
+
+def balance_options(items: Sequence[Mapping[str, Any]], seed: int, released_order: Mapping[str, str]) -> list[dict[str, Any]]:
     """The items with each pair's written options reversed where its first image's answer differs from `option_order`'s.
 
     Both images of a pair keep the same options; both answers (and the verifiers' letters) flip with
     them; statements are about images, not letters, and stay. `options_swapped` records it per item.
     """
     first = {i["pair_id"]: i["answer"] for i in items if i["member"] == release.MEMBERS[0]}
-    target = option_order(list(first), seed)
+    target = option_order(list(first), seed, released_order)
     return [_swapped(i) if first[i["pair_id"]] != target[i["pair_id"]] else dict(i) for i in items]
 
 

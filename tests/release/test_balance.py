@@ -12,7 +12,7 @@ import pytest
 from pipeline.core import patterns, schemas
 from pipeline.release import folder as release
 from pipeline.release import mmvp
-from pipeline.release.items import PackageReject, answer_balance, build_items, option_order
+from pipeline.release.items import PackageReject, answer_balance, build_items, option_order, released_first_answers
 from tests.helpers.params import demo_params
 from tests.helpers.release_world import build_release
 
@@ -45,14 +45,16 @@ def leaky_rows(n_pairs: int, seed: int = 7) -> tuple[list[dict], pa.Table]:
     return rows, pa.Table.from_pylist(images, schema=schemas.IMAGES)
 
 
-def items_of(rows: list[dict], images: pa.Table, seed: int = 0) -> tuple[list[dict], list]:
+def items_of(rows: list[dict], images: pa.Table, seed: int = 0, released_order: dict[str, str] | None = None,
+             ) -> tuple[list[dict], list]:
     """The real build_items over `rows` with `package.option_order_seed` = seed."""
 
     def no_read(path: str) -> bytes:
         raise AssertionError(f"withheld image {path} must not be read")
 
     params = demo_params("package", option_order_seed=seed)
-    return build_items(pa.Table.from_pylist(rows, schema=schemas.ACCEPTED), images, no_read, lambda b: b, params)
+    return build_items(pa.Table.from_pylist(rows, schema=schemas.ACCEPTED), images, no_read, lambda b: b, params,
+                       released_order=released_order)
 
 
 def first_answers(items: list[dict]) -> dict[str, str]:
@@ -69,7 +71,7 @@ def test_the_first_answer_is_a_in_exactly_half_of_the_released_pairs():
     assert len(firsts) == 39
     # odd count: one more (a); counted among the released pairs only
     assert sorted(firsts.values()).count("(a)") == 20 and sorted(firsts.values()).count("(b)") == 19
-    assert firsts == option_order(list(firsts), 0)
+    assert firsts == option_order(list(firsts), 0, {})
     # every written first answer was (a): exactly the pairs now answered (b) first had their options reversed
     assert {i["pair_id"] for i in items if i["options_swapped"]} == {p for p, a in firsts.items() if a == "(b)"}
     assert answer_balance(items, 0) == {"pairs": 39, "first_answer_a": 20, "first_answer_b": 19, "swapped_pairs": 19,
@@ -80,12 +82,12 @@ def test_the_order_is_ranked_by_the_seeded_hash_of_the_pair_id():
     rows, images = leaky_rows(30)
     ids = [r["pair_id"] for r in rows]
     ranked = sorted(ids, key=lambda p: hashlib.sha256(f"5:{p}".encode()).hexdigest())
-    assert option_order(ids, 5) == {p: ("(a)", "(b)")[k % 2] for k, p in enumerate(ranked)}
+    assert option_order(ids, 5, {}) == {p: ("(a)", "(b)")[k % 2] for k, p in enumerate(ranked)}
     # same seed, same order (whatever the row order); another seed, another order, the same balance
     same = items_of(list(reversed(rows)), images, seed=5)[0]
     again = items_of(rows, images, seed=5)[0]
     other = items_of(rows, images, seed=6)[0]
-    assert first_answers(same) == first_answers(again) == option_order(ids, 5)
+    assert first_answers(same) == first_answers(again) == option_order(ids, 5, {})
     assert same == again
     assert first_answers(other) != first_answers(again)
     assert sorted(first_answers(other).values()) == sorted(first_answers(again).values()) == ["(a)"] * 15 + ["(b)"] * 15
@@ -118,6 +120,27 @@ def test_each_item_records_how_its_written_options_and_answers_map_to_the_releas
             assert item["statement"] == row[f"statement_{member}"] and item["question"] == row["question"]
 
 
+def test_a_new_version_keeps_the_released_pairs_letters_and_balances_with_the_new_ones():
+    rows, images = leaky_rows(33)
+    old = first_answers(items_of(rows[:30], images)[0])
+    # three pairs added: by rank alone many released pairs would change letter; kept, none does
+    assert sum(old[p] != a for p, a in option_order(list(old) + [r["pair_id"] for r in rows[30:]], 0, {}).items()
+               if p in old) > 0
+    items, _ = items_of(rows, images, released_order=old)
+    new = first_answers(items)
+    assert {p: new[p] for p in old} == old
+    assert sorted(new.values()).count("(a)") == 17 and sorted(new.values()).count("(b)") == 16
+    # pairs removed: the fewest released pairs change letter to restore the balance, the last ranked of the surplus
+    gone = [p for p, a in old.items() if a == "(a)"][:6]
+    kept_rows = [r for r in rows[:30] if r["pair_id"] not in gone]
+    after = first_answers(items_of(kept_rows, images, released_order=old)[0])
+    changed = sorted(p for p in after if after[p] != old[p])
+    assert len(changed) == 3 and {old[p] for p in changed} == {"(b)"}
+    assert sorted(after.values()).count("(a)") == sorted(after.values()).count("(b)") == 12
+    ranked_b = [p for p in option_order(list(after), 0, {}) if old[p] == "(b)"]
+    assert sorted(ranked_b[-3:]) == changed
+
+
 @pytest.fixture(scope="module")
 def balanced_release(sample_corpus, tmp_path_factory):
     return build_release(sample_corpus, tmp_path_factory.mktemp("balance"))
@@ -136,3 +159,11 @@ def test_the_mmvp_layout_and_the_parquet_carry_the_released_order(balanced_relea
     for first, second in zip(body[0::2], body[1::2]):
         assert first[2] == second[2] and first[3] != second[3]
         assert items[int(first[0])]["options_swapped"] == items[int(second[0])]["options_swapped"]
+
+
+def test_the_released_letters_are_read_back_from_the_release_record(balanced_release, tmp_path):
+    record = tmp_path / "RELEASED.json"
+    assert release.record_release(record, balanced_release)
+    last = release.last_released(release.read_released(record), release.read_manifest(balanced_release)["name"])
+    assert released_first_answers(last) == first_answers(release.read_items(balanced_release))
+    assert released_first_answers(None) == {}
