@@ -31,6 +31,7 @@ _COMMANDS: list[tuple[str, str, str]] = [
     ("accept", "annotation.accept", "verified questions + adjudication → accepted pairs"),
     ("adjudicate", "annotation.adjudication", "merge disputed questions into the lead's adjudication file"),
     ("gate", "pipeline.gate", "accepted questions → blind-gate flags: those a VLM answers without the right image"),
+    ("diagnose", "pipeline.diagnose", "why models fail, per question, on the items the release will hold: shuffles, encoders vs VLM, text audits"),
     ("package", "pipeline.package", "accepted annotations + images → versioned benchmark release"),
     ("verify", "pipeline.commands.verify", "recompute a release's SHA256SUMS: changed, missing, extra files"),
     ("remove", "pipeline.commands.remove", "take items out of a release (takedown) as a new version"),

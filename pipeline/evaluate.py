@@ -5,7 +5,11 @@ MMVP-VLM folder (`Questions.csv` + `MLLM_VLM Images/`); params section `evaluate
 open_clip encoders and a list of VLM backends).
 Outputs: a results JSON (DVC metrics), a markdown table and an SVG chart of pair accuracy per
 pattern (each path given, or else `evaluate/<folder name>/results.json`, `table.md`, `chart.svg`);
-a response cache per VLM (JSONL), so an interrupted run resumes without repeating calls.
+the diagnostics of the same models (`pipeline.diagnostics`: shuffles, the encoder-vs-VLM 2x2 with
+the `evaluate.clip` encoders and each local VLM's own vision tower, the text-side audits): their
+tables (`diagnostics/`, one parquet per table, predictions included), a section of the markdown
+table, and two SVG charts (`shuffle.svg`, `buckets.svg`); a response cache per VLM (JSONL), so an
+interrupted run resumes without repeating calls.
 Metrics: per model, question and pair accuracy overall and per pattern, with chance stated;
 pairs without statements (CLIP) or without images are counted, not hidden.
 
@@ -17,7 +21,6 @@ statement, "a photo of <statement>", against the pair's two images), with the re
 from __future__ import annotations
 
 import argparse
-import hashlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -29,20 +32,23 @@ from pipeline.core import patterns
 from pipeline.core.atomic import write_bytes
 from pipeline.core.config import command_params
 from pipeline.core.report import RANDOM_WEIGHTS_MARK, progress, summary, warn, write_headline, write_metrics
+from pipeline.diagnostics import report as diagnostics_report
+from pipeline.diagnostics.features import open_clip_feature_encoders
+from pipeline.diagnostics.run import diagnose, write_diagnostics
 from pipeline.embedding.encoders import OpenClipEncoder, load_encoders
 from pipeline.images.decode import decode
-from pipeline.params import EncoderParams, EvaluateParams
+from pipeline.params import DiagnoseParams, EncoderParams, EvaluateParams
 from pipeline.release import folder as release
 from pipeline.release import mmvp
 from pipeline.vlm import scoring
-from pipeline.vlm.backends import Backend, CachedBackend, build_prompt, load_backend
-from pipeline.vlm.pairs import EvalPair
+from pipeline.vlm.backends import Backend, build_prompt, cached_backend, load_backend
+from pipeline.vlm.pairs import EvalPair, pairs_from_items
 
 STAGE = "evaluate"
 CACHE_DIR = ".cache/evaluate"  # VLM reply caches; dvc.yaml and README name the same folder
 UNLABELLED = "unlabelled"  # MMVP's Questions.csv carries no pattern per question
 DEFAULT_OUT = "evaluate"  # outputs not named on the command line go to DEFAULT_OUT/<folder name>/
-DEFAULT_FILES = ("results.json", "table.md", "chart.svg")  # results, table, chart: their names there
+DEFAULT_FILES = ("results.json", "table.md", "chart.svg", "shuffle.svg", "buckets.svg", "diagnostics")  # their names there
 
 
 def detect_format(folder: Path) -> str:
@@ -86,15 +92,7 @@ def _pattern_name(name: str) -> str:
 def _release_pairs(root: Path) -> list[EvalPair]:
     if release.is_awaiting(root):
         return []  # no accepted annotations yet: nothing to score
-    by_pair: dict[str, list[dict[str, Any]]] = {}
-    for item in sorted(release.read_items(root), key=lambda i: i["mmvp_index"]):
-        by_pair.setdefault(item["pair_id"], []).append(item)
-    pairs = []
-    for pair_id, (a, b) in by_pair.items():
-        pairs.append(EvalPair(pair_id, _pattern_name(a.get("pattern_key") or a["pattern"]), a["question"], (a["options"][0], a["options"][1]),
-                              (a["answer"], b["answer"]), (a["image"], b["image"]), (a["statement"], b["statement"]),
-                              (a["image_sha256"], b["image_sha256"])))
-    return pairs
+    return pairs_from_items(sorted(release.read_items(root), key=lambda i: i["mmvp_index"]))
 
 
 def _read_optional(path: Path) -> bytes | None:
@@ -372,18 +370,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--format", default="auto", choices=("auto", "release", "mmvp", "mmvp_vlm"))
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", help=f"folder for the outputs not named below; default {DEFAULT_OUT}/<folder name>")
-    results_file, table_file, chart_file = DEFAULT_FILES
+    results_file, table_file, chart_file, shuffle_file, buckets_file, tables_dir = DEFAULT_FILES
     parser.add_argument("--results", help=f"output results JSON (its full record); default <out>/{results_file}")
     parser.add_argument("--headline", help="output headline metrics JSON (what `dvc metrics show` lists: report.HEADLINES)")
     parser.add_argument("--table", help=f"output markdown table; default <out>/{table_file}")
     parser.add_argument("--chart", help=f"output SVG chart of pair accuracy per pattern; default <out>/{chart_file}")
+    parser.add_argument("--shuffle-chart", help=f"output SVG: accuracy vs shuffle grid per pattern; default <out>/{shuffle_file}")
+    parser.add_argument("--buckets-chart", help=f"output SVG: the encoder-vs-VLM 2x2 per model; default <out>/{buckets_file}")
+    parser.add_argument("--diagnostics", help=f"output folder of the diagnostics tables; default <out>/{tables_dir}")
     parser.add_argument("--cache", default=CACHE_DIR, help=f"folder of VLM response caches (resume); default {CACHE_DIR}")
     args = parser.parse_args(argv)
     params = command_params(parser, args.params, STAGE, EvaluateParams)
     folder = Path(args.folder)
     out = Path(args.out) if args.out else Path(DEFAULT_OUT) / folder.resolve().name
-    results_path, table_path, chart_path = (Path(given) if given else out / name for given, name in
-                                            zip((args.results, args.table, args.chart), DEFAULT_FILES))
+    results_path, table_path, chart_path, shuffle_path, buckets_path, tables_path = (
+        Path(given) if given else out / name for given, name in
+        zip((args.results, args.table, args.chart, args.shuffle_chart, args.buckets_chart, args.diagnostics), DEFAULT_FILES))
+    diagnose_params = command_params(parser, args.params, "diagnose", DiagnoseParams) if params.diagnostics else None
     fmt = detect_format(folder) if args.format == "auto" else args.format
     pairs = load_pairs(folder, fmt)
     benchmark = {"folder": str(folder), "format": fmt, "pairs": len(pairs)}
@@ -395,17 +398,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             warn(STAGE, f"{scorer.name} has RANDOMLY INITIALISED weights: its scores are a pipeline check, not a result")
     backends = []
     for p in params.vlm:
-        backend = load_backend(p)
-        cache_name = hashlib.sha256(backend.name.encode()).hexdigest()[:16] + ".jsonl"
-        backends.append(CachedBackend(backend, Path(args.cache) / cache_name))
+        backends.append(cached_backend(load_backend(p), args.cache))
     results = evaluate(pairs, scorers, backends, benchmark)
+    table = markdown_table(results)
+    if diagnose_params is not None:
+        encoders = open_clip_feature_encoders(params.clip) if pairs else []
+        found = diagnose(pairs, backends, encoders, diagnose_params)
+        results["diagnostics"] = {**found.summary, "skipped": found.skipped}
+        write_diagnostics(found, tables_path)
+        table += "\n" + diagnostics_report.markdown(found.summary)
+        write_bytes(shuffle_path, diagnostics_report.shuffle_svg(found.summary).encode())
+        write_bytes(buckets_path, diagnostics_report.buckets_svg(found.summary).encode())
     write_metrics(results_path, results)
     write_headline(args.headline, STAGE, results)
-    write_bytes(table_path, markdown_table(results).encode())
+    write_bytes(table_path, table.encode())
     write_bytes(chart_path, svg_chart(results).encode())
     line = ", ".join(f"{name}: pair {_pct(r['pair_accuracy'])} %" for name, r in results["models"].items())
     summary(STAGE, f"{len(pairs)} pairs ({fmt}) → {line or 'no models in params evaluate'} (chance 25 %) "
-                   f"→ {results_path}, {table_path}, {chart_path}")
+                   f"→ {results_path}, {table_path}, {chart_path}"
+                   + (f", {shuffle_path}, {buckets_path}, {tables_path}" if diagnose_params else " (diagnostics off)"))
     return 0
 
 

@@ -22,10 +22,8 @@ condition is asked with the options in their order and swapped, the reply mapped
 from __future__ import annotations
 
 import argparse
-import hashlib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -38,7 +36,7 @@ from pipeline.core.schemas import GATE
 from pipeline.images.corpus import Corpus
 from pipeline.images.decode import DecodeError
 from pipeline.params import ExportParams, GateParams, IngestParams
-from pipeline.vlm.backends import Backend, CachedBackend, load_backend
+from pipeline.vlm.backends import Backend, cached_backend, load_backend
 from pipeline.vlm.gate_rules import RULES, check_item, image_encoder
 
 STAGE = "gate"
@@ -112,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     export_params = command_params(parser, args.params, "export", ExportParams)
     ingest_params = command_params(parser, args.params, "ingest", IngestParams)
     backend = load_backend(params.vlm)
-    cached = CachedBackend(backend, Path(args.cache) / (hashlib.sha256(backend.name.encode()).hexdigest()[:16] + ".jsonl"))
+    cached = cached_backend(backend, args.cache)
     table, metrics = gate(accepted, schemas.read_table(args.images, "images"), Corpus(ingest_params.source, args.source).read,
                           image_encoder(export_params, ingest_params.max_pixels), cached, params)
     metrics["ran"] = True

@@ -44,7 +44,7 @@ from pipeline.params import DiagnoseParams, ExportParams, IngestParams, PackageP
 from pipeline.release import card, citation, croissant
 from pipeline.release import folder as release
 from pipeline.release.encoding import encoding_record
-from pipeline.release.items import PackageReject, answer_balance, build_items
+from pipeline.release.items import PackageReject, answer_balance, build_items, released_first_answers
 from pipeline.release.versions import VersionPlan, plan_version
 from pipeline.vlm.gate_rules import GateDecision, image_encoder
 
@@ -156,7 +156,8 @@ def package(
     up in the card; `diagnose_params` gives the text-bias threshold the card states. Everything is
     computed before the folder is replaced whole, so a refusal leaves the last build as it was.
     """
-    items, rejected = build_items(accepted, images, read_bytes, image_encoder(export_params, max_pixels), params, gate)
+    items, rejected = build_items(accepted, images, read_bytes, image_encoder(export_params, max_pixels), params, gate,
+                                  released_order=released_first_answers(last))
     excluded = [r.pair_id for r in rejected if r.reason == PackageReject.EXCLUDED]
     plan = plan_version(params, changelog_text, last, items, excluded)
     common = {"version": plan.version, "random_init_encoders": provenance_info.get("random_init_encoders", [])}

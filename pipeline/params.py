@@ -314,6 +314,9 @@ class EvaluateParams:
 
     clip: tuple[EncoderParams, ...]
     vlm: tuple[VlmParams, ...]
+    # also run the diagnostics (section `diagnose`) on the scored models; each VLM is then asked
+    # 3 + len(grids) x permutations (+ permutations for a token shuffle) times per question instead of once
+    diagnostics: bool
 
 
 GRID = Range(2, 64, meaning="tiles per side of the shuffled image")

@@ -21,16 +21,11 @@ from pipeline.core.report import RANDOM_WEIGHTS_MARK
 from pipeline.params import VlmParams
 from pipeline.vlm import scoring
 from pipeline.vlm.backends import CachedBackend, OpenAIBackend, TransformersBackend, build_prompt
+from tests.conftest import TINY_CLIP_TEXT_CONFIG
 from tests.helpers.params import demo_params, section
 from tests.helpers.release_world import build_release
 from tests.helpers.tiny_vlm import build_tiny_vlm
 
-# open_clip's tokenizer emits ids up to 49407, so the tiny text tower keeps the full vocabulary.
-TINY_CLIP_TEXT_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
-}
 TINY_CLIP = demo_params("embed.clip", model="tiny-clip-text", weights="random", image_size=32,
                           config=TINY_CLIP_TEXT_CONFIG, seed=0)
 STATE = patterns.by_key("state").paper  # evaluate reports patterns by the paper's names
@@ -179,7 +174,7 @@ def test_reply_cache_has_one_location_for_the_command_dvc_and_readme(built, tiny
 
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"evaluate": {"clip": [], "vlm": [
-        {"backend": "transformers", "model": str(tiny_vlm_dir), "max_new_tokens": 6}]}}))
+        {"backend": "transformers", "model": str(tiny_vlm_dir), "max_new_tokens": 6}], "diagnostics": False}}))
     monkeypatch.chdir(tmp_path)
     assert evaluate.main([str(built), "--params", str(params), "--results", str(tmp_path / "r.json")]) == 0
     caches = sorted(p.relative_to(tmp_path) for p in tmp_path.glob(".cache/**/*.jsonl"))
@@ -220,7 +215,7 @@ def test_evaluate_command_on_release_and_mmvp_folders(built, tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"evaluate": {"clip": [{**section("embed.clip"),
         "kind": "open_clip", "model": "tiny-clip-text", "weights": "random", "image_size": 32,
-        "config": TINY_CLIP_TEXT_CONFIG, "seed": 0}], "vlm": []}}))
+        "config": TINY_CLIP_TEXT_CONFIG, "seed": 0}], "vlm": [], "diagnostics": True}, "diagnose": section("diagnose")}))
     outputs = {}
     for name, folder in (("release", built), ("mmvp_vlm", built / "mmvp_vlm")):
         results, table, chart = tmp_path / f"{name}.json", tmp_path / f"{name}.md", tmp_path / f"{name}.svg"
@@ -301,7 +296,7 @@ def test_every_readme_evaluate_command_runs_as_written(built, tmp_path, monkeypa
     assert len(commands) >= 3 and all(argv[:2] == ["clipblind", "evaluate"] for argv in commands)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": {"clip": [{**section("embed.clip"),
         "kind": "open_clip", "model": "tiny-clip-text", "weights": "random", "image_size": 32,
-        "config": TINY_CLIP_TEXT_CONFIG, "seed": 0}], "vlm": []}}))
+        "config": TINY_CLIP_TEXT_CONFIG, "seed": 0}], "vlm": [], "diagnostics": True}, "diagnose": section("diagnose")}))
     monkeypatch.chdir(tmp_path)  # README's relative outputs land here
     for argv in commands:
         folder = argv[2]
@@ -311,11 +306,12 @@ def test_every_readme_evaluate_command_runs_as_written(built, tmp_path, monkeypa
         printed = capsys.readouterr().out
         if "--results" in argv:
             outputs = [Path(argv[argv.index(flag) + 1]) for flag in ("--results", "--table", "--chart")]
-        else:  # no flags: results, table and chart side by side under evaluate/<folder name>/, named in the summary
+        else:  # no flags: results, table, charts and the diagnostics tables side by side under evaluate/<folder name>/
             out = Path(evaluate.DEFAULT_OUT) / Path(run[0]).name
             outputs = [out / name for name in evaluate.DEFAULT_FILES]
             assert str(out) in printed
-        assert all(p.is_file() and p.stat().st_size for p in outputs), (argv, outputs)
+        assert all((p / "diagnostics.parquet" if p.is_dir() else p).is_file() and p.stat().st_size for p in outputs), \
+            (argv, outputs)
         assert json.loads(outputs[0].read_text())["benchmark"]["folder"] == run[0]
 
 

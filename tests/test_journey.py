@@ -269,7 +269,7 @@ def check_evaluate(ws: Workspace, tmp: Path, order: list[str]) -> None:
         params = tmp / "evaluate.yaml"
         params.write_text(json.dumps({"evaluate": {"clip": [], "vlm": [
             {"backend": "openai", "url": vlm.url, "model": "scripted", "api_key_env": "JOURNEY_NO_KEY",
-             "max_new_tokens": 16, "timeout": 120.0}]}}))
+             "max_new_tokens": 16, "timeout": 120.0}], "diagnostics": False}}))
         ws.clipblind("evaluate (scripted VLM)", "evaluate", RELEASE, "--params", str(params),
                      "--results", str(tmp / "scores.json"), "--cache", str(tmp / "vlm-cache"))
     finally:

@@ -15,9 +15,8 @@ import yaml
 
 from pipeline.core import schemas
 from pipeline.release import folder as release
-from tests.conftest import REPO, tiny_params
+from tests.conftest import REPO, TINY_CLIP_TEXT_CONFIG, tiny_params
 from tests.helpers.release_world import accepted_rows
-from tests.test_evaluate import TINY_CLIP_TEXT_CONFIG
 
 pytestmark = pytest.mark.slow
 

@@ -39,6 +39,7 @@ HEADLINES: dict[str, dict[str, str]] = {
     "gate": {"inputs": "inputs", "outputs": "passed", "rejected": "dropped"},
     "package": {"inputs": "inputs", "outputs": "packaged", "rejected": "rejected", "status": "status",
                 "version": "version"},
+    "diagnose": {"inputs": "pairs", "outputs": "questions"},
     "evaluate": {"inputs": "benchmark.pairs"},
 }
 

@@ -44,6 +44,7 @@ from pipeline.core.errors import ClipblindError
 from pipeline.diagnostics import records
 from pipeline.release import mmvp, withheld
 from pipeline.release.withheld import MANIFEST, WITHHELD, WITHHELD_HEADER
+from pipeline.vlm import pairs
 
 SPLIT = "test"
 PARQUET_PATH = f"data/{SPLIT}-00000-of-00001.parquet"
@@ -56,7 +57,7 @@ SUMS = "SHA256SUMS"
 FETCH_SCRIPT = "fetch_images.py"  # pipeline/release/withheld.py, copied byte for byte
 # Fixed tar member metadata: the same items give the same tar bytes on any machine.
 TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z
-MEMBERS = ("a", "b")
+MEMBERS = pairs.MEMBERS  # defined with the pair record
 SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?$")
 
 # Item fields as the Hugging Face layout declares them (the card's dataset_info is built from this).

@@ -15,10 +15,9 @@ from pipeline.images.decode import decode
 from pipeline.params import VlmParams
 from pipeline.vlm.backends import CachedBackend, OpenAIBackend, TransformersBackend
 from pipeline.vlm.pairs import EvalPair
-from tests.conftest import TINY_DINO_CONFIG
+from tests.conftest import TINY_CLIP_TEXT_CONFIG, TINY_DINO_CONFIG
 from tests.helpers.params import demo_params
 from tests.helpers.tiny_vlm import build_tiny_vlm
-from tests.test_evaluate import TINY_CLIP_TEXT_CONFIG
 
 CLIP = demo_params("embed.clip", model="tiny-clip-text", weights="random", image_size=32, config=TINY_CLIP_TEXT_CONFIG,
                    seed=0, dtype="fp32", device="cpu")

@@ -39,6 +39,12 @@ def test_tile_permutation_is_numpy_s_seeded_permutation():
     assert tile_permutation(4, 7) == list(np.random.default_rng(7).permutation(16))
     assert sorted(tile_permutation(8, 3)) == list(range(64))
     assert tile_permutation(4, 0) != tile_permutation(4, 1)
+    # never the identity: where numpy's first draw of 4 places is (seed 1), the generator's next draw is taken
+    identity = next(s for s in range(100) if list(np.random.default_rng(s).permutation(4)) == [0, 1, 2, 3])
+    rng = np.random.default_rng(identity)
+    rng.permutation(4)
+    assert tile_permutation(2, identity) == list(rng.permutation(4)) != [0, 1, 2, 3]
+    assert all(tile_permutation(2, s) != [0, 1, 2, 3] for s in range(200))
     assert token_permutation(576, 5) == list(np.random.default_rng(5).permutation(576))
 
 

@@ -25,8 +25,8 @@ def sections() -> dict[str, type]:
     """Every params.yaml section and the dataclass its stage or command loads it into."""
     from pipeline.params import (
         AcceptParams,
-        DiagnoseParams,
         CalibrateParams,
+        DiagnoseParams,
         DraftParams,
         EmbedParams,
         EvaluateParams,
