@@ -8,5 +8,6 @@
   `separation`: can the encoder tell a pair apart (pooled and patch similarity, statement test,
   leave-one-pair-out probe).
 * `text_bias`: how well text alone predicts a question's answer (k folds grouped by pair).
+* `logistic`: the L2-penalised logistic regression of the probe and of `text_bias` (dual Newton).
 * `run`: everything above on a list of pairs; `report`: the markdown and the SVG charts.
 """

@@ -16,7 +16,7 @@
   WRITTEN option order (a release that reversed a pair's options, `options_swapped`, is undone), so a
   label means the same option text position across the pairs of a pattern. `diagnose.encoders.probe`:
   `linear` is an L2 logistic regression without intercept (the features are centred per pair),
-  minimising the log-losses summed + probe_l2 / 2 * |w|^2 by Newton's method (deterministic); `knn` is
+  minimising the log-losses summed + probe_l2 / 2 * |w|^2 (`logistic.fit`, deterministic); `knn` is
   1-nearest neighbour by cosine. A score of exactly 0 (no side taken) is wrong. `probe_right`: both
   images right; `probe_train_pairs`: the pairs of the fold's training set (the pattern's other pairs with
   answers); fewer than `probe_min_train_pairs`, or the pair has no answers (MMVP-VLM folders): None.
@@ -39,16 +39,12 @@ import numpy as np
 
 from pipeline.core.patterns import ANSWERS
 from pipeline.core.report import progress
+from pipeline.diagnostics import logistic
 from pipeline.diagnostics.features import FeatureEncoder, Features
 from pipeline.diagnostics.records import BY_PATCH, BY_PROBE, EncoderPair
 from pipeline.params import EncoderDiagnosticsParams
 from pipeline.vlm import scoring
 from pipeline.vlm.pairs import EvalPair
-
-# Newton's method on the probe's strictly convex objective: it stops when a step changes no weight by more
-# than NEWTON_TOLERANCE (quadratic convergence gets there in a handful of steps) or after NEWTON_STEPS.
-NEWTON_STEPS = 100
-NEWTON_TOLERANCE = 1e-10
 
 
 @dataclass(frozen=True)
@@ -124,33 +120,10 @@ def answer_labels(pair: EvalPair) -> tuple[int, int] | None:
     return (1 - a, 1 - b) if pair.options_swapped else (a, b)
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))  # 1 / (1 + exp(-z)) without overflow
-
-
 def fit_linear_probe(x: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
-    """The weights w minimising sum_i log(1 + exp(-y_i w.x_i)) + l2 / 2 |w|^2 (y in {-1, +1}, no intercept).
-
-    Solved in the span of the rows (w = x^T alpha), where Newton's system is n x n for n rows of any width;
-    a step is halved until the objective does not rise."""
-    gram = x @ x.T
-    alpha: np.ndarray = np.zeros(len(y))
-
-    def objective(a: np.ndarray) -> float:
-        f = gram @ a
-        return float(np.logaddexp(0.0, -y * f).sum() + 0.5 * l2 * a @ f)
-
-    for _ in range(NEWTON_STEPS):
-        s = _sigmoid(y * (gram @ alpha))
-        gradient = -y * (1.0 - s) + l2 * alpha  # gram @ gradient is the objective's gradient in alpha
-        step = np.linalg.solve((s * (1.0 - s))[:, None] * gram + l2 * np.eye(len(y)), -gradient)
-        current, scale = objective(alpha), 1.0
-        while objective(alpha + scale * step) > current and scale > NEWTON_TOLERANCE:
-            scale /= 2
-        alpha = alpha + scale * step
-        if np.max(np.abs(scale * step), initial=0.0) < NEWTON_TOLERANCE:
-            break
-    return x.T @ alpha
+    """The weights w minimising sum_i log(1 + exp(-y_i w.x_i)) + l2 / 2 |w|^2 (y in {-1, +1}, no intercept):
+    `logistic.fit` with label 1 for y = +1."""
+    return logistic.fit(x, (np.asarray(y) > 0).astype(np.float64), l2)
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:

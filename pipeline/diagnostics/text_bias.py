@@ -29,7 +29,7 @@ import numpy as np
 
 from pipeline.core import patterns
 from pipeline.core.report import progress
-from pipeline.diagnostics import records
+from pipeline.diagnostics import logistic, records
 from pipeline.diagnostics.records import TextBias
 from pipeline.params import TextBiasParams
 from pipeline.release.folder import MEMBERS
@@ -37,7 +37,7 @@ from pipeline.vlm.pairs import EvalPair
 
 # Buckets of the hashed bag of words (question, options, pattern; each word also tagged by image position): enough
 # that the rare words of a few hundred questions seldom share one (a shared bucket carries one pair's memorised
-# weight to another pair's score). The dual Newton step below costs n x n, not d x d, so d may be large.
+# weight to another pair's score). The dual Newton fit (`logistic.fit`) costs n x n, not d x d, so d may be large.
 HASH_DIM = 2048
 # L2 penalty on the weights (on the summed log-loss). Measured on 150-300 pairs of random text: at 1 (or 3) a
 # random-text benchmark has 12-20 % (3-7 %) of its questions above 0.75, at 10 none (max 0.72), while a position
@@ -45,8 +45,6 @@ HASH_DIM = 2048
 # far less, only so that a fold of one class stays finite.
 L2 = 10.0
 L2_INTERCEPT = 1e-3
-NEWTON_STEPS = 50
-NEWTON_TOLERANCE = 1e-8
 _WORD = re.compile(r"\w+")
 
 
@@ -156,33 +154,11 @@ def _out_of_fold(questions: Sequence[Question], params: TextBiasParams) -> dict[
     x = np.stack([q.features for q in questions])
     y = np.array([q.answer == patterns.ANSWERS[0] for q in questions], dtype=float)
     fold = np.array([fold_of[q.pair_id] for q in questions])
+    penalty = np.full(x.shape[1], L2)
+    penalty[-1] = L2_INTERCEPT  # the last feature is the intercept
     p = np.empty(len(questions))
     for k in range(params.folds):
         held = fold == k
-        p[held] = _sigmoid(fit_logistic(x[~held], y[~held], x[held]))
+        p[held] = logistic.sigmoid(x[held] @ logistic.fit(x[~held], y[~held], penalty))
     return {(q.pair_id, q.member): float(v) for q, v in zip(questions, p)}
 
-
-def fit_logistic(x: np.ndarray, y: np.ndarray, x_new: np.ndarray) -> np.ndarray:
-    """The logits at `x_new` of an L2-penalised logistic regression fitted to (x, y) (last column: the intercept).
-
-    Solved by Newton's method in its dual form (the weights are P^-1 X^T alpha, P the penalties): a step
-    solves an n x n system for n training questions instead of a d x d one for d features, which is
-    what makes hashed words cheap.
-    """
-    inverse_penalty = np.full(x.shape[1], 1.0 / L2)
-    inverse_penalty[-1] = 1.0 / L2_INTERCEPT
-    kernel = (x * inverse_penalty) @ x.T
-    alpha = np.zeros(len(y))
-    for _ in range(NEWTON_STEPS):
-        p = _sigmoid(kernel @ alpha)
-        # Newton's step on sum(log-loss(K alpha)) + alpha^T K alpha / 2: (W K + I) step = p - y + alpha
-        step = np.linalg.solve((p * (1.0 - p))[:, None] * kernel + np.eye(len(y)), p - y + alpha)
-        alpha -= step
-        if float(np.max(np.abs(step))) < NEWTON_TOLERANCE:
-            break
-    return np.asarray((x_new * inverse_penalty) @ x.T @ alpha)
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * z)))
