@@ -39,6 +39,7 @@ from pipeline.core import schemas
 from pipeline.core.config import command_params
 from pipeline.core.report import summary, warn, write_headline, write_metrics
 from pipeline.diagnostics import records
+from pipeline.diagnostics.summary import release_account
 from pipeline.images.corpus import Corpus
 from pipeline.params import DiagnoseParams, ExportParams, IngestParams, PackageParams
 from pipeline.release import card, citation, croissant
@@ -95,15 +96,6 @@ def read_diagnostics(folder: str | Path | None) -> dict[str, pa.Table]:
         return {}
     paths = {config: Path(folder) / f"{config}.parquet" for config in records.CONFIGS}
     return {config: pq.read_table(path) for config, path in paths.items() if path.exists()}
-
-
-def diagnostics_account(tables: Mapping[str, pa.Table], text_bias_threshold: float) -> dict[str, Any] | None:
-    """What the card and manifest say about the diagnostics (None when they were not run)."""
-    if not tables:
-        return None
-    from pipeline.diagnostics.summary import summarise
-
-    return {**summarise(tables), "text_bias_threshold": text_bias_threshold}
 
 
 def spec_for(
@@ -184,7 +176,7 @@ def package(
         raise release.ReleaseError("diagnostics given without the diagnose params: pass diagnose_params (params.yaml "
                                    "section diagnose) so the card states the text-bias threshold")
     release.check_diagnostics(tables, items)
-    account = diagnostics_account(tables, diagnose_params.text_bias.threshold) if diagnose_params and tables else None
+    account = release_account(tables, diagnose_params.text_bias.threshold) if diagnose_params else None
     spec = spec_for(params, plan, changelog_text, info, gate, citation_text, items, account)
     files, manifest = release.render_release(items, spec, render_card, params.shard_size, tables, croissant.describe)
     if last is not None and plan.version == last["version"]:

@@ -5,9 +5,13 @@ One function, `summarise`, reads the four tables (`records.CONFIGS`) and returns
 * `text_bias`: questions scored, the flagged ones (listed for review), the mean score;
 * `encoders`: per encoder, pairs judged, how many it separates and by which rule, the mean pooled cosine and the
   statement test's pair accuracy (encoders with a text tower);
-* `models`: per model, `trials.model_summary` (accuracy with and without images, blank images, shuffles, gain,
+* `models`: per model, `model_summary` (accuracy with and without images, blank images, shuffles, gain,
   leakage, bias-aligned errors, per pattern) plus the 2x2 per encoder: pairs per bucket and the share of the
   model's failed pairs that are hidden in plain sight (the encoder separates them) versus encoder-blind.
+
+`release_account` is what a release's manifest and card say about the diagnostics it ships (`package`
+writes it, `remove` writes it again for the rows it keeps). Rates are rounded to 4 places, as `scoring`
+rounds its accuracies. Summing up runs no model: the release commands use it with the base install.
 """
 
 from __future__ import annotations
@@ -19,13 +23,98 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.core.errors import ClipblindError
 from pipeline.diagnostics import records
 from pipeline.diagnostics.records import EncoderPair, ModelQuestion, TextBias
-from pipeline.diagnostics.trials import model_summary
+from pipeline.vlm import scoring
 
 
-def _share(part: int, whole: int) -> float | None:
+class SummaryError(ClipblindError, ValueError):
+    """Diagnostics records that cannot be summed up as asked."""
+
+
+def _share(part: float, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return round(fmean(values), 4) if values else None
+
+
+def _per_grid(questions: Sequence[ModelQuestion], pairs: Sequence[ModelQuestion]) -> list[dict[str, Any]]:
+    """Per grid run: mean accuracy and flip rate over questions, mean pair-right rate over pairs."""
+    grids = sorted({g for q in questions for g in q.shuffle_grids})
+
+    def at(q: ModelQuestion, values: tuple[float, ...], grid: int) -> list[float]:
+        return [values[q.shuffle_grids.index(grid)]] if grid in q.shuffle_grids else []
+
+    return [{"grid": g,
+             "accuracy": _mean([v for q in questions for v in at(q, q.shuffle_accuracy, g)]),
+             "flip_rate": _mean([v for q in questions for v in at(q, q.shuffle_flip_rate, g)]),
+             "pair_right_rate": _mean([v for q in pairs for v in at(q, q.shuffle_pair_right_rate, g)])}
+            for g in grids]
+
+
+def _figures(questions: Sequence[ModelQuestion]) -> dict[str, Any]:
+    """The figures a model's summary and each of its patterns share."""
+    first: dict[str, ModelQuestion] = {}
+    for q in questions:
+        first.setdefault(q.pair_id, q)
+    pairs = list(first.values())  # pair figures (same for both questions of a pair) read once per pair
+    token = [q for q in questions if q.token_shuffle_accuracy is not None]
+    return {
+        "questions": len(questions),
+        "pairs": len(pairs),
+        "accuracy": _share(sum(q.correct for q in questions), len(questions)),
+        "pair_accuracy": _share(sum(q.pair_right for q in pairs), len(pairs)),
+        "no_image_accuracy": _share(sum(q.no_image_correct for q in questions), len(questions)),
+        "blank_accuracy": _share(sum(q.blank_correct for q in questions), len(questions)),
+        "pixel_shuffle": _per_grid(questions, pairs),
+        "token_shuffle": {
+            "accuracy": _mean([q.token_shuffle_accuracy for q in token if q.token_shuffle_accuracy is not None]),
+            "flip_rate": _mean([q.token_shuffle_flip_rate for q in token if q.token_shuffle_flip_rate is not None]),
+            "pair_right_rate": _mean([q.token_shuffle_pair_right_rate for q in pairs
+                                      if q.token_shuffle_pair_right_rate is not None]),
+        } if token else None,
+        "global_cue_pairs": sum(q.global_cue is True for q in pairs),
+    }
+
+
+def model_summary(questions: Sequence[ModelQuestion]) -> dict[str, Any]:
+    """One model's figures over its questions: accuracy with the image, with none and with a blank one, pair
+    accuracy, the gain the images bring, leakage (right with no image beyond chance), how many of its right
+    answers it also gives with no image (`prior_share`), how many of its wrong ones are bias-aligned, the
+    shuffles per grid and of tokens, global-cue pairs; and most of it again per pattern."""
+    models = sorted({q.model for q in questions})
+    if len(models) > 1:
+        raise SummaryError(f"model_summary sums up one model, got questions of {models}: group them by model first")
+    figures = _figures(questions)
+    right = [q for q in questions if q.correct]
+    wrong = [q for q in questions if not q.correct]
+    accuracy, no_image = figures["accuracy"], figures["no_image_accuracy"]
+    by_pattern: dict[str, list[ModelQuestion]] = defaultdict(list)
+    for q in questions:
+        by_pattern[q.pattern].append(q)
+    per_pattern = {}
+    for pattern, group in sorted(by_pattern.items()):
+        f = _figures(group)
+        per_pattern[pattern] = {
+            "questions": f["questions"], "accuracy": f["accuracy"], "pair_accuracy": f["pair_accuracy"],
+            "no_image_accuracy": f["no_image_accuracy"], "blank_accuracy": f["blank_accuracy"],
+            "pixel_shuffle": [{k: s[k] for k in ("grid", "accuracy", "pair_right_rate")} for s in f["pixel_shuffle"]],
+            "token_shuffle_accuracy": f["token_shuffle"]["accuracy"] if f["token_shuffle"] else None,
+            "global_cue_pairs": f["global_cue_pairs"],
+        }
+    return {
+        **{k: figures[k] for k in ("questions", "pairs", "accuracy", "pair_accuracy", "no_image_accuracy",
+                                   "blank_accuracy")},
+        "gain": round(accuracy - no_image, 4) if accuracy is not None and no_image is not None else None,
+        "leakage": round(no_image - scoring.CHANCE_QUESTION, 4) if no_image is not None else None,
+        "prior_share": _share(sum(q.no_image_correct for q in right), len(right)),
+        "bias_aligned_error_rate": _share(sum(q.bias_aligned_error is True for q in wrong), len(wrong)),
+        **{k: figures[k] for k in ("pixel_shuffle", "token_shuffle", "global_cue_pairs")},
+        "per_pattern": per_pattern,
+    }
 
 
 def text_bias_summary(rows: Sequence[TextBias]) -> dict[str, Any]:
@@ -89,3 +178,11 @@ def summarise(tables: Mapping[str, pa.Table]) -> dict[str, Any]:
                         "calls_per_question": _share(calls[name], len(questions)), "encoders": bucket_summary(questions)}
     return {"text_bias": text_bias_summary(rows["diagnostics"]), "encoders": encoder_summary(rows["encoders"]),
             "models": models}
+
+
+def release_account(tables: Mapping[str, pa.Table], text_bias_threshold: float) -> dict[str, Any] | None:
+    """What a release's manifest and card say about the diagnostics tables it ships (`ReleaseSpec.diagnostics`):
+    their summary and the text-bias threshold the audit flagged by; None when it ships none."""
+    if not tables:
+        return None
+    return {**summarise(tables), "text_bias_threshold": text_bias_threshold}

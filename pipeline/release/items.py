@@ -15,7 +15,7 @@ import enum
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -25,7 +25,9 @@ from pipeline.diagnostics import records
 from pipeline.images.decode import DecodeError
 from pipeline.params import PackageParams
 from pipeline.release import folder as release
-from pipeline.vlm.gate_rules import GateDecision
+
+if TYPE_CHECKING:  # a type only: `remove` imports this module with the base install, which has no VLM backends
+    from pipeline.vlm.gate_rules import GateDecision
 
 
 class PackageReject(str, enum.Enum):

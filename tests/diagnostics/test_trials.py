@@ -19,12 +19,12 @@ from pipeline.core.patterns import lookup
 from pipeline.diagnostics import records
 from pipeline.diagnostics.records import BLANK, IMAGE, NO_IMAGE, PIXEL_SHUFFLE, TOKEN_SHUFFLE
 from pipeline.diagnostics.shuffle import shuffle_tiles, tile_permutation, token_shuffle
+from pipeline.diagnostics.summary import SummaryError, model_summary
 from pipeline.diagnostics.trials import (
     TOKEN_VARIANT,
     TrialError,
     calls_per_question,
     model_questions,
-    model_summary,
     run_trials,
 )
 from pipeline.images.decode import decode
@@ -234,7 +234,7 @@ def test_summing_up_refuses_incomplete_predictions_and_mixed_models():
         model_questions([SIDE], predictions, params)
     both = model_questions([COLOUR], predictions + run_trials([COLOUR], IgnoresImages(), params), params)
     assert {q.model for q in both} == {"mean-colour", "ignores-images"}
-    with pytest.raises(TrialError, match="one model"):
+    with pytest.raises(SummaryError, match="one model"):
         model_summary(both)
 
 
