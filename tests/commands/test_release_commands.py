@@ -10,10 +10,26 @@ import time
 
 import pytest
 
-from pipeline import cli
-from pipeline.commands import publish, tag
+from pipeline import cli, package
+from pipeline.commands import publish, remove, tag
+from pipeline.diagnostics import records
+from pipeline.diagnostics.summary import release_account
 from pipeline.release import folder as release
-from tests.helpers.release_world import build_release
+from tests.helpers.release_world import (
+    DIAG_MODEL,
+    DIAG_RIGHT,
+    DIAG_SEPARATES,
+    PRE_DIAGNOSTICS_COLUMN,
+    PRE_DIAGNOSTICS_MANIFEST_KEYS,
+    as_release_before_diagnostics,
+    build_inputs,
+    build_release,
+    diagnostics_tables,
+    package_args,
+    refuse_connections,
+    world_pairs,
+    write_diagnostics,
+)
 
 
 @pytest.fixture(scope="module")
@@ -279,3 +295,181 @@ def test_same_items_with_other_bytes_are_not_the_released_version(sample_corpus,
     assert build() == 0
     manifest = release.check_releasable(out, release.read_released(record))
     assert manifest["version"] == "1.0.1" and manifest["changes"]["other_changes"] == [release.METADATA_ONLY]
+
+
+# ---------------------------------------------------------------- remove keeps the diagnostics
+
+
+@pytest.fixture(scope="module")
+def removed(sample_corpus, tmp_path_factory):
+    """The world's release packaged with the planted diagnostics, and the version `remove` derives without the first
+    pair with both images (P1: the flagged question's pair, the model's only pair right)."""
+    root = tmp_path_factory.mktemp("remove_diagnostics")
+    inputs = build_inputs(sample_corpus, root / "inputs")
+    tables = diagnostics_tables(inputs)
+    source = root / "release"
+    folder = write_diagnostics(tables, root / "diagnostics")
+    assert package.main(package_args(inputs, source, root / "package.json", "--diagnostics", str(folder))) == 0
+    pairs = world_pairs(inputs)
+    gone = next(p for p in pairs if not p["withheld"])["pair_id"]
+    before = (source / release.SUMS).read_bytes()
+    out = root / "v1.1.0"
+    assert remove.main([str(source), "--ids", gone, "--reason", "takedown request #7", "--out", str(out)]) == 0
+    assert (source / release.SUMS).read_bytes() == before  # the source version is left as it was
+    return {"inputs": inputs, "tables": tables, "source": source, "out": out, "gone": gone, "root": root,
+            "seen": [p for p in pairs if not p["withheld"]]}
+
+
+def test_remove_keeps_each_diagnostics_config_without_the_removed_pairs_rows(removed, monkeypatch):
+    import datasets
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out, gone = removed["out"], removed["gone"]
+    manifest = release.read_manifest(out)
+    assert manifest["version"] == "1.1.0" and manifest["changes"]["removed_pairs"] == [gone]
+    for config in records.CONFIGS:
+        source = removed["tables"][config].to_pylist()
+        kept = [r for r in source if r["pair_id"] != gone]
+        assert len(kept) < len(source)  # every table held rows about the removed pair (encoders, models too)
+        ds = datasets.load_dataset(str(out), name=config, split=release.SPLIT, cache_dir=str(removed["root"] / "hf"))
+        assert list(ds) == kept and gone not in ds["pair_id"]
+        assert manifest["configs"][config]["rows"] == len(kept)
+    items = datasets.load_dataset(str(out), name=release.DEFAULT_CONFIG, split=release.SPLIT,
+                                  cache_dir=str(removed["root"] / "hf"))
+    assert items.num_rows == 6 and gone not in items["pair_id"]
+
+
+def test_remove_sums_up_the_kept_rows_in_the_card_and_manifest(removed):
+    card = (removed["out"] / release.CARD).read_text()
+    section = card.split("## Why models fail: diagnostics", 1)[1].split("## Limitations", 1)[0]
+    # P1's first question was the only one flagged: no flag is left
+    assert "**0** questions score above the threshold 0.75" in section
+    assert records.item_id(removed["gone"], "a") not in section  # the changelog names it, the diagnostics do not
+    # the 2x2 per encoder over the kept pairs P2, P3, counted by hand from the planted verdicts and answers
+    for encoder, separates in DIAG_SEPARATES.items():
+        cells = [records.bucket(s, all(right)) for s, right in zip(separates[1:], DIAG_RIGHT[1:])]
+        failed = [c for c in cells if c in (records.HIDDEN_IN_PLAIN_SIGHT, records.ENCODER_BLIND)]
+        hidden = round(failed.count(records.HIDDEN_IN_PLAIN_SIGHT) / len(failed), 4)
+        blind = round(failed.count(records.ENCODER_BLIND) / len(failed), 4)
+        row = f"| `{encoder}` | 2 | " + " | ".join(str(cells.count(b)) for b in records.BUCKETS) + f" | {hidden} | {blind} |"
+        assert row in section, row
+    assert "| `clip` | 2 | 0 | 1 | 0 | 1 | 0.5 | 0.5 |" in section  # written out: P2 encoder-blind, P3 hidden
+    assert "| `dino` | 2 | 0 | 2 | 0 | 0 | 1.0 | 0.0 |" in section
+    # the model on P2, P3: 2 of 4 questions right, no pair; (a) with no image: half right, gain 0; of the two
+    # wrong answers (P2-b, P3-a) only P3-a's equals its no-image answer (a)
+    assert f"### Model `{DIAG_MODEL}`" in section
+    assert "**0.5** per\nquestion, **0.0** per pair" in section
+    assert "errors (share of wrong answers equal to the model's no-image answer): **0.5**" in section
+    assert "Model calls: 8 (2.0 per question)" in section
+    for config, rows in (("diagnostics", 6), ("encoders", 4), ("models", 4), ("predictions", 8)):
+        assert f"| `{config}` | {rows} |" in section
+    # the manifest holds exactly the summary of the tables the new version ships
+    manifest = release.read_manifest(removed["out"])
+    assert manifest["diagnostics"] == release_account(release.read_diagnostics(removed["out"]), 0.75)
+    assert manifest["diagnostics"]["models"][DIAG_MODEL]["accuracy"] == 0.5
+
+
+def test_remove_counts_the_answer_balance_again_and_keeps_every_kept_pairs_option_order(removed):
+    source = {i["item_id"]: i for i in release.read_items(removed["source"])}
+    kept = release.read_items(removed["out"])
+    for item in kept:  # a removal reorders nothing: options, answers and the swap flag as released
+        old = source[item["item_id"]]
+        assert (item["options"], item["answer"], item["options_swapped"]) == (old["options"], old["answer"],
+                                                                              old["options_swapped"])
+    firsts = [i for i in kept if i["member"] == "a"]
+    a = sum(i["answer"] == "(a)" for i in firsts)
+    swapped = sum(i["options_swapped"] for i in firsts)
+    seed = release.read_manifest(removed["source"])["answer_balance"]["seed"]
+    assert release.read_manifest(removed["out"])["answer_balance"] == {
+        "pairs": 3, "first_answer_a": a, "first_answer_b": 3 - a, "swapped_pairs": swapped, "seed": seed}
+    gone_first = source[f"{removed['gone']}-a"]["answer"]
+    assert a == 2 - (gone_first == "(a)")  # the source had (a) in 2 of 4 pairs
+    card = (removed["out"] / release.CARD).read_text()
+    assert f"`(a)` in **{a}** and `(b)` in **{3 - a}** of 3 pairs; {swapped} pairs" in card
+
+
+def test_remove_writes_a_croissant_json_that_mlcroissant_validates_offline(removed, monkeypatch):
+    import mlcroissant as mlc
+    import pyarrow.parquet as pq
+
+    out = removed["out"]
+    doc = json.loads((out / release.CROISSANT).read_text())
+    files = {f["@id"]: f for f in doc["distribution"]}
+    for info in release.read_manifest(out)["configs"].values():
+        assert files[info["path"]]["sha256"] == release.file_sha256(out / info["path"])
+    refuse_connections(monkeypatch)
+    ds = mlc.Dataset(jsonld=str(out / release.CROISSANT))  # raises mlcroissant.ValidationError on any error
+    assert not ds.metadata.ctx.issues.errors and ds.metadata.version == "1.1.0"
+    assert "(a) in " in " ".join(ds.metadata.data_biases) and "of 3 pairs" in " ".join(ds.metadata.data_biases)
+    assert "0 questions whose right answer text alone predicts" in " ".join(ds.metadata.data_biases)
+    for config in records.CONFIGS:
+        got = [r[f"{config}/pair_id"].decode() for r in ds.records(config)]
+        assert got == pq.read_table(out / release.config_path(config)).column("pair_id").to_pylist()
+        assert removed["gone"] not in got
+
+
+def test_remove_checksums_cover_the_diagnostics_and_croissant(removed):
+    out = removed["out"]
+    listed = {line.split("  ", 1)[1] for line in (out / release.SUMS).read_text().splitlines()}
+    assert {release.config_path(c) for c in records.CONFIGS} | {release.CROISSANT} <= listed
+    assert subprocess.run(["sha256sum", "--quiet", "--strict", "-c", release.SUMS], cwd=out).returncode == 0
+    assert release.verify(out).ok
+    # and a version derived again from the derived one still holds all of it
+    again = removed["root"] / "v1.2.0"
+    second = removed["seen"][1]["pair_id"]
+    manifest = remove.remove(out, again, [second], "takedown request #8")
+    assert manifest["version"] == "1.2.0" and manifest["counts"]["pairs"] == 2
+    assert set(manifest["configs"]) == {release.DEFAULT_CONFIG, *records.CONFIGS}
+    assert all(second not in t.column("pair_id").to_pylist() for t in release.read_diagnostics(again).values())
+    assert subprocess.run(["sha256sum", "--quiet", "--strict", "-c", release.SUMS], cwd=again).returncode == 0
+
+
+def test_remove_derives_a_version_of_a_release_built_before_the_diagnostics(built, tmp_path, monkeypatch, capsys):
+    import datasets
+    import mlcroissant as mlc
+
+    old = as_release_before_diagnostics(built, tmp_path / "old")
+    assert release.verify(old).ok and not (old / release.CROISSANT).exists()
+    assert not PRE_DIAGNOSTICS_MANIFEST_KEYS & release.read_manifest(old).keys()
+    items = release.read_items(old)
+    assert PRE_DIAGNOSTICS_COLUMN not in items[0]
+    gone = items[0]["pair_id"]
+    out = tmp_path / "new"
+    assert remove.main([str(old), "--ids", gone, "--reason", "takedown request #9", "--out", str(out)]) == 0
+    assert "diagnostics kept: none" in capsys.readouterr().out
+    manifest = release.read_manifest(out)
+    assert manifest["version"] == "1.1.0" and manifest["counts"]["pairs"] == 3
+    # what it keeps: no diagnostics, no answer balance (never recorded), options as written
+    assert list(manifest["configs"]) == [release.DEFAULT_CONFIG]
+    assert manifest["diagnostics"] is None and manifest["answer_balance"] is None
+    assert not any((out / c).exists() for c in records.CONFIGS)
+    card = (out / release.CARD).read_text()
+    assert "The diagnostics were not run for this release" in card
+    assert "This release does not record where its answers sit." in card
+    before = {i["item_id"]: i for i in items}
+    kept = release.read_items(out)
+    assert [i["options_swapped"] for i in kept] == [False] * 6
+    assert all(i["options"] == before[i["item_id"]]["options"] and i["answer"] == before[i["item_id"]]["answer"]
+               for i in kept)
+    assert subprocess.run(["sha256sum", "--quiet", "--strict", "-c", release.SUMS], cwd=out).returncode == 0
+    assert release.verify(out).ok
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ds = datasets.load_dataset(str(out), split=release.SPLIT, cache_dir=str(tmp_path / "hf"))
+    assert ds.num_rows == 6 and ds["options_swapped"] == [False] * 6
+    refuse_connections(monkeypatch)
+    assert not mlc.Dataset(jsonld=str(out / release.CROISSANT)).metadata.ctx.issues.errors
+
+
+def test_remove_with_diagnostics_runs_without_torch_transformers_open_clip_or_faiss(removed, tmp_path):
+    import os
+
+    from tests.conftest import REPO
+    from tests.release.test_standalone import HEAVY, run_blocked
+
+    out = tmp_path / "v1.1.0"
+    argv = [str(removed["source"]), "--ids", removed["gone"], "--reason", "takedown request #7", "--out", str(out)]
+    done, imported = run_blocked("run_module", "pipeline.commands.remove", argv, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not imported & set(HEAVY), imported
+    # the same bytes as the version derived with everything installed
+    assert (out / release.SUMS).read_bytes() == (removed["out"] / release.SUMS).read_bytes()

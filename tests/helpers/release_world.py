@@ -208,3 +208,54 @@ def write_diagnostics(tables: dict[str, pa.Table], folder: Path) -> Path:
     for config, table in tables.items():
         pq.write_table(table, folder / f"{config}.parquet")
     return folder
+
+
+def refuse_connections(monkeypatch) -> None:
+    """Refuse every socket connection (loopback included) for the rest of the test: what reads a release offline."""
+    import socket
+
+    def refuse(self, address):
+        raise AssertionError(f"tried to connect to {address}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: refuse(None, address))
+
+
+# What a release written before the diagnostics and the answer balance existed lacks (pipeline/release/folder.py
+# at that time): the items' options_swapped column, the manifest's configs, answer_balance and diagnostics, the
+# croissant.json and its layout entry.
+PRE_DIAGNOSTICS_MANIFEST_KEYS = ("configs", "answer_balance", "diagnostics")
+PRE_DIAGNOSTICS_COLUMN = "options_swapped"
+
+
+def as_release_before_diagnostics(folder: Path, out: Path) -> Path:
+    """A copy of the release at `folder` (built without diagnostics) as the package stage wrote it before the
+    diagnostics existed, in what `remove` reads: the items' parquet, the manifest, croissant.json (the card and the
+    webdataset shards keep today's text), SHA256SUMS written anew over what is left."""
+    import pyarrow.parquet as pq
+
+    from pipeline.diagnostics import records
+    from pipeline.release import folder as release
+
+    shutil.copytree(folder, out)
+    for config in records.CONFIGS:
+        assert not (out / config).exists(), f"{folder} carries diagnostics: build it without --diagnostics"
+    (out / release.CROISSANT).unlink()
+    path = out / release.PARQUET_PATH
+    table = pq.read_table(path).drop_columns([PRE_DIAGNOSTICS_COLUMN])
+    meta = dict(table.schema.metadata or {})
+    hf = json.loads(meta[b"huggingface"])
+    del hf["info"]["features"][PRE_DIAGNOSTICS_COLUMN]
+    meta[b"huggingface"] = json.dumps(hf).encode()
+    pq.write_table(table.replace_schema_metadata(meta), path, row_group_size=100, compression="zstd",
+                   write_statistics=False)
+    manifest = json.loads((out / release.MANIFEST).read_text())
+    for key in PRE_DIAGNOSTICS_MANIFEST_KEYS:
+        del manifest[key]
+    del manifest["layouts"]["croissant"]
+    (out / release.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+             if p.is_file() and p.name != release.SUMS}
+    (out / release.SUMS).write_text(release.sums_text(files))
+    return out
