@@ -94,10 +94,15 @@ def markdown(summary: Mapping[str, Any]) -> str:
         out.append("")
     bias = summary["text_bias"]
     flagged = bias["flagged"]
-    out += ["### Text-only bias", "",
-            f"{bias['scored']} of {bias['questions']} questions scored from text alone (k folds grouped by pair); "
-            f"mean P(right answer) {_pct(bias['mean'])} %; {len(flagged)} listed for review"
-            + (": " + ", ".join(f"`{i}`" for i in flagged) if flagged else "") + ".", ""]
+    out += ["### Text-only bias", ""]
+    if not bias["questions"]:
+        out += ["No questions to audit yet.", ""]
+    elif not bias["scored"]:
+        out += [f"{bias['questions']} questions, too few pairs for the k folds (grouped by pair) of the audit.", ""]
+    else:
+        out += [f"{bias['scored']} of {bias['questions']} questions scored from text alone (k folds grouped by pair); "
+                f"mean P(right answer) {_pct(bias['mean'])} %; {len(flagged)} listed for review"
+                + (": " + ", ".join(f"`{i}`" for i in flagged) if flagged else "") + ".", ""]
     return "\n".join(out)
 
 

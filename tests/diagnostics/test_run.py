@@ -148,3 +148,12 @@ def test_without_a_model_the_reports_say_why():
     for svg in (report.shuffle_svg(empty.summary), report.buckets_svg(empty.summary)):
         assert report.NO_MODEL in svg
         ET.fromstring(svg)
+
+
+def test_an_empty_benchmark_reports_nothing_to_audit():
+    from pipeline.diagnostics.summary import summarise
+
+    empty = diagnose([], [], [], params())
+    assert empty.summary == summarise({})
+    text = report.markdown(empty.summary)
+    assert "No questions to audit yet." in text and "n/a %" not in text
