@@ -315,3 +315,17 @@ def test_a_missing_union_key_says_what_it_must_be_in_words(tmp_path):
     missing = next(line for line in str(err.value).splitlines() if "missing key 'mine.clip_threshold'" in line)
     assert "a number in [-1, 1) or a mapping with keys ['value', 'quantile']" in missing
     assert "typing." not in str(err.value) and "Annotated" not in str(err.value)
+
+
+def test_a_params_file_that_is_not_yaml_names_its_line_and_no_traceback(tmp_path, capsys):
+    from pipeline import evaluate
+
+    path = tmp_path / "params.yaml"
+    path.write_text('evaluate:\n  clip: []\n  vlm: [] url: "http://x", model: m}]\n  diagnostics: false\n')
+    with pytest.raises(ParamsError, match=r"is not valid YAML at line 3, column \d+"):
+        load_section(path, "evaluate", dict)
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main([str(tmp_path), "--params", str(path)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("clipblind evaluate: bad params in") and "line 3" in err and "Traceback" not in err
