@@ -31,6 +31,11 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
+def _share(value: float | None) -> str:
+    """A share as a percentage with its sign, or "n/a" (e.g. the failures of a model that failed no pair)."""
+    return "n/a" if value is None else f"{100 * value:.1f} %"
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -55,7 +60,7 @@ def markdown(summary: Mapping[str, Any]) -> str:
             for encoder, e in m["encoders"].items():
                 cells = [str(e["buckets"][b]) for b in records.BUCKETS]
                 out.append(f"| {_cell(model)} | {_cell(encoder)} | {e['pairs']} | " + " | ".join(cells)
-                           + f" | {_pct(e['hidden_share'])} % | {_pct(e['encoder_blind_share'])} % |")
+                           + f" | {_share(e['hidden_share'])} | {_share(e['encoder_blind_share'])} |")
         out += ["", "### Shuffle sensitivity, beside the same model's no-image and blank-image accuracy", ""]
         for model, m in models.items():
             grids = [s["grid"] for s in m["pixel_shuffle"]]
@@ -198,6 +203,6 @@ def buckets_svg(summary: Mapping[str, Any]) -> str:
                      f'<text x="{x0 + 1.5 * box}" y="{y0 + 2 * box + 14}" text-anchor="middle">cannot</text>'
                      f'<text x="{x0 - 4}" y="{y0 + box / 2}" text-anchor="end">right</text>'
                      f'<text x="{x0 - 4}" y="{y0 + 1.5 * box}" text-anchor="end">wrong</text>'
-                     f'<text x="{x0}" y="{y0 + 2 * box + 30}">failures hidden in plain sight: {_pct(s["hidden_share"])} %</text>')
+                     f'<text x="{x0}" y="{y0 + 2 * box + 30}">failures hidden in plain sight: {_share(s["hidden_share"])}</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
