@@ -43,6 +43,7 @@ from annotation.tables import FORMULA_LIKE, SAME_ANSWER
 from annotation.validate import MESSAGES, SHARED_COUNTS
 from pipeline.core import patterns
 from pipeline.core.patterns import ANSWERS
+from pipeline.diagnostics import records, report
 from pipeline.images.display import display_name
 from pipeline.release import folder as release
 from tests.helpers import mmvp_oracle
@@ -57,6 +58,7 @@ from tests.helpers.journey_world import (
     Writer,
     copy_repository,
     free_port,
+    pixels_sha256,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.browser]
@@ -69,6 +71,7 @@ FORMULA = "-5 or +5: which way does the arrow turn?"  # a spreadsheet would eval
 # mine.dino_threshold of each `dvc exp run`: each different, so each mines again (DVC's run cache would skip it)
 EXPERIMENT_DINO = {"after round 1": "0.92", "on the unreleased build": "0.91", "after the bump": "0.93"}
 RELEASE = "data/release"
+SHUFFLE_GRIDS, SHUFFLE_K = (2, 4), 2  # diagnose.shuffle for the journey: 7 model calls per question
 SOURCE_ENV = "CLIPBLIND_JOURNEY_REV"  # a git revision to walk instead of the working tree (e.g. HEAD)
 
 
@@ -147,18 +150,34 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def shown(q: Question, swapped: bool) -> tuple[list[str], tuple[str, str]]:
+    """The options and the two answers the release shows for a written question: the written ones, or, where the
+    release reversed the pair's options (its answer-position balance), the options reversed and both answers flipped."""
+    if not swapped:
+        return [q.option_a, q.option_b], (q.answer_a, q.answer_b)
+    other = dict(zip(ANSWERS, ANSWERS[::-1]))
+    return [q.option_b, q.option_a], (other[q.answer_a], other[q.answer_b])
+
+
 def check_release(ws: Workspace, written: dict[str, Question], verification: dict[str, str], version: str) -> None:
-    """The release holds every accepted pair exactly as written, and every reader agrees."""
+    """The release holds every accepted pair exactly as written (options in the balanced order it records), and every
+    reader agrees."""
     release_dir = ws.path(RELEASE)
     manifest = ws.json(f"{RELEASE}/manifest.json")
     assert manifest["version"] == version
     rows = _release_rows(ws)
     by_pair = _by_pair(rows)
     assert set(by_pair) == set(written), "every accepted pair, and nothing else, is released"
+    # answer position: the first image's answer is (a) in half of the pairs (one more when odd), as the card says
+    firsts = [a["answer"] for a, _ in by_pair.values()]
+    assert firsts.count(ANSWERS[0]) == (len(firsts) + 1) // 2
+    assert manifest["answer_balance"]["first_answer_a"] == firsts.count(ANSWERS[0])
     for pair_id, q in written.items():
         a, b = by_pair[pair_id]
-        for row, answer, statement in ((a, q.answer_a, q.statement_a), (b, q.answer_b, q.statement_b)):
-            assert row["question"] == q.question and list(row["options"]) == [q.option_a, q.option_b]
+        assert a["options_swapped"] == b["options_swapped"]
+        options, answers = shown(q, a["options_swapped"])
+        for row, answer, statement in ((a, answers[0], q.statement_a), (b, answers[1], q.statement_b)):
+            assert row["question"] == q.question and list(row["options"]) == options
             assert row["answer"] == answer and row["statement"] == statement
             assert row["pattern"] == patterns.lookup(q.pattern).paper
             assert row["pattern_key"] == patterns.lookup(q.pattern).key
@@ -211,7 +230,8 @@ def check_load_dataset(ws: Workspace, written: dict[str, Question]) -> None:
     script = (
         "import hashlib, json, sys\nfrom datasets import Image, load_dataset\n"
         "ds = load_dataset(sys.argv[1], split='test').cast_column('image', Image(decode=False))\n"
-        "rows = [{k: r[k] for k in ('pair_id', 'member', 'question', 'options', 'answer', 'pattern', 'image_sha256')} "
+        "rows = [{k: r[k] for k in ('pair_id', 'member', 'question', 'options', 'answer', 'pattern', 'image_sha256', "
+        "'options_swapped')} "
         "| {'bytes_sha256': hashlib.sha256(r['image']['bytes']).hexdigest()} for r in ds]\n"
         "open(sys.argv[2], 'w').write(json.dumps(rows))\n"
     )
@@ -221,8 +241,9 @@ def check_load_dataset(ws: Workspace, written: dict[str, Question]) -> None:
     assert len(loaded) == 2 * len(written)
     for item in loaded:
         q = written[item["pair_id"]]
-        assert item["question"] == q.question and item["options"] == [q.option_a, q.option_b]
-        assert item["answer"] == (q.answer_a, q.answer_b)[release.MEMBERS.index(item["member"])]
+        options, answers = shown(q, item["options_swapped"])
+        assert item["question"] == q.question and item["options"] == options
+        assert item["answer"] == answers[release.MEMBERS.index(item["member"])]
         assert item["pattern"] == patterns.lookup(q.pattern).paper
         assert item["bytes_sha256"] == item["image_sha256"]
 
@@ -289,6 +310,86 @@ def check_evaluate(ws: Workspace, tmp: Path, order: list[str]) -> None:
         key = members[0]["pattern_key"]
         assert per_pattern[key]["pair_accuracy"] == float(pairs_right[pair_id]), key
         assert per_pattern[key]["question_accuracy"] == (right[(pair_id, 0)] + right[(pair_id, 1)]) / 2, key
+
+
+def scripted_models(ws: Workspace, tasks: list[dict[str, Any]], written: dict[str, Question]) -> dict[str, ScriptedVlm]:
+    """Two OpenAI-compatible models whose diagnostics are known by hand: `ignores-images` answers (a) to everything;
+    `reads-images` answers the right option's text for each real image of a written pair (known by its pixels: the
+    release ships the display copy's pixels without its JPEG comment) and (b) to anything else (no image, a blank
+    one, shuffled tiles)."""
+    display = ws.path("data/display")
+    truth = {}
+    for task in tasks:
+        q = written.get(task["data"]["pair_id"])
+        if q is not None:
+            for member, answer in zip(("image_a", "image_b"), (q.answer_a, q.answer_b)):
+                image = (display / display_name(task["data"][f"{member}_id"])).read_bytes()
+                truth[(q.question, pixels_sha256(image))] = (q.option_a, q.option_b)[ANSWERS.index(answer)]
+    return {"ignores-images": ScriptedVlm({}, fallback=ANSWERS[0]),
+            "reads-images": ScriptedVlm(truth, fallback=ANSWERS[1], image_key=pixels_sha256)}
+
+
+def model_params(models: dict[str, ScriptedVlm]) -> str:
+    """params.yaml's evaluate.vlm for the scripted models, as a flow list."""
+    return "[" + ", ".join(f'{{backend: openai, url: "{m.url}", model: {name}, max_new_tokens: 16, '
+                           'api_key_env: JOURNEY_NO_KEY, timeout: 120}' for name, m in models.items()) + "]"
+
+
+def check_diagnostics(ws: Workspace, models: dict[str, ScriptedVlm], written: dict[str, Question]) -> None:
+    """The release's diagnostics configurations hold the scripted models' hand-computed figures, load with
+    `load_dataset(name=...)` offline, and its croissant.json validates under mlcroissant with no network."""
+    manifest = ws.json(f"{RELEASE}/manifest.json")
+    tables = {c: pq.read_table(ws.path(f"{RELEASE}/{c}/test-00000-of-00001.parquet")) for c in records.CONFIGS}
+    name = {short: f"openai:{m.url}:{short}" for short, m in models.items()}  # as the backend names itself
+    questions, per_question = 2 * len(written), 3 + len(SHUFFLE_GRIDS) * SHUFFLE_K
+    summary = manifest["diagnostics"]["models"]
+    ignores, reads = summary[name["ignores-images"]], summary[name["reads-images"]]
+    # ignores images: half right (each pair has one (a) answer), no pair, nothing gained from images, every right
+    # answer also right without one, every error its no-image answer, nothing flips under shuffling
+    assert (ignores["accuracy"], ignores["pair_accuracy"], ignores["no_image_accuracy"]) == (0.5, 0.0, 0.5)
+    assert (ignores["gain"], ignores["leakage"], ignores["prior_share"], ignores["bias_aligned_error_rate"]) == (0.0, 0.0, 1.0, 1.0)
+    assert [s["flip_rate"] for s in ignores["pixel_shuffle"]] == [0.0] * len(SHUFFLE_GRIDS)
+    # reads images: all right; without the real image it says (b), right on the half whose answer is (b); shuffled
+    # tiles flip the other half, and no pair stays right (its two answers differ): no global cue
+    assert (reads["accuracy"], reads["pair_accuracy"], reads["no_image_accuracy"], reads["blank_accuracy"]) == (1.0, 1.0, 0.5, 0.5)
+    assert (reads["gain"], reads["prior_share"], reads["bias_aligned_error_rate"]) == (0.5, 0.5, None)
+    assert [(s["grid"], s["accuracy"], s["flip_rate"], s["pair_right_rate"]) for s in reads["pixel_shuffle"]] == \
+        [(g, 0.5, 0.5, 0.0) for g in SHUFFLE_GRIDS]
+    for figures in (ignores, reads):
+        assert (figures["questions"], figures["calls_per_question"], figures["global_cue_pairs"]) == (questions, per_question, 0)
+    # the 2x2: every pair in the cell its encoder's verdict and the model's pair result name
+    separates = {(v["encoder"], v["pair_id"]): v["separates"] for v in tables["encoders"].to_pylist()}
+    assert {p for _, p in separates} == set(written) and len({e for e, _ in separates}) == 2  # CLIP and DINOv2
+    for q in tables["models"].to_pylist():
+        right = q["model"] == name["reads-images"]
+        assert q["pair_right"] == right and len(q["buckets"]) == 2
+        for encoder, cell in zip(q["bucket_encoders"], q["buckets"]):
+            assert cell == records.bucket(separates[(encoder, q["pair_id"])], right), (q["item_id"], encoder)
+    for encoder, figures in ignores["encoders"].items():  # every pair a failure: hidden exactly where separated
+        hidden = sum(separates[(encoder, p)] for p in written) / len(written)
+        assert figures["hidden_share"] == pytest.approx(round(hidden, 4))
+    assert tables["diagnostics"].num_rows == questions and tables["models"].num_rows == 2 * questions
+    assert tables["predictions"].num_rows == 2 * questions * per_question
+    card = ws.path(f"{RELEASE}/README.md").read_text()
+    assert all(n in card for n in name.values())
+    # every configuration loads as users load it, offline
+    script = ("import json, sys\nfrom datasets import load_dataset\n"
+              "json.dump({c: load_dataset(sys.argv[1], name=c, split='test').num_rows for c in sys.argv[3:]}, open(sys.argv[2], 'w'))\n")
+    out = ws.path("..").resolve() / "configs.json"
+    ws.run("load_dataset of each diagnostics config", sys.executable, "-c", script, str(ws.path(RELEASE)), str(out),
+           *records.CONFIGS)
+    assert json.loads(out.read_text()) == {c: t.num_rows for c, t in tables.items()}
+    # croissant.json: valid under mlcroissant with every connection refused, its record sets readable
+    script = ("import socket, sys\n"
+              "def refuse(*a, **k): raise OSError('no network')\n"
+              "socket.socket.connect = refuse; socket.create_connection = refuse\n"
+              "import mlcroissant as mlc\n"
+              "ds = mlc.Dataset(jsonld=sys.argv[1])\n"
+              "print('records:', sum(1 for _ in ds.records(record_set=sys.argv[2])))\n")
+    read = ws.run("mlcroissant validates croissant.json offline", sys.executable, "-c", script,
+                  str(ws.path(f"{RELEASE}/{release.CROISSANT}")), "models")
+    assert f"records: {2 * questions}" in read.splitlines(), read  # its one warning (no datePublished) is on purpose
+    (ARTIFACTS / "diagnostics.md").write_text(report.markdown(manifest["diagnostics"]))
 
 
 def experiment(ws: Workspace, when: str) -> None:
@@ -463,18 +564,34 @@ def test_journey(journey: tuple[Workspace, Timings], tmp_path: Path) -> None:
     rows[0]["decision"] = "accept"
     ws.path("labels/adjudication.csv").write_bytes(adjudication.encode(rows))
     ws.commit("round 1: verified and adjudicated")
-    ws.dvc("dvc repro (round 1 release)", "repro")
-    verification = {p: "adjudicated" if p == disputed else "verified" for p in written}
+    # the lead scores two models for the first release: diagnose asks them (before package), evaluate again (cached)
+    models = scripted_models(ws, task_records, written)
+    try:
+        scored = model_params(models)
+        ws.set_param("evaluate", "vlm", scored)
+        ws.edit("params.yaml", "    grids: [2, 4, 8]", f"    grids: {list(SHUFFLE_GRIDS)}")
+        ws.edit("params.yaml", "    permutations: 5", f"    permutations: {SHUFFLE_K}")
+        ws.dvc("dvc repro (round 1 release)", "repro")
+        verification = {p: "adjudicated" if p == disputed else "verified" for p in written}
 
-    check_release(ws, written, verification, "1.0.0")
-    check_mmvp_vlm(ws, written)
-    check_load_dataset(ws, written)
-    check_counts(ws, verification)
-    check_evaluate(ws, tmp_path, order)
-    ws.commit("release 1.0.0")
-    ws.clipblind("clipblind tag 1.0.0", "tag", RELEASE)
-    tagged_record(ws, "clipblind-benchmark@v1.0.0", "1.0.0")
-    experiment(ws, "after round 1")
+        check_release(ws, written, verification, "1.0.0")
+        check_mmvp_vlm(ws, written)
+        check_load_dataset(ws, written)
+        check_counts(ws, verification)
+        check_diagnostics(ws, models, written)
+        plots = ws.dvc("dvc plots show", "plots", "show", "--json")
+        assert "plots/evaluate/shuffle.svg" in plots and "plots/evaluate/buckets.svg" in plots, plots
+        check_evaluate(ws, tmp_path, order)
+        ws.commit("release 1.0.0")
+        ws.clipblind("clipblind tag 1.0.0", "tag", RELEASE)
+        tagged_record(ws, "clipblind-benchmark@v1.0.0", "1.0.0")
+        experiment(ws, "after round 1")
+    finally:
+        for m in models.values():
+            m.close()
+    # the endpoints are gone: the next builds score no model (the release then ships no models/predictions)
+    ws.edit("params.yaml", f"  vlm: {scored}", "  vlm: []")
+    ws.commit("no models scored from here on")
 
     # ---------------------------------------------------------------- round 2: two more pairs, one correction
     more = {
@@ -546,9 +663,12 @@ def test_journey(journey: tuple[Workspace, Timings], tmp_path: Path) -> None:
     changes = manifest["changes"]
     assert changes["previous_version"] == "1.0.0"
     assert sorted(changes["added_pairs"]) == sorted(new)
-    assert changes["changed_items"] == {f"{corrected}-a": ["answer", "statement"], f"{corrected}-b": ["answer", "statement"]}
+    # released pairs keep their answer letters across versions: the swapped answers show as reversed options
+    assert changes["changed_items"] == {f"{corrected}-a": ["options", "statement"], f"{corrected}-b": ["options", "statement"]}
     check_release(ws, written, verification, "1.1.0-dev")
     check_counts(ws, verification)
+    shipped = {c for c in records.CONFIGS if ws.path(f"{RELEASE}/{c}").is_dir()}
+    assert shipped == {"diagnostics", "encoders"}, shipped  # no model scored: no models/predictions
     ws.commit("round 2 build")
     experiment(ws, "on the unreleased build")
     refused = ws.clipblind("clipblind tag refuses 1.1.0-dev", "tag", RELEASE, ok=False)

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
@@ -293,17 +293,18 @@ class Verifier(Person):
 class ScriptedVlm:
     """An OpenAI-compatible chat-completions endpoint whose replies are looked up, not generated.
 
-    `replies` maps (question as it opens the prompt, sha256 of the image bytes) to the reply;
-    anything else gets `fallback`. Every request is recorded in `asked`.
+    `replies` maps (question as it opens the prompt, `image_key` of the image: by default the sha256 of its
+    bytes) to the reply; anything else gets `fallback`. Every request is recorded in `asked`.
     """
 
-    def __init__(self, replies: dict[tuple[str, str], str], fallback: str = "I cannot tell.") -> None:
+    def __init__(self, replies: dict[tuple[str, str], str], fallback: str = "I cannot tell.",
+                 image_key: Callable[[bytes], str] = lambda image: hashlib.sha256(image).hexdigest()) -> None:
         self.replies, self.fallback = replies, fallback
         self.asked: list[tuple[str, str]] = []
 
         def answer(body: dict[str, Any], prompt: str, image: bytes | None) -> str:
             question = prompt.split("\nOptions:", 1)[0]
-            digest = hashlib.sha256(image).hexdigest() if image is not None else ""
+            digest = image_key(image) if image is not None else ""
             self.asked.append((question, digest))
             return self.replies.get((question, digest), self.fallback)
 
@@ -321,3 +322,15 @@ class ScriptedVlm:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=10)
+
+
+def pixels_sha256(image: bytes) -> str:
+    """The sha256 of an image's decoded RGB pixels: the same for two encodings that differ only in metadata (a display
+    copy's JPEG comment and the release's copy of it)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(image)) as decoded:
+        return hashlib.sha256(np.asarray(decoded.convert("RGB")).tobytes()).hexdigest()
