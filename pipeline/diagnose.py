@@ -30,17 +30,19 @@ from pipeline.images.corpus import Corpus
 from pipeline.params import DiagnoseParams, EmbedParams, EvaluateParams, ExportParams, IngestParams, PackageParams
 from pipeline.release import folder as release
 from pipeline.release.items import build_items, released_first_answers
-from pipeline.vlm.backends import cached_backend, load_backend
+from pipeline.vlm.backends import CachedBackend, cached_backend, load_backend
 from pipeline.vlm.gate_rules import image_encoder, load_decision
 from pipeline.vlm.pairs import pairs_from_items
 
 STAGE = "diagnose"
 
 
-def headline(result: Diagnostics, pairs: int, questions: int) -> dict[str, Any]:
-    """The stage's metrics: counts, skipped pairs, model calls, the summary."""
+def headline(result: Diagnostics, pairs: int, questions: int, backends: Sequence[CachedBackend]) -> dict[str, Any]:
+    """The stage's metrics: counts, skipped pairs, per model its answers (`calls`), the calls this run made (the rest
+    came from the reply cache) and calls per question, the summary."""
+    made = {b.name: b.calls for b in backends}
     return {"pairs": pairs, "questions": questions, "skipped": result.skipped,
-            "models": {m: {"calls": s["calls"], "calls_per_question": s["calls_per_question"]}
+            "models": {m: {"calls": s["calls"], "new_calls": made.get(m, 0), "calls_per_question": s["calls_per_question"]}
                        for m, s in result.summary["models"].items()},
             "text_bias_flagged": len(result.summary["text_bias"]["flagged"]), "summary": result.summary}
 
@@ -83,15 +85,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = diagnose(pairs, backends, encoders, params)
     write_diagnostics(result, args.out)
     if args.report:
-        write_bytes(args.report, report.markdown(result.summary).encode())
-    metrics = headline(result, len(pairs), len(items))
+        write_bytes(args.report, report.markdown(result.summary, [b.name for b in backends]).encode())
+    metrics = headline(result, len(pairs), len(items), backends)
     metrics["rejected_pairs"] = len(rejected)  # package counts and names them
     write_metrics(args.metrics, metrics)
     write_headline(args.headline, STAGE, metrics)
-    per_model = ", ".join(f"{m}: {s['calls_per_question']} calls per question" for m, s in result.summary["models"].items())
+    per_model = ", ".join(f"{m}: {s['calls_per_question']} calls per question ({metrics['models'][m]['new_calls']} new)"
+                          for m, s in result.summary["models"].items())
     summary(STAGE, f"{len(pairs)} pairs, {len(items)} questions → {len(encoders)} encoders judged, "
-                   f"{per_model or 'no VLM (evaluate.vlm is empty)'}, {len(result.summary['text_bias']['flagged'])} "
-                   f"questions flagged by the text-only audit → {args.out}")
+                   f"{per_model or report.why_no_model([b.name for b in backends])}, "
+                   f"{len(result.summary['text_bias']['flagged'])} questions flagged by the text-only audit → {args.out}")
     return 0
 
 

@@ -224,8 +224,7 @@ def evaluate_vlm(pairs: Sequence[EvalPair], backend: Backend) -> dict[str, Any]:
 def pattern_columns(results: dict[str, Any]) -> list[str]:
     """The patterns any model was scored on: the nine in `pipeline.patterns.PATTERNS` order, then any
     other name (MMVP's `unlabelled`, a foreign folder's own type) in the order the results first name it."""
-    seen = list(dict.fromkeys(p for r in results["models"].values() for p in r["per_pattern"]))
-    return [p for p in patterns.PAPER_NAMES if p in seen] + [p for p in seen if p not in patterns.PAPER_NAMES]
+    return patterns.in_order(p for r in results["models"].values() for p in r["per_pattern"])
 
 
 def markdown_table(results: dict[str, Any]) -> str:
@@ -406,9 +405,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         found = diagnose(pairs, backends, encoders, diagnose_params)
         results["diagnostics"] = {**found.summary, "skipped": found.skipped}
         write_diagnostics(found, tables_path)
-        table += "\n" + diagnostics_report.markdown(found.summary)
-        write_bytes(shuffle_path, diagnostics_report.shuffle_svg(found.summary).encode())
-        write_bytes(buckets_path, diagnostics_report.buckets_svg(found.summary).encode())
+        asked = [b.name for b in backends]
+        table += "\n" + diagnostics_report.markdown(found.summary, asked)
+        write_bytes(shuffle_path, diagnostics_report.shuffle_svg(found.summary, asked).encode())
+        write_bytes(buckets_path, diagnostics_report.buckets_svg(found.summary, asked).encode())
     write_metrics(results_path, results)
     write_headline(args.headline, STAGE, results)
     write_bytes(table_path, table.encode())

@@ -117,3 +117,24 @@ def test_the_report_and_metrics_name_the_cost(world):
     assert name.startswith("openai:") and name.endswith(":always-a")
     assert figures["calls_per_question"] == 3 + len(GRIDS) * K
     assert world["metrics"]["pairs"] == len(world_pairs(world["inputs"]))
+
+
+def test_a_model_that_is_down_stops_the_stage_with_what_to_do(world, tmp_path, capsys):
+    from pipeline.core.errors import run_command
+    from tests.helpers.journey_world import free_port
+
+    params = yaml.safe_load(world["inputs"]["params"].read_text())
+    params["evaluate"]["vlm"][0]["url"] = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    inputs = world["inputs"]
+    code = run_command(diagnose.main, "diagnose", [
+        "--params", str(path), "--accepted", str(inputs["accepted"]), "--images", str(inputs["images"]),
+        "--source", str(inputs["manifest"]), "--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json"),
+        "--cache", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    [line] = [line for line in err.splitlines() if line.startswith("clipblind diagnose:")]
+    assert line.startswith("clipblind diagnose: openai:http://127.0.0.1:") and "did not answer" in line
+    assert "The 0 replies so far are kept in" in err and "rerun" in err
+    assert not (tmp_path / "out").exists()  # nothing half-written

@@ -14,6 +14,7 @@ order. Every module renders pattern names from here; none spells them again.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pipeline.core.errors import ClipblindError
@@ -89,3 +90,18 @@ def lookup(name: str) -> Pattern:
 def rank(key: str) -> int:
     """Position of pattern `key` in MMVP's script order (the MMVP-VLM layout's order)."""
     return KEYS.index(by_key(key).key)
+
+
+def in_order(names: Iterable[str]) -> list[str]:
+    """Names of patterns (any spelling), each once, in MMVP's order; a name that is none of the nine (MMVP's
+    `unlabelled`, a foreign folder's own type) follows, in the order first given."""
+    given = list(dict.fromkeys(names))
+
+    def known(name: str) -> int | None:
+        try:
+            return rank(lookup(name).key)
+        except PatternError:
+            return None
+
+    ranked = sorted((r, n) for n in given if (r := known(n)) is not None)
+    return [n for _, n in ranked] + [n for n in given if known(n) is None]

@@ -10,7 +10,7 @@ A chart with nothing to draw says why.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipeline.core import patterns
@@ -24,6 +24,12 @@ BUCKET_TITLES = {
     records.ENCODER_BLIND: "encoder cannot, VLM wrong (encoder-blind)",
 }
 NO_MODEL = "no VLM scored (evaluate.vlm is empty): the shuffle and 2x2 diagnostics need one"
+NO_QUESTIONS = "no question to ask the models yet ({models})"
+
+
+def why_no_model(configured: Sequence[str]) -> str:
+    """Why no model figures show: none configured, or models configured and no question to ask them."""
+    return NO_QUESTIONS.format(models=", ".join(configured)) if configured else NO_MODEL
 COLORS = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d", "#bab0ac"]
 
 
@@ -40,17 +46,14 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def _ordered(names: list[str]) -> list[str]:
-    """Pattern names in MMVP's order, then any other name as first seen."""
-    return [p for p in patterns.PAPER_NAMES if p in names] + [p for p in names if p not in patterns.PAPER_NAMES]
 
 
-def markdown(summary: Mapping[str, Any]) -> str:
-    """The diagnostics as markdown sections."""
+def markdown(summary: Mapping[str, Any], configured: Sequence[str] = ()) -> str:
+    """The diagnostics as markdown sections (`configured`: the models asked, named when they had nothing to answer)."""
     out = ["## Why models fail", ""]
     models = summary["models"]
     if not models:
-        out += [NO_MODEL + ".", ""]
+        out += [why_no_model(configured) + ".", ""]
     else:
         out += ["### Encoder vs VLM, per pair (the 2x2)", "",
                 "| model | encoder | pairs | " + " | ".join(BUCKET_TITLES[b] for b in records.BUCKETS)
@@ -70,7 +73,7 @@ def markdown(summary: Mapping[str, Any]) -> str:
             out += [f"**{_cell(model)}** (question accuracy, %)", "", "| " + " | ".join(header) + " |",
                     "|" + "---|" * len(header)]
             per_pattern = m["per_pattern"]
-            for name in _ordered(list(per_pattern)):
+            for name in patterns.in_order(list(per_pattern)):
                 p = per_pattern[name]
                 row = [_cell(name), str(p["questions"]), _pct(p["accuracy"]), _pct(p["no_image_accuracy"]),
                        _pct(p["blank_accuracy"]), *(_pct(s["accuracy"]) for s in p["pixel_shuffle"]),
@@ -120,26 +123,48 @@ def _empty_svg(title: str, why: str) -> str:
             f'<text x="10" y="20">{_xml(title)}</text><text class="empty" x="10" y="50" fill="#a00">{_xml(why)}</text></svg>\n')
 
 
-def shuffle_svg(summary: Mapping[str, Any]) -> str:
-    """Accuracy vs grid size per pattern, a panel per model; no-image and blank accuracy dashed, chance dotted."""
+CHAR_PX = 7  # the most a character of the charts' 11 px sans-serif takes, for sizing
+SPREAD_PX = 2.0  # patterns whose lines coincide are drawn this far apart, so none hides another
+
+
+def _spaced(ys: list[float], gap: float) -> list[float]:
+    """Label heights moved apart (downwards, in order) so no two are closer than `gap`."""
+    out: list[float] = []
+    for y in sorted(ys):
+        out.append(max(y, out[-1] + gap) if out else y)
+    order = sorted(range(len(ys)), key=lambda i: ys[i])
+    placed = [0.0] * len(ys)
+    for rank, i in enumerate(order):
+        placed[i] = out[rank]
+    return placed
+
+
+def shuffle_svg(summary: Mapping[str, Any], configured: Sequence[str] = ()) -> str:
+    """Accuracy vs grid size per pattern, a panel per model (legend: each pattern with its question count);
+    the model's no-image and blank-image accuracy dashed beside it, chance dotted. Lines that coincide are drawn
+    `SPREAD_PX` apart, with a marker at every point."""
     title = "question accuracy as the image's tiles are shuffled (g x g grid)"
     models = summary["models"]
     if not models:
-        return _empty_svg(title, NO_MODEL)
-    names = _ordered(sorted({p for m in models.values() for p in m["per_pattern"]}))
+        return _empty_svg(title, why_no_model(configured))
+    names = patterns.in_order(sorted({p for m in models.values() for p in m["per_pattern"]}))
     panel_w, panel_h, left, top = 420, 200, 50, 40
-    legend_w = 260
-    width = left + panel_w + legend_w
-    height = top + len(models) * (panel_h + 60)
+    refs_w = 130  # the reference lines' labels, right of the panel
+    legend = {name: f"{name} (n={max(m['per_pattern'].get(name, {}).get('questions', 0) for m in models.values())})"
+              for name in names}
+    legend_w = max(len(text) for text in legend.values()) * CHAR_PX + 20
+    panel_gap = max(60, 14 * len(names) - panel_h + 60)
+    width = max(left + panel_w + refs_w + legend_w, max(len(m) for m in models) * CHAR_PX + left)
+    height = top + len(models) * (panel_h + panel_gap)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
              f'font-size="11"><text x="{left}" y="18" font-size="13">{_xml(title)}</text>']
     for k, (model, m) in enumerate(models.items()):
-        y0 = top + k * (panel_h + 60) + 16
+        y0 = top + k * (panel_h + panel_gap) + 16
         grids = [1] + [s["grid"] for s in m["pixel_shuffle"]]
-        xs = {g: left + i * panel_w / max(1, len(grids) - 1) for i, g in enumerate(grids)}
+        xs = {g: left + 10 + i * (panel_w - 20) / max(1, len(grids) - 1) for i, g in enumerate(grids)}
 
         def y(v: float, y0: float = y0) -> float:
-            return y0 + panel_h * (1 - v)
+            return y0 + 6 + (panel_h - 12) * (1 - v)
 
         parts.append(f'<text x="{left}" y="{y0 - 4}" font-weight="bold">{_xml(model)}</text>')
         parts.append(f'<rect x="{left}" y="{y0}" width="{panel_w}" height="{panel_h}" fill="none" stroke="#000"/>')
@@ -150,32 +175,37 @@ def shuffle_svg(summary: Mapping[str, Any]) -> str:
             parts.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{int(v * 100)} %</text>')
         parts.append(f'<line class="chance" x1="{left}" x2="{left + panel_w}" y1="{y(CHANCE_QUESTION):.1f}" '
                      f'y2="{y(CHANCE_QUESTION):.1f}" stroke="#888" stroke-dasharray="1 3"/>')
-        for label, value, dash in (("no image", m["no_image_accuracy"], "6 3"), ("blank image", m["blank_accuracy"], "2 2")):
-            if value is not None:
-                parts.append(f'<line class="reference" x1="{left}" x2="{left + panel_w}" y1="{y(value):.1f}" '
-                             f'y2="{y(value):.1f}" stroke="#333" stroke-dasharray="{dash}"><title>{label}: '
-                             f'{_pct(value)} %</title></line><text x="{left + panel_w + 4}" y="{y(value) + 4:.1f}">'
-                             f'{label} {_pct(value)} %</text>')
-        for i, name in enumerate(names):
-            p = m["per_pattern"].get(name)
-            if p is None:
-                continue
+        refs = [(label, value, dash) for label, value, dash in
+                (("no image", m["no_image_accuracy"], "6 3"), ("blank image", m["blank_accuracy"], "2 2"))
+                if value is not None]
+        for (label, value, dash), label_y in zip(refs, _spaced([y(v) + 4 for _, v, _ in refs], 13)):
+            parts.append(f'<line class="reference" x1="{left}" x2="{left + panel_w}" y1="{y(value):.1f}" '
+                         f'y2="{y(value):.1f}" stroke="#333" stroke-dasharray="{dash}"><title>{label}: '
+                         f'{_pct(value)} %</title></line><text x="{left + panel_w + 6}" y="{label_y:.1f}">'
+                         f'{label} {_pct(value)} %</text>')
+        shown = [name for name in names if name in m["per_pattern"]]
+        for i, name in enumerate(shown):
+            p = m["per_pattern"][name]
+            spread = (i - (len(shown) - 1) / 2) * SPREAD_PX
             values = [p["accuracy"]] + [s["accuracy"] for s in p["pixel_shuffle"]]
-            points = " ".join(f"{xs[g]:.1f},{y(v):.1f}" for g, v in zip(grids, values) if v is not None)
-            color = COLORS[i % len(COLORS)]
-            parts.append(f'<polyline class="pattern" fill="none" stroke="{color}" stroke-width="2" points="{points}">'
-                         f'<title>{_xml(name)}</title></polyline>')
-            parts.append(f'<text x="{left + panel_w + 110}" y="{y0 + 12 + 14 * i}" fill="{color}">{_xml(name)}</text>')
+            points = [(xs[g], y(v) + spread) for g, v in zip(grids, values) if v is not None]
+            color = COLORS[names.index(name) % len(COLORS)]
+            parts.append(f'<polyline class="pattern" fill="none" stroke="{color}" stroke-width="2" points="'
+                         + " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
+                         + f'"><title>{_xml(legend[name])}</title></polyline>')
+            parts.extend(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="2.5" fill="{color}"/>' for px, py in points)
+            parts.append(f'<text class="legend" x="{left + panel_w + refs_w}" y="{y0 + 12 + 14 * i}" fill="{color}">'
+                         f'{_xml(legend[name])}</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 
 
-def buckets_svg(summary: Mapping[str, Any]) -> str:
+def buckets_svg(summary: Mapping[str, Any], configured: Sequence[str] = ()) -> str:
     """The 2x2 per model and encoder: pairs per cell, the failed pairs' cells shaded."""
     title = "encoder vs VLM per pair: does the encoder separate the pair, did the VLM get it right"
     cells = [(m, e, s) for m, v in summary["models"].items() for e, s in v["encoders"].items()]
     if not cells:
-        why = NO_MODEL if not summary["models"] else "no encoder judged the pairs"
+        why = why_no_model(configured) if not summary["models"] else "no encoder judged the pairs"
         return _empty_svg(title, why)
     box, gap, left, top = 90, 40, 20, 50
     per_row = 3

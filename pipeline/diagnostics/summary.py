@@ -23,6 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.core import patterns
 from pipeline.core.errors import ClipblindError
 from pipeline.diagnostics import records
 from pipeline.diagnostics.records import EncoderPair, ModelQuestion, TextBias
@@ -96,7 +97,8 @@ def model_summary(questions: Sequence[ModelQuestion]) -> dict[str, Any]:
     for q in questions:
         by_pattern[q.pattern].append(q)
     per_pattern = {}
-    for pattern, group in sorted(by_pattern.items()):
+    for pattern in patterns.in_order(by_pattern):  # MMVP's order, as every table shows patterns
+        group = by_pattern[pattern]
         f = _figures(group)
         per_pattern[pattern] = {
             "questions": f["questions"], "accuracy": f["accuracy"], "pair_accuracy": f["pair_accuracy"],

@@ -119,6 +119,7 @@ def renderer(template_path: str | Path = DEFAULT_TEMPLATE) -> Callable[[Mapping[
     )
     env.filters["md"] = escape_markdown
     env.filters["pattern"] = pattern_name
+    env.filters["in_pattern_order"] = lambda rows: [(name, rows[name]) for name in patterns.in_order(rows)]
     template = env.get_template(path.name)
 
     def render(manifest: Mapping[str, Any], changelog: str) -> str:

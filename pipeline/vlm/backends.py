@@ -178,7 +178,13 @@ class CachedBackend:
         (the caller has changed it, e.g. hooked it) and joins the cache key."""
         key = self.key(prompt, image, variant)
         if key not in self.replies:
-            reply = self.backend.ask(prompt, image)
+            try:
+                reply = self.backend.ask(prompt, image)
+            except BackendError as err:
+                raise BackendError(
+                    f"{self.name} did not answer: {err}. The {len(self.replies)} replies so far are kept in {self.path}: "
+                    "start the model (or fix its entry in params) and rerun; kept replies are not asked again"
+                ) from err
             self.calls += 1
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as handle:

@@ -78,3 +78,12 @@ def test_guidelines_name_the_patterns_as_the_writing_config_offers_them() -> Non
     assert "<!--" not in rendered and not any(name in template for name in patterns.PAPER_NAMES if " " in name)
     with pytest.raises(patterns.PatternError, match="'colour'"):
         push.render_guidelines("<!-- pattern: colour -->")
+
+
+def test_in_order_puts_any_spelling_in_mmvp_order_and_others_after():
+    from pipeline.core.patterns import PATTERNS, in_order
+
+    color, orientation, text = (patterns.by_key(k) for k in ("color", "orientation", "text"))
+    given = ["unlabelled", text.paper, color.key, orientation.paper, "Own type", color.key]
+    assert in_order(given) == [orientation.paper, color.key, text.paper, "unlabelled", "Own type"]
+    assert in_order(reversed([p.paper for p in PATTERNS])) == [p.paper for p in PATTERNS]
