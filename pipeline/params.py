@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -343,7 +344,20 @@ class EncoderDiagnosticsParams:
     probe_min_train_pairs: AtLeastOne  # fewer training pairs in the pattern: the patch rule decides
     separable_min: Annotated[float, Range(0.0, 2.0, meaning="mean 1 - cosine of aligned patch tokens")]
     probe_l2: Positive  # linear probe: lambda of its objective, the log-losses summed + lambda / 2 * |w|^2
+    # the chance control: the same probe with whole pairs' labels shuffled across the pattern's pairs, R seeded
+    # rounds; p = (1 + rounds at or above the pattern's accuracy) / (1 + R) must be at most probe_max_p
+    probe_permutations: AtLeastOne
+    probe_max_p: Annotated[float, Range(0.0, 1.0, low_open=True, meaning="p-value at or below which a pattern's probe beats chance")]
+    seed: Seed  # the label permutations of the chance control
     batch_size: AtLeastOne  # images per forward pass of an encoder
+
+    def __post_init__(self) -> None:
+        smallest = 1.0 / (1 + self.probe_permutations)
+        if smallest > self.probe_max_p:
+            raise ParamsError(
+                f"params 'diagnose.encoders.probe_permutations' is {self.probe_permutations}: its p-value is at least "
+                f"1 / (1 + {self.probe_permutations}) = {smallest:.3g}, above probe_max_p {self.probe_max_p:g}, so no "
+                f"probe could beat chance: raise it to at least {math.ceil(1.0 / self.probe_max_p - 1.0 - 1e-9)}")
 
 
 @dataclass(frozen=True)

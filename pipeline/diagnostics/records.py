@@ -46,8 +46,8 @@ def bucket(separates: bool, pair_right: bool) -> str:
 
 
 # How an encoder was judged to separate a pair (closed set): its leave-one-pair-out probe answered both images
-# right, or (too few training pairs in the pattern for a probe) its patch separability reached
-# `diagnose.encoders.separable_min`.
+# right and the pattern's probe beat chance (`diagnose.encoders.probe_max_p`), or (too few training pairs in the
+# pattern for a probe) its patch separability reached `diagnose.encoders.separable_min`.
 BY_PROBE = "probe"
 BY_PATCH = "patch"
 SEPARATES_BY = (BY_PROBE, BY_PATCH)
@@ -83,6 +83,10 @@ class EncoderPair:
     statement_reverse: bool | None  # each image closer to its own statement
     probe_right: bool | None  # the leave-one-pair-out probe answered both images right (None: too few training pairs)
     probe_train_pairs: int  # pairs of the same pattern the probe was trained on
+    # the pattern's probe against chance (the same on every pair of the pattern; None: the pattern has no probe)
+    probe_pattern_accuracy: float | None  # share of the pattern's probed pairs that are probe-right
+    probe_chance: float | None  # the same share with whole pairs' labels shuffled across the pattern, mean of the rounds
+    probe_p_value: float | None  # (1 + rounds at or above probe_pattern_accuracy) / (1 + rounds)
     separates: bool
     separates_by: str  # SEPARATES_BY
 

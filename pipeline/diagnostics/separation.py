@@ -22,9 +22,21 @@
   answers); fewer than `probe_min_train_pairs`, or the pair has no answers (MMVP-VLM folders): None.
   The two images' features are opposite, so both probes predict opposite labels for them: a pair whose
   two answers are the same option is never probe-right.
-* `separates`: `probe_right` when it is not None (`BY_PROBE`), else `patch_separability_last >=
-  separable_min` (`BY_PATCH`); for an encoder without patch tokens, 1 - pooled cosine stands in for the
-  patch separability (the same scale: 0 for identical images, up to 2).
+* the probe against chance, per pattern (every answered pair of a pattern trains on the same number of
+  pairs, so a pattern is probed whole or not at all): `probe_pattern_accuracy`, the share of its pairs
+  that are probe-right; `probe_chance`, the mean of the same share over `probe_permutations` rounds in
+  which whole pairs' label pairs are shuffled across the pattern's answered pairs (seeded by
+  `diagnose.encoders.seed` and the pattern's name); `probe_p_value` = (1 + rounds at or above the
+  accuracy) / (1 + rounds). Where the answers carry no information the features hold, a held-out pair is
+  probe-right by luck about half the time; the shuffles measure that luck. Where every pair's answers
+  follow member order (the first image always option (a)) a shuffle changes nothing and p is 1: the
+  probe cannot tell reading the answer from reading which image comes first. The figures sit on every
+  pair of the pattern (None where the pattern has no probe).
+* `separates`: where the pair has a probe verdict (`BY_PROBE`), probe-right AND the pattern's p-value at
+  most `probe_max_p` (a pattern whose probe does not beat chance shows no readable signal: none of its
+  pairs separates); else `patch_separability_last >= separable_min` (`BY_PATCH`); for an encoder without
+  patch tokens, 1 - pooled cosine stands in for the patch separability (the same scale: 0 for identical
+  images, up to 2).
 
 Images go through the encoder in batches of at most `batch_size` images (whole pairs; one pair when
 `batch_size` is 1), all pairs of the run through the same `FeatureEncoder`.
@@ -32,6 +44,7 @@ Images go through the encoder in batches of at most `batch_size` images (whole p
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -142,29 +155,82 @@ def probe_scores(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     return np.where(has_side, train_y[nearest], 0.0)
 
 
+@dataclass(frozen=True)
+class ProbeVerdict:
+    """The probe's verdict on one pair, and its pattern's figures against chance (None: the pattern has no probe)."""
+
+    right: bool | None  # both images right (None: the pair has no answers, or too few training pairs)
+    train_pairs: int
+    pattern_accuracy: float | None
+    chance: float | None
+    p_value: float | None
+    beats_chance: bool  # p_value <= probe_max_p
+
+
+def permutation_p_value(observed: float, permuted: Sequence[float]) -> float:
+    """(1 + rounds whose permuted accuracy is at least `observed`) / (1 + rounds): never 0, 1 when no round is below."""
+    return (1 + sum(1 for accuracy in permuted if accuracy >= observed)) / (1 + len(permuted))
+
+
+def leave_one_pair_out(centred: Sequence[np.ndarray], labels: Sequence[tuple[int, int]],
+                       params: EncoderDiagnosticsParams) -> list[bool]:
+    """Probe-right per pair: each pair's two images predicted by the probe trained on all the other pairs
+    (pair k's images have features centred[k] and -centred[k], labels labels[k])."""
+    rights = []
+    for i in range(len(centred)):
+        train = [j for j in range(len(centred)) if j != i]
+        train_x = np.stack([sign * centred[j] for j in train for sign in (1.0, -1.0)])
+        train_y = np.array([2.0 * labels[j][k] - 1.0 for j in train for k in (0, 1)])
+        scores = probe_scores(train_x, train_y, np.stack([centred[i], -centred[i]]), params)
+        rights.append(all((score > 0 and want == 1) or (score < 0 and want == 0)
+                          for score, want in zip(scores, labels[i])))
+    return rights
+
+
+def pattern_rng(seed: int, pattern: str) -> np.random.Generator:
+    """The label shuffles of one pattern: from the seed and the pattern's name, whatever other patterns the run has."""
+    return np.random.default_rng([seed, zlib.crc32(pattern.encode("utf-8"))])
+
+
+def chance_control(centred: Sequence[np.ndarray], labels: Sequence[tuple[int, int]], observed: float, pattern: str,
+                   params: EncoderDiagnosticsParams) -> tuple[float, float]:
+    """(chance, p): the leave-one-pair-out accuracy with whole pairs' labels shuffled across the pairs, the mean of
+    `probe_permutations` seeded rounds, and the permutation p-value of `observed` against them."""
+    rng = pattern_rng(params.seed, pattern)
+    permuted = []
+    for _ in range(params.probe_permutations):
+        order = rng.permutation(len(labels))
+        rights = leave_one_pair_out(centred, [labels[k] for k in order], params)
+        permuted.append(sum(rights) / len(rights))
+    return float(np.mean(permuted)), permutation_p_value(observed, permuted)
+
+
 def probe_verdicts(pairs: Sequence[EvalPair], views: Sequence[PairView],
-                   params: EncoderDiagnosticsParams) -> list[tuple[bool | None, int]]:
-    """(probe_right, training pairs) per pair: leave-one-pair-out within each pattern, folds grouped by pair."""
+                   params: EncoderDiagnosticsParams) -> list[ProbeVerdict]:
+    """The probe's verdict per pair: leave-one-pair-out within each pattern, folds grouped by pair, and the pattern's
+    accuracy against its permutation control."""
     labels = [answer_labels(pair) for pair in pairs]
     # an image's feature: its pooled embedding minus its pair's mean, so image b's is minus image a's
     centred = [(view.pooled[0] - view.pooled[1]) / 2.0 for view in views]
     by_pattern: dict[str, list[int]] = {}
     for i, pair in enumerate(pairs):
         by_pattern.setdefault(pair.pattern, []).append(i)
-    verdicts: list[tuple[bool | None, int]] = [(None, 0)] * len(pairs)
-    for members in by_pattern.values():
-        known = {i: label for i in members if (label := labels[i]) is not None}
+    verdicts: list[ProbeVerdict] = [ProbeVerdict(None, 0, None, None, None, False)] * len(pairs)
+    for pattern, members in by_pattern.items():
+        known = [i for i in members if labels[i] is not None]
+        known_labels = [label for i in known if (label := labels[i]) is not None]
+        # every answered pair of the pattern trains on the same number of pairs: all probed, or none
+        if len(known) - 1 < params.probe_min_train_pairs:
+            for i in members:
+                verdicts[i] = ProbeVerdict(None, len(known) - (i in known), None, None, None, False)
+            continue
+        known_centred = [centred[i] for i in known]
+        rights = dict(zip(known, leave_one_pair_out(known_centred, known_labels, params)))
+        accuracy = sum(rights.values()) / len(rights)
+        chance, p_value = chance_control(known_centred, known_labels, accuracy, pattern, params)
+        beats = p_value <= params.probe_max_p
         for i in members:
-            train = [j for j in known if j != i]
-            label = labels[i]
-            if label is None or len(train) < params.probe_min_train_pairs:
-                verdicts[i] = (None, len(train))
-                continue
-            train_x = np.stack([sign * centred[j] for j in train for sign in (1.0, -1.0)])
-            train_y = np.array([2.0 * known[j][k] - 1.0 for j in train for k in (0, 1)])
-            scores = probe_scores(train_x, train_y, np.stack([centred[i], -centred[i]]), params)
-            right = all((score > 0 and want == 1) or (score < 0 and want == 0) for score, want in zip(scores, label))
-            verdicts[i] = (right, len(train))
+            verdicts[i] = ProbeVerdict(rights.get(i), len(known) - (i in rights), accuracy, chance, p_value, beats)
     return verdicts
 
 
@@ -176,9 +242,10 @@ def encoder_pairs(pairs: Sequence[EvalPair], encoder: FeatureEncoder,
     statements = statement_tests(usable, views, encoder, params.batch_size)
     probes = probe_verdicts(usable, views, params)
     out = []
-    for pair, view, (forward, reverse), (probe_right, train_pairs) in zip(usable, views, statements, probes):
-        if probe_right is not None:
-            separates, by = probe_right, BY_PROBE
+    for pair, view, (forward, reverse), probe in zip(usable, views, statements, probes):
+        if probe.right is not None:
+            # a pattern whose probe reads no more than chance shows no readable signal: no pair of it separates
+            separates, by = probe.right and probe.beats_chance, BY_PROBE
         else:
             # without patch tokens, 1 - pooled cosine stands in (the same 0..2 scale)
             spread = view.patch_last if view.patch_last is not None else 1.0 - view.pooled_cosine
@@ -186,7 +253,8 @@ def encoder_pairs(pairs: Sequence[EvalPair], encoder: FeatureEncoder,
         out.append(EncoderPair(
             encoder=encoder.name, pair_id=pair.pair_id, pattern=pair.pattern, pooled_cosine=view.pooled_cosine,
             patch_separability_last=view.patch_last, patch_separability_middle=view.patch_middle,
-            statement_forward=forward, statement_reverse=reverse, probe_right=probe_right,
-            probe_train_pairs=train_pairs, separates=bool(separates), separates_by=by,
+            statement_forward=forward, statement_reverse=reverse, probe_right=probe.right,
+            probe_train_pairs=probe.train_pairs, probe_pattern_accuracy=probe.pattern_accuracy,
+            probe_chance=probe.chance, probe_p_value=probe.p_value, separates=bool(separates), separates_by=by,
         ))
     return out

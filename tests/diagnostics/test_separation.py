@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 from pipeline.core import patterns
+from pipeline.core.config import ParamsError, build
 from pipeline.diagnostics import separation
 from pipeline.diagnostics.features import Features
 from pipeline.diagnostics.records import BY_PATCH, BY_PROBE
 from pipeline.params import EncoderDiagnosticsParams
 from pipeline.vlm import scoring
 from pipeline.vlm.pairs import EvalPair
-from tests.helpers.params import demo_params
+from tests.helpers.params import demo_params, section
 
 PROBED = patterns.PAPER_NAMES[0]  # five pairs with answers: a probe trains on four
 PATCHED = patterns.PAPER_NAMES[1]  # two usable pairs: one training pair, too few, the patch rule decides
@@ -127,11 +128,18 @@ def test_planted_tower_gives_the_hand_computed_verdicts(params):
     # the probe: PROBED trains on the 4 other answered pairs; A4's difference (e2) is orthogonal to everything
     # the other folds learn from (e1, e3), so its score is exactly 0 and takes no side; A5 contradicts the rule
     probe = {k: (v.probe_right, v.probe_train_pairs, v.separates, v.separates_by) for k, v in got.items()}
-    assert probe["A1"] == (True, 4, True, BY_PROBE)
-    assert probe["A2"] == (True, 4, True, BY_PROBE)
-    assert probe["A3"] == (True, 4, True, BY_PROBE)  # right only with the release's option reversal undone
+    assert probe["A1"] == (True, 4, False, BY_PROBE)
+    assert probe["A2"] == (True, 4, False, BY_PROBE)
+    assert probe["A3"] == (True, 4, False, BY_PROBE)  # right only with the release's option reversal undone
     assert probe["A4"] == (False, 4, False, BY_PROBE)
     assert probe["A5"] == (False, 4, False, BY_PROBE)
+    # ... but 3 of 5 right does not beat chance: 5 pairs hold only C(5, 2) = 10 arrangements of their labels
+    # (two pairs answer (1, 0)), and 16 of the 20 seeded shuffles reach 3 of 5 too: p = (1 + 16) / 21, no pair of
+    # PROBED separates. The figures sit on every pair of the pattern, C1 too; PATCHED has no probe.
+    figures = {k: (v.probe_pattern_accuracy, v.probe_chance, v.probe_p_value) for k, v in got.items()}
+    for k in ("A1", "A2", "A3", "A4", "A5", "C1"):
+        assert figures[k] == pytest.approx((3 / 5, 0.48, 17 / 21))
+    assert figures["B1"] == figures["B2"] == (None, None, None)
     # no answers: no probe (5 answered pairs around it), the patch rule: identical images, 0 < .1
     assert probe["C1"] == (None, 5, False, BY_PATCH)
     # PATCHED: one training pair each (D1 is no training pair), fewer than 2: the last layer's patches decide
@@ -141,6 +149,11 @@ def test_planted_tower_gives_the_hand_computed_verdicts(params):
     # batched: 8 usable pairs, 2 pairs (4 images) per call
     assert [len(c) for c in tower.calls] == [4, 4, 4, 4]
     assert all(v.encoder == "planted" for v in got.values())
+
+    # where any p passes, the probe's own verdicts decide: A1, A2 and A3 separate
+    lenient = verdicts(PlantedTower(POOLED, LAST, MIDDLE, TEXT), dataclasses.replace(params, probe_max_p=1.0))
+    assert {k: v.separates for k, v in lenient.items() if v.separates_by == BY_PROBE} == {
+        "A1": True, "A2": True, "A3": True, "A4": False, "A5": False}
 
 
 def test_the_swapped_options_rule_decides_a3(params):
@@ -215,3 +228,123 @@ def test_patch_separability_by_hand():
 
 def test_params_come_from_params_yaml():
     assert isinstance(demo_params("diagnose.encoders"), EncoderDiagnosticsParams)
+
+
+# The chance control. A pattern of N pairs whose images differ along a planted direction d_k per pair: image a
+# leans to +d_k, image b to -d_k, so the probe's feature of image a is a positive multiple of d_k.
+N = 12
+DIM = 16
+E_AXIS = np.eye(DIM)[1]
+SHAPES = patterns.PAPER_NAMES[2]
+
+
+def planted_pattern(directions, answers, pattern=PROBED, prefix="P"):
+    """Pairs and a tower whose pair k differs along directions[k] and whose answers are answers[k]."""
+    pooled, pairs = {}, []
+    for k, (d, answer) in enumerate(zip(directions, answers)):
+        pair_id = f"{prefix}{k}"
+        base = np.zeros(DIM)
+        base[0] = 1.0
+        pooled[f"{pair_id}a".encode()] = unit(base + 0.5 * unit(d))
+        pooled[f"{pair_id}b".encode()] = unit(base - 0.5 * unit(d))
+        pairs.append(pair(pair_id, pattern, answer))
+    return pairs, pooled
+
+
+def random_directions(seed, n=N):
+    """Directions with nothing to do with any answer: normal vectors orthogonal to the shared axis e0."""
+    d = np.random.default_rng(seed).normal(size=(n, DIM))
+    d[:, 0] = 0.0
+    return list(d)
+
+
+def run_pattern(pairs, pooled, params):
+    return separation.encoder_pairs(pairs, PlantedTower(pooled, None, None), params)
+
+
+@pytest.mark.parametrize("probe", ["linear", "knn"])
+def test_answers_in_member_order_never_separate(params, probe):
+    """Every first image answers (a): the labels say "first image" only. Shuffling whole pairs' labels across the
+    pairs changes nothing, so every round scores what the probe scored: chance = the accuracy, p = (1 + 20) / 21 = 1,
+    and no pair separates, although the leave-one-pair-out probe calls some pairs right by luck."""
+    params = dataclasses.replace(params, probe=probe)
+    pairs, pooled = planted_pattern(random_directions(1), [("(a)", "(b)")] * N)
+    got = run_pattern(pairs, pooled, params)
+    accuracy = sum(bool(v.probe_right) for v in got) / N
+    assert 0 < accuracy < 1  # the old verdict: a coin flip per pair
+    for v in got:
+        assert (v.probe_pattern_accuracy, v.probe_chance, v.probe_p_value) == pytest.approx((accuracy, accuracy, 1.0))
+        assert (v.probe_train_pairs, v.separates, v.separates_by) == (N - 1, False, BY_PROBE)
+
+
+def test_answers_the_features_do_not_carry_rarely_beat_chance(params):
+    """Random directions, answers drawn at random per pair: the permutation test keeps a pattern's chance of
+    passing at most probe_max_p = .05. Over 40 such patterns of 12 pairs (seeded), 248 of the 480 pairs are
+    probe-right (the old verdict: a coin flip each), and no pattern beats chance (2 expected at most): none separates.
+    The bound below allows 4 patterns (binomial(40, .05) exceeds 4 with probability .05)."""
+    rng = np.random.default_rng(7)
+    right = separating = beating = 0
+    for s in range(40):
+        answers = [("(a)", "(b)") if rng.random() < 0.5 else ("(b)", "(a)") for _ in range(N)]
+        got = run_pattern(*planted_pattern(random_directions(100 + s), answers, pattern=f"random {s}"), params)
+        right += sum(bool(v.probe_right) for v in got)
+        separating += sum(v.separates for v in got)
+        beating += got[0].probe_p_value <= params.probe_max_p
+    assert right == 248 and 0.4 < right / (40 * N) < 0.6
+    assert beating <= 4 and separating <= 4 * N
+
+
+def test_planted_answers_beat_chance_and_the_right_pairs_separate(params):
+    """16 pairs: pair k differs along -e1 or +e1 (alternating, plus noise of length .2 elsewhere) and its first
+    image's answer is written option 1 exactly when it leans to +e1, except P0 (linear probe), whose answers
+    contradict the rule. Leave one pair out: the other pairs teach e1 → option 1, so P1..P15 are right and P0 wrong:
+    15 / 16 (knn, no contradiction: 16 / 16, each image's nearest neighbour leans its way). A seeded shuffle of the
+    labels would have to keep the rule (or flip it: the probe has no intercept) at all but one pair; none of the 20
+    does, so p = 1 / 21, the least 20 rounds can give. Shuffled labels agree with the rule at about half the pairs, and
+    the probe follows the majority or the flipped rule: chance a little above 1 / 2, well below the accuracy."""
+    n = 16
+    signs = [1.0 if k % 2 else -1.0 for k in range(n)]
+    directions = [s * E_AXIS + 0.2 * unit(d) for s, d in zip(signs, random_directions(3, n))]
+    answers = [("(b)", "(a)") if s > 0 else ("(a)", "(b)") for s in signs]
+    for probe, contradicting in (("linear", True), ("knn", False)):
+        planted = [a[::-1] if k == 0 and contradicting else a for k, a in enumerate(answers)]
+        got = run_pattern(*planted_pattern(directions, planted), dataclasses.replace(params, probe=probe))
+        expected = [not contradicting] + [True] * (n - 1)
+        assert [v.probe_right for v in got] == expected
+        assert [v.separates for v in got] == expected
+        assert {v.separates_by for v in got} == {BY_PROBE}
+        assert got[0].probe_pattern_accuracy == pytest.approx(sum(expected) / n)
+        assert got[0].probe_p_value == pytest.approx(1 / 21)
+        assert 0.4 < got[0].probe_chance < 0.7
+
+
+
+def test_p_value_by_hand():
+    assert separation.permutation_p_value(0.6, [0.4, 0.6, 0.8, 0.2]) == pytest.approx((1 + 2) / (1 + 4))
+    assert separation.permutation_p_value(1.0, [0.5] * 20) == pytest.approx(1 / 21)
+    assert separation.permutation_p_value(0.0, [0.5, 0.0, 1.0]) == pytest.approx(1.0)
+
+
+def test_the_chance_control_is_seeded_and_each_pattern_keeps_its_own_shuffles(params):
+    """The same seed gives the same records; another seed other shuffles; a pattern's figures do not depend on the
+    other patterns of the run."""
+    rng = np.random.default_rng(11)
+    answers = [("(a)", "(b)") if rng.random() < 0.5 else ("(b)", "(a)") for _ in range(N)]
+    pairs, pooled = planted_pattern(random_directions(5), answers)
+    first = run_pattern(pairs, pooled, params)
+    assert run_pattern(pairs, pooled, params) == first
+    chances = {run_pattern(pairs, pooled, dataclasses.replace(params, seed=seed))[0].probe_chance for seed in range(4)}
+    assert len(chances) > 1
+    other_pairs, other_pooled = planted_pattern(random_directions(6), answers, pattern=SHAPES, prefix="Q")
+    both = run_pattern(other_pairs + pairs, {**other_pooled, **pooled}, params)
+    assert [v for v in both if v.pattern == PROBED] == first
+
+
+def test_too_few_permutations_for_probe_max_p_is_a_params_error(params):
+    """20 rounds can give p = 1 / 21 <= .05; 10 rounds never go below 1 / 11: no probe could beat chance."""
+    with pytest.raises(ParamsError, match=r"probe_permutations' is 10: .* at least 19"):
+        dataclasses.replace(params, probe_permutations=10)
+    assert dataclasses.replace(params, probe_permutations=19).probe_permutations == 19
+    loaded = {**section("diagnose.encoders"), "probe_permutations": 4, "probe_max_p": 0.1}
+    with pytest.raises(ParamsError, match=r"probe_permutations' is 4: .*above probe_max_p 0.1.* at least 9"):
+        build(EncoderDiagnosticsParams, loaded, where="diagnose.encoders")

@@ -178,7 +178,7 @@ def diagnostics_tables(inputs: dict[str, Path], models: bool = True) -> dict[str
                               TEXT_BIAS_FLAGGED if (k, m) == (0, "a") else 0.5, (k, m) == (0, "a"))
              for k, p in enumerate(seen + [p for p in pairs if p["withheld"]]) for m in "ab"]
     verdicts = [records.EncoderPair(encoder, p["pair_id"], p["pattern"], 0.9, 0.2 if separates[k] else 0.01, 0.1, None,
-                                    None, None, 0, separates[k], records.BY_PATCH)
+                                    None, None, 0, None, None, None, separates[k], records.BY_PATCH)
                 for encoder, separates in DIAG_SEPARATES.items() for k, p in enumerate(seen)]
     questions, predictions = [], []
     for k, p in enumerate(seen if models else []):
