@@ -94,11 +94,22 @@ def markdown(summary: Mapping[str, Any], configured: Sequence[str] = ()) -> str:
     encoders = summary["encoders"]
     if encoders:
         out += ["### Can the encoders tell the pairs apart", "",
-                "| encoder | pairs | separates | by probe | by patch rule | mean pooled cosine | statement test (pairs) |",
-                "|---|---|---|---|---|---|---|"]
+                "A pair counts as separated when the leave-one-pair-out probe answers both its images right *and* the "
+                "probe beats its chance control in that pattern (labels permuted across pairs); with too few pairs in a "
+                "pattern for a probe, the patch rule decides.", "",
+                "| encoder | pairs | separates | judged by the probe | probe right, pattern not above chance "
+                "| judged by the patch rule | mean pooled cosine | statement test, pairs right |",
+                "|---|---|---|---|---|---|---|---|"]
         for name, e in encoders.items():
-            out.append(f"| {_cell(name)} | {e['pairs']} | {e['separates']} | {e['by_probe']} | {e['by_patch']} "
-                       f"| {e['mean_pooled_cosine']:.4f} | {_pct(e['statement_pair_accuracy'])} |")
+            out.append(f"| {_cell(name)} | {e['pairs']} | {e['separates']} | {e['by_probe']} "
+                       f"| {e['probe_right_by_chance']} | {e['by_patch']} "
+                       f"| {e['mean_pooled_cosine']:.4f} | {_share(e['statement_pair_accuracy'])} |")
+        probes = [(name, pattern, f) for name, e in encoders.items() for pattern, f in e["probe_patterns"].items()]
+        if probes:
+            out += ["", "| encoder | pattern | pairs | probe pair accuracy | chance (labels permuted) | p |",
+                    "|---|---|---|---|---|---|"]
+            out += [f"| {_cell(name)} | {_cell(pattern)} | {f['pairs']} | {_share(f['accuracy'])} | {_share(f['chance'])} "
+                    f"| {f['p_value']:.3f} |" for name, pattern, f in probes]
         out.append("")
     bias = summary["text_bias"]
     flagged = bias["flagged"]

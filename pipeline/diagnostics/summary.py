@@ -128,20 +128,33 @@ def text_bias_summary(rows: Sequence[TextBias]) -> dict[str, Any]:
 
 
 def encoder_summary(rows: Sequence[EncoderPair]) -> dict[str, dict[str, Any]]:
-    """Per encoder: pairs, pairs it separates (by probe, by patch rule), mean pooled cosine, statement pair accuracy."""
+    """Per encoder: pairs; pairs it separates; pairs judged by the probe and by the patch rule; pairs the probe got
+    right in a pattern where it did not beat its chance control (`probe_right_by_chance`: not separated); the mean
+    pooled cosine; the statement test's pair accuracy; and per probed pattern the probe's pair accuracy, its chance
+    level (labels permuted) and p."""
     by_encoder: dict[str, list[EncoderPair]] = defaultdict(list)
     for r in rows:
         by_encoder[r.encoder].append(r)
     out = {}
     for name, group in by_encoder.items():
         statements = [r.statement_forward for r in group if r.statement_forward is not None]
+        probed: dict[str, list[EncoderPair]] = defaultdict(list)
+        for r in group:
+            if r.probe_pattern_accuracy is not None:
+                probed[r.pattern].append(r)
         out[name] = {
             "pairs": len(group),
             "separates": sum(r.separates for r in group),
             "by_probe": sum(r.separates_by == records.BY_PROBE for r in group),
             "by_patch": sum(r.separates_by == records.BY_PATCH for r in group),
+            "probe_right_by_chance": sum(r.separates_by == records.BY_PROBE and bool(r.probe_right) and not r.separates
+                                         for r in group),
             "mean_pooled_cosine": round(fmean(r.pooled_cosine for r in group), 4),
             "statement_pair_accuracy": _share(sum(statements), len(statements)),
+            "probe_patterns": {pattern: {"pairs": len(probed[pattern]), "accuracy": probed[pattern][0].probe_pattern_accuracy,
+                                         "chance": probed[pattern][0].probe_chance,
+                                         "p_value": probed[pattern][0].probe_p_value}
+                               for pattern in patterns.in_order(probed)},
         }
     return out
 
