@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -19,7 +18,13 @@ from pipeline import package
 from pipeline.diagnostics import records
 from pipeline.release import croissant
 from pipeline.release import folder as release
-from tests.helpers.release_world import build_inputs, diagnostics_tables, package_args, write_diagnostics
+from tests.helpers.release_world import (
+    build_inputs,
+    diagnostics_tables,
+    package_args,
+    refuse_connections,
+    write_diagnostics,
+)
 
 # Recommended by mlcroissant, left out on purpose: a build's bytes must not depend on the day it ran.
 ACCEPTED_WARNINGS = ("datePublished",)
@@ -38,13 +43,7 @@ def built(sample_corpus, tmp_path_factory):
 @pytest.fixture
 def offline(monkeypatch):
     """Refuse every network connection (loopback included: nothing here has a server to reach)."""
-
-    def refuse(self, address):
-        raise AssertionError(f"mlcroissant tried to connect to {address}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: refuse(None, address))
+    refuse_connections(monkeypatch)
 
 
 def _dataset(folder: Path):
