@@ -18,7 +18,7 @@ from tests.conftest import REPO, tiny_params
 
 pytestmark = pytest.mark.slow
 
-CORPUS_READERS = {"ingest", "embed", "export", "gallery", "gate", "package"}
+CORPUS_READERS = {"ingest", "embed", "export", "gallery", "gate", "diagnose", "package"}
 
 
 def _run(args, cwd, stdout_only=False):
@@ -69,7 +69,7 @@ def dvc_repo(tmp_path):
 def test_repro_runs_every_stage_once_reproducibly_and_reruns_only_what_a_param_touches(dvc_repo):
     first = _run(_dvc("repro"), dvc_repo)
     assert _ran(first) == {"sample_corpus", "ingest", "embed", "search", "mine", "calibrate", "export", "gallery",
-                           "validate", "accept", "gate", "package", "evaluate"}
+                           "validate", "accept", "gate", "diagnose", "package", "evaluate"}
     for path in ["data/images.parquet", "data/embeddings/clip/encoder.json", "data/embeddings/dino/encoder.json",
                  "data/pairs.parquet", "data/tasks.json", "metrics/mine.json"]:
         assert (dvc_repo / path).exists(), path

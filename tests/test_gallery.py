@@ -60,10 +60,11 @@ def test_gallery_loads_offline_shows_markup_as_text_and_filters(built_gallery):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=os.environ.get("CHROMIUM", "/usr/bin/chromium"), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page()
+            page = browser.new_page(viewport={"width": 1280, "height": 4000})  # every thumbnail in view (loading="lazy")
             page.on("request", lambda r: requests.append(r.url))
             page.goto((out / "index.html").as_uri())
             page.wait_for_load_state("load")
+            page.wait_for_function("[...document.querySelectorAll('main img')].every(e => e.complete)", timeout=30_000)
             images = page.eval_on_selector_all("main img", "els => els.map(e => [e.complete, e.naturalWidth, e.getAttribute('src')])")
             assert len(images) == 8
             assert all(done and width > 0 for done, width, _ in images), images

@@ -40,8 +40,9 @@ def test_dvc_repro_gate_package_evaluate(tmp_path):
     evaluate_params = {"clip": [{**project_params["evaluate"]["clip"][0], "kind": "open_clip", "model": "tiny-clip-text",
                                  "weights": "random", "image_size": 32, "config": TINY_CLIP_TEXT_CONFIG, "seed": 0}],
                        "vlm": []}
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(
-        package=project_params["package"], gate=project_params["gate"], evaluate=evaluate_params)))
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(  # diagnose reads the statements with CLIP's text tower
+        package=project_params["package"], gate=project_params["gate"], evaluate=evaluate_params,
+        embed={"clip": {"config": TINY_CLIP_TEXT_CONFIG}})))
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     _dvc(["init", "-q"], repo)
     _dvc(["repro", "accept"], repo)  # the shipped labels are empty: no accepted pairs, metrics/accept.json written
@@ -51,8 +52,9 @@ def test_dvc_repro_gate_package_evaluate(tmp_path):
     accepted = pa.Table.from_pylist(accepted_rows(sorted(ids)), schema=schemas.ACCEPTED)
     schemas.write_table(accepted, repo / "data/accepted.parquet", "accepted")
     _dvc(["commit", "-f", "accept"], repo)  # dvc.lock records it as accept's output, as if accept had written it
-    out = _dvc(["repro", "-s", "gate"], repo) + _dvc(["repro", "-s", "package"], repo)
+    out = _dvc(["repro", "-s", "gate"], repo) + _dvc(["repro", "-s", "diagnose"], repo) + _dvc(["repro", "-s", "package"], repo)
     assert "Running stage 'gate'" in out and "Running stage 'package'" in out and "RANDOMLY INITIALISED" in out
+    assert "Running stage 'diagnose'" in out and (repo / "data/release/diagnostics").is_dir()  # its tables ship
     assert release.verify(repo / "data/release").ok
     manifest = release.read_manifest(repo / "data/release")
     assert manifest["version"] == project_params["package"]["version"] and manifest["counts"]["pairs"] == 4
@@ -71,7 +73,7 @@ def test_dvc_repro_gate_package_evaluate(tmp_path):
     assert refused.returncode == 1 and "is not an output of any stage in" in refused.stderr, refused.stderr
     tagged = _clipblind(repo, "tag", "data/release")
     assert tagged.returncode == 0, tagged.stdout + tagged.stderr
-    assert "`dvc status` now reports package changed" in tagged.stdout
+    assert "`dvc status` now reports diagnose and package changed" in tagged.stdout
     assert _git(repo, "status", "--porcelain") == ""
     assert _git(repo, "rev-parse", "clipblind-benchmark@v1.0.0^{commit}") == _git(repo, "rev-parse", "HEAD")
     assert "1.0.0" in _git(repo, "show", "clipblind-benchmark@v1.0.0:data_cards/RELEASED.json")
@@ -79,6 +81,7 @@ def test_dvc_repro_gate_package_evaluate(tmp_path):
     # release bytes; only dvc.lock moves (the record's hash), for the user to commit
     status = _dvc(["status", "package"], repo)
     assert "package:" in status and "modified: data_cards/RELEASED.json" in " ".join(status.split()), status
+    assert "Running stage 'diagnose'" in _dvc(["repro", "-s", "diagnose"], repo)
     assert "Running stage 'package'" in _dvc(["repro", "-s", "package"], repo)
     assert (repo / "data/release/SHA256SUMS").read_bytes() == sums
     assert release.read_manifest(repo / "data/release")["release"]["status"] == release.RELEASABLE
@@ -90,7 +93,7 @@ def test_dvc_repro_gate_package_evaluate(tmp_path):
     fixed["answer_a"], fixed["answer_b"] = fixed["answer_b"], fixed["answer_a"]
     schemas.write_table(pa.Table.from_pylist(rows, schema=schemas.ACCEPTED), repo / "data/accepted.parquet", "accepted")
     _dvc(["commit", "-f", "accept"], repo)
-    out = _dvc(["repro", "-s", "gate"], repo) + _dvc(["repro", "-s", "package"], repo)
+    out = _dvc(["repro", "-s", "gate"], repo) + _dvc(["repro", "-s", "diagnose"], repo) + _dvc(["repro", "-s", "package"], repo)
     assert "set package.version in params.yaml to 1.1.0" in out
     dev = release.read_manifest(repo / "data/release")
     assert dev["version"] == "1.1.0-dev" and dev["release"]["status"] == release.UNRELEASED

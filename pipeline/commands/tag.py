@@ -14,8 +14,8 @@ repository, while the release is not what the committed pipeline produces: it mu
 of a stage in dvc.lock, and `dvc status --with-deps` of that stage must be clean (inputs,
 params, code and outputs as dvc.lock records them). `clipblind publish` records its version
 through the same steps (`check_committed`, `commit_record`).
-After tagging, `dvc status` reports `package` changed: its dep `data_cards/RELEASED.json` now
-names this version. `dvc repro` rebuilds the same release bytes (a build equal to the last
+After tagging, `dvc status` reports `diagnose` and `package` changed: their dep
+`data_cards/RELEASED.json` now names this version. `dvc repro` rebuilds the same release bytes (a build equal to the last
 release keeps its version and changes) and updates `dvc.lock`, to be committed.
 """
 
@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = tag(args.release, args.repo, args.released)
     record = args.released or release.RELEASED_RECORD
     summary(STAGE, f"committed {record} (\"Release {name}\") and tagged that commit {name}; push both "
-                   f"(`git push origin HEAD {name}`). `dvc status` now reports package changed ({record} is its dep): "
+                   f"(`git push origin HEAD {name}`). `dvc status` now reports diagnose and package changed ({record} is their dep): "
                    "`dvc repro` rebuilds the same release bytes and updates dvc.lock; commit it")
     return 0
 

@@ -142,6 +142,11 @@ class OpenClipFeatures:
         if self._tokenizer is None:
             self._tokenizer = self.encoder.tokenizer()
         tokens = self._tokenizer(list(texts)).to(self.encoder.runner.device)
+        vocab = getattr(self.encoder.model, "vocab_size", None)
+        if vocab is not None and tokens.numel() and int(tokens.max()) >= vocab:
+            raise FeatureError(f"{self.name}: its tokenizer gives token ids up to {int(tokens.max())} but its text tower "
+                               f"has {vocab}: the model's config and tokenizer do not match (text_cfg.vocab_size must "
+                               f"be at least {int(tokens.max()) + 1})")
         with torch.inference_mode():
             return _unit(_float32(self.encoder.model.encode_text(tokens)))
 

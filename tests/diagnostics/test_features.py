@@ -157,3 +157,13 @@ def test_open_clip_encoder_verdicts_with_statements():
     assert all(isinstance(v.statement_forward, bool) and isinstance(v.statement_reverse, bool) for v in got)
     assert all(v.probe_right is None and v.probe_train_pairs == 1 for v in got)  # one other pair: too few
     assert all(0 < v.patch_separability_last <= 2 and 0 < v.patch_separability_middle <= 2 for v in got)
+
+
+def test_a_text_tower_smaller_than_its_tokenizer_is_named_not_a_traceback():
+    from pipeline.diagnostics.features import FeatureError, open_clip_feature_encoders
+    from tests.conftest import TINY_CLIP_CONFIG  # a 1000-token text tower: open_clip's tokenizer emits ids to 49407
+
+    [encoder] = open_clip_feature_encoders([demo_params("embed.clip", model="tiny-clip", weights="random", image_size=32,
+                                                        config=TINY_CLIP_CONFIG, seed=0)])
+    with pytest.raises(FeatureError, match=r"token ids up to \d+ but its text tower has 1000"):
+        encoder.texts(["a photo of a cat"])
