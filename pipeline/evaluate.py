@@ -33,7 +33,7 @@ from pipeline.core.atomic import write_bytes
 from pipeline.core.config import command_params
 from pipeline.core.report import RANDOM_WEIGHTS_MARK, progress, summary, warn, write_headline, write_metrics
 from pipeline.diagnostics import report as diagnostics_report
-from pipeline.diagnostics.features import open_clip_feature_encoders
+from pipeline.diagnostics.features import OpenClipFeatures
 from pipeline.diagnostics.run import diagnose, write_diagnostics
 from pipeline.embedding.encoders import OpenClipEncoder, load_encoders
 from pipeline.images.decode import decode
@@ -137,8 +137,8 @@ class ClipScorer:
 
     def __init__(self, params: EncoderParams, encoder: OpenClipEncoder | None = None) -> None:
         self.encoder = encoder or OpenClipEncoder("clip", params)
-        self.tokenizer = self.encoder.tokenizer()
-        self.name = f"open_clip:{params.model}:{self.encoder.weights_source}"
+        self.features = OpenClipFeatures(self.encoder)  # the same towers as the diagnostics see them
+        self.name = self.features.name
         self.random_init = self.encoder.random_init
 
     def images(self, images: Sequence[bytes]) -> np.ndarray:
@@ -149,12 +149,10 @@ class ClipScorer:
         return self.encoder.encode(batch)
 
     def texts(self, texts: Sequence[str]) -> np.ndarray:
-        """L2-normalised text embeddings."""
-        import torch
-
-        with torch.inference_mode():
-            features = self.encoder.model.encode_text(self.tokenizer(list(texts)))
-        return torch.nn.functional.normalize(features.float(), dim=-1).numpy()
+        """L2-normalised text embeddings (the text tower as `OpenClipFeatures` runs it, on the model's device)."""
+        vectors = self.features.texts(texts)
+        assert vectors is not None  # an open_clip model always has a text tower
+        return vectors
 
 
 def load_clip_scorers(specs: Sequence[EncoderParams]) -> list[ClipScorer]:
@@ -401,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = evaluate(pairs, scorers, backends, benchmark)
     table = markdown_table(results)
     if diagnose_params is not None:
-        encoders = open_clip_feature_encoders(params.clip) if pairs else []
+        encoders = [scorer.features for scorer in scorers] if pairs else []  # loaded once, for scores and diagnostics
         found = diagnose(pairs, backends, encoders, diagnose_params)
         results["diagnostics"] = {**found.summary, "skipped": found.skipped}
         write_diagnostics(found, tables_path)

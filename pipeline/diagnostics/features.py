@@ -246,18 +246,6 @@ def feature_encoders(clip: EncoderParams, dino: EncoderParams) -> list[FeatureEn
     return [OpenClipFeatures(clip_encoder), Dinov2Features(dino_encoder)]
 
 
-def open_clip_feature_encoders(specs: Sequence[EncoderParams]) -> list[FeatureEncoder]:
-    """A feature encoder per `evaluate.clip` entry (open_clip models with their text towers)."""
-    for i, spec in enumerate(specs):
-        _check_kind(f"evaluate.clip[{i}]", spec, "open_clip")
-    built = load_encoders({f"evaluate.clip[{i}] {p.model}": p for i, p in enumerate(specs)})
-    out: list[FeatureEncoder] = []
-    for encoder in built.values():
-        assert isinstance(encoder, OpenClipEncoder)
-        out.append(OpenClipFeatures(encoder))
-    return out
-
-
 def vlm_tower(backend: Backend) -> FeatureEncoder | None:
     """The vision tower of a local transformers VLM (behind its reply cache); None for backends without one
     on this machine (an OpenAI-compatible endpoint)."""

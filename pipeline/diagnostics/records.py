@@ -15,7 +15,7 @@ the Croissant file describe them, and `evaluate` reports them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -169,7 +169,3 @@ def item_id(pair_id: str, member: str) -> str:
     """A question's id: its pair and the image it is about (the release's `item_id`)."""
     return f"{pair_id}-{member}"
 
-
-def pairs_of(records: Sequence[Any]) -> list[str]:
-    """The pair ids of records, each once, in first-seen order."""
-    return list(dict.fromkeys(r.pair_id for r in records))

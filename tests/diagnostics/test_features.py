@@ -53,7 +53,7 @@ def test_embed_encoders_load_as_feature_encoders_and_refuse_precomputed_vectors(
 def test_open_clip_pooled_equals_the_embed_encoder_and_patches_equal_open_clip_blocks():
     import torch
 
-    (encoder,) = features.open_clip_feature_encoders([CLIP])
+    encoder = features.OpenClipFeatures(OpenClipEncoder("clip", CLIP))
     got = encoder.features(IMAGES)
     embed = OpenClipEncoder("clip", CLIP)  # built apart, as the embed stage builds it (same seed, same weights)
     batch = pixels(embed.preprocess, IMAGES)
@@ -148,7 +148,7 @@ def test_openai_endpoint_has_no_local_tower():
 
 def test_open_clip_encoder_verdicts_with_statements():
     """Real open_clip features through the whole verdict: the statement test runs in both directions."""
-    (encoder,) = features.open_clip_feature_encoders([CLIP])
+    encoder = features.OpenClipFeatures(OpenClipEncoder("clip", CLIP))
     pairs = [EvalPair(f"p{k}", "State and Condition", "q", ("open", "closed"), ("(a)", "(b)"), (IMAGES[k], IMAGES[k + 1]),
                       ("the door is open", "the door is closed")) for k in range(2)]
     params = dataclasses.replace(demo_params("diagnose.encoders"), batch_size=4)
@@ -160,10 +160,10 @@ def test_open_clip_encoder_verdicts_with_statements():
 
 
 def test_a_text_tower_smaller_than_its_tokenizer_is_named_not_a_traceback():
-    from pipeline.diagnostics.features import FeatureError, open_clip_feature_encoders
+    from pipeline.diagnostics.features import FeatureError, OpenClipFeatures
     from tests.conftest import TINY_CLIP_CONFIG  # a 1000-token text tower: open_clip's tokenizer emits ids to 49407
 
-    [encoder] = open_clip_feature_encoders([demo_params("embed.clip", model="tiny-clip", weights="random", image_size=32,
-                                                        config=TINY_CLIP_CONFIG, seed=0)])
+    encoder = OpenClipFeatures(OpenClipEncoder("clip", demo_params("embed.clip", model="tiny-clip", weights="random",
+                                                                   image_size=32, config=TINY_CLIP_CONFIG, seed=0)))
     with pytest.raises(FeatureError, match=r"token ids up to \d+ but its text tower has 1000"):
         encoder.texts(["a photo of a cat"])
